@@ -1,0 +1,370 @@
+package mapper
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+)
+
+// RevisionHeader carries the registry revision a list was read at.
+const RevisionHeader = "X-Daoli-Revision"
+
+// APIError is the body of every error response, and the error the Client
+// returns for one. It unwraps to the sentinel error its Code names.
+type APIError struct {
+	Status  int    `json:"-"`
+	Code    string `json:"code"`            // "invalid", "not_found", ...
+	Field   string `json:"field,omitempty"` // the request field that was wrong
+	Message string `json:"error"`
+	// CompactRevision is set with code "compacted".
+	CompactRevision int64 `json:"compact_revision,omitempty"`
+}
+
+func (e *APIError) Error() string { return e.Message }
+
+// Unwrap returns the sentinel error of e.Code, if any.
+func (e *APIError) Unwrap() error {
+	for _, c := range errorCodes {
+		if c.code == e.Code {
+			return c.err
+		}
+	}
+	return nil
+}
+
+var errorCodes = []struct {
+	err    error
+	code   string
+	status int
+}{
+	{ErrInvalid, "invalid", http.StatusBadRequest},
+	{ErrNotFound, "not_found", http.StatusNotFound},
+	{ErrExists, "exists", http.StatusConflict},
+	{ErrConflict, "conflict", http.StatusConflict},
+	{ErrInUse, "in_use", http.StatusConflict},
+	{ErrPortSpaceFull, "port_space_full", http.StatusConflict},
+	{ErrCompacted, "compacted", http.StatusGone},
+}
+
+func toAPIError(err error) *APIError {
+	e := &APIError{Status: http.StatusInternalServerError, Code: "internal", Message: err.Error()}
+	for _, c := range errorCodes {
+		if errors.Is(err, c.err) {
+			e.Status, e.Code = c.status, c.code
+			break
+		}
+	}
+	var fe *FieldError
+	if errors.As(err, &fe) {
+		e.Field = fe.Field
+	}
+	return e
+}
+
+// API serves a Registry over HTTP/JSON under /v1. Its routes are listed in
+// docs/api.md. An API is safe for concurrent use.
+type API struct {
+	reg *Registry
+	log *slog.Logger
+	mux *http.ServeMux
+}
+
+// NewAPI returns the HTTP API of reg. A nil logger discards.
+func NewAPI(reg *Registry, log *slog.Logger) *API {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	a := &API{reg: reg, log: log, mux: http.NewServeMux()}
+	routes := []struct {
+		pattern string
+		h       func(*http.Request) (int, any, error)
+	}{
+		{"GET /v1/snapshot", a.snapshot},
+		{"GET /v1/networks", a.listNetworks},
+		{"POST /v1/networks", a.createNetwork},
+		{"GET /v1/networks/{name}", a.getNetwork},
+		{"DELETE /v1/networks/{name}", a.deleteNetwork},
+		{"GET /v1/servers", a.listServers},
+		{"POST /v1/servers", a.registerServer},
+		{"GET /v1/servers/{name}", a.getServer},
+		{"DELETE /v1/servers/{name}", a.deleteServer},
+		{"POST /v1/servers/{name}/heartbeat", a.heartbeat},
+		{"GET /v1/endpoints", a.listEndpoints},
+		{"POST /v1/endpoints", a.createEndpoint},
+		{"POST /v1/endpoints/batch", a.createEndpoints},
+		{"GET /v1/endpoints/{ref}", a.getEndpoint},
+		{"DELETE /v1/endpoints/{ref}", a.deleteEndpoint},
+		{"POST /v1/endpoints/{ref}/move", a.moveEndpoint},
+		{"PUT /v1/endpoints/{ref}/state", a.setState},
+		{"GET /v1/services", a.listServices},
+	}
+	for _, rt := range routes {
+		a.mux.HandleFunc(rt.pattern, a.wrap(rt.h))
+	}
+	a.mux.HandleFunc("GET /v1/watch", a.watch)
+	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, &APIError{Status: http.StatusNotFound, Code: "not_found",
+			Message: fmt.Sprintf("no route %s %s; see docs/api.md", r.Method, r.URL.Path)})
+	})
+	return a
+}
+
+func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
+
+func (a *API) wrap(h func(*http.Request) (int, any, error)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		status, v, err := h(r)
+		if err != nil {
+			e := toAPIError(err)
+			if e.Status >= 500 {
+				a.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "error", err)
+			}
+			writeError(w, e)
+			return
+		}
+		if status == http.StatusNoContent {
+			w.WriteHeader(status)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		json.NewEncoder(w).Encode(v)
+	}
+}
+
+func writeError(w http.ResponseWriter, e *APIError) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(e.Status)
+	json.NewEncoder(w).Encode(e)
+}
+
+func (a *API) snapshot(r *http.Request) (int, any, error) {
+	s, err := a.reg.Snapshot(r.Context())
+	return http.StatusOK, s, err
+}
+
+func (a *API) listNetworks(r *http.Request) (int, any, error) {
+	s, err := a.reg.Snapshot(r.Context())
+	return http.StatusOK, s.Networks, err
+}
+
+func (a *API) createNetwork(r *http.Request) (int, any, error) {
+	var spec NetworkSpec
+	if err := decodeRequest(r.Body, &spec); err != nil {
+		return 0, nil, err
+	}
+	n, err := a.reg.CreateNetwork(r.Context(), spec)
+	return http.StatusCreated, n, err
+}
+
+func (a *API) getNetwork(r *http.Request) (int, any, error) {
+	n, err := a.reg.Network(r.Context(), r.PathValue("name"))
+	return http.StatusOK, n, err
+}
+
+func (a *API) deleteNetwork(r *http.Request) (int, any, error) {
+	return http.StatusNoContent, nil, a.reg.DeleteNetwork(r.Context(), r.PathValue("name"))
+}
+
+func (a *API) listServers(r *http.Request) (int, any, error) {
+	s, err := a.reg.Snapshot(r.Context())
+	return http.StatusOK, s.Servers, err
+}
+
+func (a *API) registerServer(r *http.Request) (int, any, error) {
+	var spec ServerSpec
+	if err := decodeRequest(r.Body, &spec); err != nil {
+		return 0, nil, err
+	}
+	s, err := a.reg.RegisterServer(r.Context(), spec)
+	return http.StatusOK, s, err
+}
+
+func (a *API) getServer(r *http.Request) (int, any, error) {
+	s, err := a.reg.Server(r.Context(), r.PathValue("name"))
+	return http.StatusOK, s, err
+}
+
+func (a *API) deleteServer(r *http.Request) (int, any, error) {
+	return http.StatusNoContent, nil, a.reg.DeleteServer(r.Context(), r.PathValue("name"))
+}
+
+func (a *API) heartbeat(r *http.Request) (int, any, error) {
+	s, err := a.reg.Heartbeat(r.Context(), r.PathValue("name"))
+	return http.StatusOK, s, err
+}
+
+// listEndpoints answers GET /v1/endpoints[?network=N][&server=S].
+func (a *API) listEndpoints(r *http.Request) (int, any, error) {
+	s, err := a.reg.Snapshot(r.Context())
+	if err != nil {
+		return 0, nil, err
+	}
+	net, srv := r.URL.Query().Get("network"), r.URL.Query().Get("server")
+	out := s.Endpoints[:0]
+	for _, e := range s.Endpoints {
+		if (net == "" || e.Network == net) && (srv == "" || e.Server == srv) {
+			out = append(out, e)
+		}
+	}
+	return http.StatusOK, out, nil
+}
+
+func (a *API) createEndpoint(r *http.Request) (int, any, error) {
+	var spec EndpointSpec
+	if err := decodeRequest(r.Body, &spec); err != nil {
+		return 0, nil, err
+	}
+	e, err := a.reg.CreateEndpoint(r.Context(), spec)
+	return http.StatusCreated, e, err
+}
+
+// BatchRequest is the body of POST /v1/endpoints/batch.
+type BatchRequest struct {
+	Endpoints []EndpointSpec `json:"endpoints"`
+}
+
+func (a *API) createEndpoints(r *http.Request) (int, any, error) {
+	var req BatchRequest
+	if err := decodeRequest(r.Body, &req); err != nil {
+		return 0, nil, err
+	}
+	eps, err := a.reg.CreateEndpoints(r.Context(), req.Endpoints)
+	return http.StatusCreated, eps, err
+}
+
+// EndpointDetail is an endpoint with its 6-tuples, as GET
+// /v1/endpoints/{ref} returns it.
+type EndpointDetail struct {
+	Endpoint  Endpoint   `json:"endpoint"`
+	SixTuples []SixTuple `json:"six_tuples"`
+}
+
+func (a *API) getEndpoint(r *http.Request) (int, any, error) {
+	e, err := a.reg.Endpoint(r.Context(), r.PathValue("ref"))
+	if err != nil {
+		return 0, nil, err
+	}
+	srv, err := a.reg.Server(r.Context(), e.Server)
+	if err != nil {
+		return 0, nil, err
+	}
+	return http.StatusOK, EndpointDetail{Endpoint: e, SixTuples: e.SixTuples(&srv)}, nil
+}
+
+func (a *API) deleteEndpoint(r *http.Request) (int, any, error) {
+	e, err := a.reg.DeleteEndpoint(r.Context(), r.PathValue("ref"))
+	return http.StatusOK, e, err
+}
+
+// MoveRequest is the body of POST /v1/endpoints/{ref}/move.
+type MoveRequest struct {
+	Server    string `json:"server"`
+	Interface string `json:"interface,omitempty"`
+}
+
+func (a *API) moveEndpoint(r *http.Request) (int, any, error) {
+	var req MoveRequest
+	if err := decodeRequest(r.Body, &req); err != nil {
+		return 0, nil, err
+	}
+	if req.Server == "" {
+		return 0, nil, invalid("server", "missing")
+	}
+	e, err := a.reg.MoveEndpoint(r.Context(), r.PathValue("ref"), req.Server, req.Interface)
+	return http.StatusOK, e, err
+}
+
+// StateRequest is the body of PUT /v1/endpoints/{ref}/state.
+type StateRequest struct {
+	State State `json:"state"`
+}
+
+func (a *API) setState(r *http.Request) (int, any, error) {
+	var req StateRequest
+	if err := decodeRequest(r.Body, &req); err != nil {
+		return 0, nil, err
+	}
+	e, err := a.reg.SetEndpointState(r.Context(), r.PathValue("ref"), req.State)
+	return http.StatusOK, e, err
+}
+
+func (a *API) listServices(r *http.Request) (int, any, error) {
+	s, err := a.reg.Snapshot(r.Context())
+	if err != nil {
+		return 0, nil, err
+	}
+	svcs := Services(s.Servers, s.Endpoints)
+	if svcs == nil {
+		svcs = []Service{}
+	}
+	return http.StatusOK, svcs, nil
+}
+
+// watch streams the change log as newline-delimited JSON: one Change per
+// line, from ?revision=R on (default: the next revision). A stream that
+// cannot go on ends with one APIError line.
+func (a *API) watch(w http.ResponseWriter, r *http.Request) {
+	var rev int64
+	if s := r.URL.Query().Get("revision"); s != "" {
+		v, err := strconv.ParseInt(s, 10, 64)
+		if err != nil || v < 0 {
+			writeError(w, toAPIError(invalid("revision", "%q: want a whole number, 0 or more", s)))
+			return
+		}
+		rev = v
+	}
+	cur, compacted, err := a.reg.st.Revision(r.Context())
+	if err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	if rev != 0 && rev < compacted {
+		e := toAPIError(fmt.Errorf("watch from revision %d: %w (oldest is %d): list again", rev, ErrCompacted, compacted))
+		e.CompactRevision = compacted
+		writeError(w, e)
+		return
+	}
+	if rev > cur+1 {
+		writeError(w, toAPIError(invalid("revision", "%d is in the future (current revision %d)", rev, cur)))
+		return
+	}
+	w.Header().Set("Content-Type", "application/x-ndjson")
+	w.Header().Set(RevisionHeader, strconv.FormatInt(cur, 10))
+	w.WriteHeader(http.StatusOK)
+	flusher, _ := w.(http.Flusher)
+	if flusher != nil {
+		flusher.Flush()
+	}
+	enc := json.NewEncoder(w)
+	for resp := range a.reg.Watch(r.Context(), rev) {
+		for i := range resp.Changes {
+			if err := enc.Encode(&resp.Changes[i]); err != nil {
+				return
+			}
+		}
+		if resp.Err != nil {
+			e := toAPIError(resp.Err)
+			e.CompactRevision = resp.CompactRevision
+			enc.Encode(e)
+			return
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+	}
+}
+
+// normalizeURL accepts "host:port" as well as a full URL.
+func normalizeURL(s string) string {
+	if !strings.Contains(s, "://") {
+		s = "http://" + s
+	}
+	return strings.TrimRight(s, "/")
+}

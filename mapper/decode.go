@@ -1,0 +1,166 @@
+package mapper
+
+import (
+	"encoding"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/netip"
+	"reflect"
+	"slices"
+	"strings"
+)
+
+// maxBody caps request bodies; a batch of a few thousand endpoints fits.
+const maxBody = 8 << 20
+
+var (
+	textUnmarshaler = reflect.TypeFor[encoding.TextUnmarshaler]()
+	jsonUnmarshaler = reflect.TypeFor[json.Unmarshaler]()
+)
+
+// decodeRequest decodes exactly one JSON value from r into v, strictly: an
+// unknown field, a wrong type or trailing data is an error that names the
+// field (as "ports[1].port") and what was expected.
+func decodeRequest(r io.Reader, v any) error {
+	dec := json.NewDecoder(r)
+	dec.UseNumber()
+	var raw json.RawMessage
+	if err := dec.Decode(&raw); err != nil {
+		var mbe *http.MaxBytesError
+		switch {
+		case errors.Is(err, io.EOF):
+			return invalid("body", "empty; expected a JSON object")
+		case errors.As(err, &mbe):
+			return invalid("body", "larger than %d bytes", maxBody)
+		}
+		return invalid("body", "malformed JSON: %v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return invalid("body", "unexpected data after the JSON value")
+	}
+	return decodeValue("", raw, reflect.ValueOf(v).Elem())
+}
+
+func decodeValue(path string, raw json.RawMessage, v reflect.Value) error {
+	t := v.Type()
+	custom := reflect.PointerTo(t).Implements(textUnmarshaler) || reflect.PointerTo(t).Implements(jsonUnmarshaler)
+	switch {
+	case !custom && t.Kind() == reflect.Struct:
+		if string(raw) == "null" {
+			return nil
+		}
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(raw, &m); err != nil {
+			return invalid(orBody(path), "expected an object, got %s", jsonKind(raw))
+		}
+		fields := map[string]int{}
+		for i := 0; i < t.NumField(); i++ {
+			name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+			if name != "" && name != "-" {
+				fields[name] = i
+			}
+		}
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys)
+		for _, k := range keys {
+			i, ok := fields[k]
+			if !ok {
+				return invalid(join(path, k), "unknown field")
+			}
+			if err := decodeValue(join(path, k), m[k], v.Field(i)); err != nil {
+				return err
+			}
+		}
+		return nil
+	case !custom && t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Struct:
+		if string(raw) == "null" {
+			return nil
+		}
+		var arr []json.RawMessage
+		if err := json.Unmarshal(raw, &arr); err != nil {
+			return invalid(orBody(path), "expected an array, got %s", jsonKind(raw))
+		}
+		s := reflect.MakeSlice(t, len(arr), len(arr))
+		for i := range arr {
+			if err := decodeValue(fmt.Sprintf("%s[%d]", path, i), arr[i], s.Index(i)); err != nil {
+				return err
+			}
+		}
+		v.Set(s)
+		return nil
+	}
+	if err := json.Unmarshal(raw, v.Addr().Interface()); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return invalid(orBody(path), "expected %s, got %s", describe(t), te.Value)
+		}
+		return invalid(orBody(path), "%v", err)
+	}
+	return nil
+}
+
+func join(path, k string) string {
+	if path == "" {
+		return k
+	}
+	return path + "." + k
+}
+
+func orBody(path string) string {
+	if path == "" {
+		return "body"
+	}
+	return path
+}
+
+func jsonKind(raw json.RawMessage) string {
+	s := strings.TrimSpace(string(raw))
+	if s == "" {
+		return "nothing"
+	}
+	switch s[0] {
+	case '{':
+		return "an object"
+	case '[':
+		return "an array"
+	case '"':
+		return "a string"
+	case 't', 'f':
+		return "a boolean"
+	case 'n':
+		return "null"
+	}
+	return "a number"
+}
+
+func describe(t reflect.Type) string {
+	switch t {
+	case reflect.TypeFor[netip.Addr]():
+		return "an IP address string"
+	case reflect.TypeFor[netip.Prefix]():
+		return "a CIDR string"
+	case reflect.TypeFor[MAC]():
+		return "a MAC address string"
+	}
+	switch t.Kind() {
+	case reflect.String:
+		return "a string"
+	case reflect.Uint16:
+		return "a whole number from 0 to 65535"
+	case reflect.Uint32:
+		return "a whole number from 0 to 4294967295"
+	case reflect.Int64:
+		return "a whole number"
+	case reflect.Slice:
+		return "an array of " + strings.TrimPrefix(describe(t.Elem()), "a ") + "s"
+	case reflect.Bool:
+		return "true or false"
+	}
+	return t.String()
+}

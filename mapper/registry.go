@@ -1,0 +1,889 @@
+package mapper
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/daolinet/daoli/mapper/store"
+)
+
+// Keys. Objects live under objPrefix, which is what watchers follow;
+// indexes and allocation tables live under idxPrefix.
+const (
+	objPrefix      = "/daoli/obj/"
+	networkPrefix  = objPrefix + "networks/"
+	serverPrefix   = objPrefix + "servers/"
+	endpointPrefix = objPrefix + "endpoints/"
+
+	idxPrefix      = "/daoli/idx/"
+	seqNetworkKey  = idxPrefix + "seq/network"
+	seqEndpointKey = idxPrefix + "seq/endpoint"
+)
+
+func networkKey(name string) string { return networkPrefix + name }
+func serverKey(name string) string  { return serverPrefix + name }
+func endpointKey(id uint32) string  { return fmt.Sprintf("%s%010d", endpointPrefix, id) }
+func nameKey(name string) string    { return idxPrefix + "endpoint-name/" + name }
+func serverIPKey(ip netip.Addr) string {
+	return idxPrefix + "server-ip/" + ip.String()
+}
+func macKey(net uint32, m MAC) string { return fmt.Sprintf("%smac/%d/%s", idxPrefix, net, m) }
+func wireKey(ip netip.Addr) string    { return idxPrefix + "wire/" + ip.String() }
+func identityPrefix(net uint32) string {
+	return fmt.Sprintf("%sidentity/%d/", idxPrefix, net)
+}
+func identityKey(net uint32, ip netip.Addr) string { return identityPrefix(net) + ip.String() }
+func serviceKey(net uint32, ip netip.Addr, p PortSpec) string {
+	return fmt.Sprintf("%sservice/%d/%s/%s/%d", idxPrefix, net, ip, p.Protocol, p.Port)
+}
+
+// serviceIndex records the mode of a service and its endpoints, so that
+// the mode of a new backend is checked against the others in the same
+// transaction.
+type serviceIndex struct {
+	Mode      Mode     `json:"mode"`
+	Endpoints []uint32 `json:"endpoints"`
+}
+
+// Config configures a Registry.
+type Config struct {
+	// Store holds the registry. Required. The registry does not close it.
+	Store store.Store
+	// BlockSize is the number of ports in every new wire and identity
+	// block: a power of two from 8 to 32768. Zero means DefaultBlockSize.
+	// Changing it leaves existing blocks as they are.
+	BlockSize uint16
+	// WirePorts is the range of a locator address's ports given out as
+	// wire blocks. Zero means DefaultWirePorts.
+	WirePorts PortRange
+	// IdentityPorts is the range identity blocks come from. Zero means
+	// DefaultIdentityPorts.
+	IdentityPorts PortRange
+	// Logger receives the registry's logs. Nil means discard.
+	Logger *slog.Logger
+}
+
+// Registry is the record of networks, servers and endpoints, with their
+// 6-tuples and port blocks. Every method is one serializable transaction
+// on the store: nothing is half-written, and concurrent callers never get
+// overlapping blocks. A Registry is safe for concurrent use; its zero
+// value is not usable.
+type Registry struct {
+	st   store.Store
+	cfg  Config
+	log  *slog.Logger
+	now  func() time.Time
+	wire PortRange
+	id   PortRange
+}
+
+// New returns a registry over cfg.Store.
+func New(cfg Config) (*Registry, error) {
+	if cfg.Store == nil {
+		return nil, errors.New("new registry: no store")
+	}
+	if cfg.BlockSize == 0 {
+		cfg.BlockSize = DefaultBlockSize
+	}
+	if !validBlockSize(cfg.BlockSize) {
+		return nil, fmt.Errorf("new registry: block size %d is not a power of two from 8 to 32768", cfg.BlockSize)
+	}
+	if cfg.WirePorts == (PortRange{}) {
+		cfg.WirePorts = DefaultWirePorts
+	}
+	if cfg.IdentityPorts == (PortRange{}) {
+		cfg.IdentityPorts = DefaultIdentityPorts
+	}
+	for _, r := range []struct {
+		name string
+		r    PortRange
+	}{{"wire", cfg.WirePorts}, {"identity", cfg.IdentityPorts}} {
+		if r.r.First == 0 || r.r.blocks(cfg.BlockSize) == 0 {
+			return nil, fmt.Errorf("new registry: %s port range %s holds no aligned block of %d ports", r.name, r.r, cfg.BlockSize)
+		}
+	}
+	if cfg.WirePorts.First <= cfg.IdentityPorts.Last && cfg.IdentityPorts.First <= cfg.WirePorts.Last {
+		return nil, fmt.Errorf("new registry: wire ports %s overlap identity ports %s", cfg.WirePorts, cfg.IdentityPorts)
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Registry{st: cfg.Store, cfg: cfg, log: log, now: time.Now, wire: cfg.WirePorts, id: cfg.IdentityPorts}, nil
+}
+
+// Capacity says how many blocks one locator address and one (network, IP)
+// hold with the current configuration.
+func (r *Registry) Capacity() (wirePerAddr, identityPerIP int) {
+	return r.wire.blocks(r.cfg.BlockSize), r.id.blocks(r.cfg.BlockSize)
+}
+
+// tx wraps an STM with JSON helpers. A decoding failure means the store
+// holds something this code did not write; it aborts the transaction.
+type tx struct{ store.STM }
+
+var errCorrupt = errors.New("corrupt registry record")
+
+func (t tx) get(key string, v any) bool {
+	b, ok := t.Get(key)
+	if !ok {
+		return false
+	}
+	if err := json.Unmarshal(b, v); err != nil {
+		panic(fmt.Errorf("%w %s: %v", errCorrupt, key, err))
+	}
+	return true
+}
+
+func (t tx) put(key string, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(fmt.Errorf("encode %s: %v", key, err))
+	}
+	t.Put(key, b, 0)
+}
+
+func (t tx) next(key string) (uint32, error) {
+	var n uint32
+	t.get(key, &n)
+	if n == ^uint32(0) {
+		return 0, fmt.Errorf("%s: identifiers exhausted", key)
+	}
+	n++
+	t.put(key, n)
+	return n, nil
+}
+
+func (r *Registry) update(ctx context.Context, fn func(tx) error) (int64, error) {
+	return r.st.Update(ctx, func(s store.STM) error { return fn(tx{s}) })
+}
+
+// ---- networks ----
+
+// NetworkSpec is what a network is created from. A zero Gateway means the
+// subnet's first address.
+type NetworkSpec struct {
+	Name    string       `json:"name"`
+	Subnet  netip.Prefix `json:"subnet"`
+	Gateway netip.Addr   `json:"gateway,omitzero"`
+}
+
+// CreateNetwork creates a network.
+func (r *Registry) CreateNetwork(ctx context.Context, spec NetworkSpec) (Network, error) {
+	n := Network{Name: spec.Name, Subnet: spec.Subnet, Gateway: spec.Gateway}
+	if err := validName("name", n.Name); err != nil {
+		return Network{}, err
+	}
+	if !n.Subnet.IsValid() {
+		return Network{}, invalid("subnet", "missing; want a CIDR such as 10.1.0.0/24")
+	}
+	if !n.Subnet.Addr().Is4() {
+		return Network{}, invalid("subnet", "%s is not IPv4; only IPv4 networks are supported", n.Subnet)
+	}
+	if n.Subnet.Masked() != n.Subnet {
+		return Network{}, invalid("subnet", "%s has host bits set; did you mean %s?", n.Subnet, n.Subnet.Masked())
+	}
+	if n.Subnet.Bits() > 30 {
+		return Network{}, invalid("subnet", "%s is too small; want /30 or larger", n.Subnet)
+	}
+	if !n.Gateway.IsValid() {
+		n.Gateway = n.Subnet.Addr().Next()
+	} else if err := checkHostAddr("gateway", n.Gateway, n.Subnet); err != nil {
+		return Network{}, err
+	}
+	_, err := r.update(ctx, func(t tx) error {
+		if t.get(networkKey(n.Name), &Network{}) {
+			return fieldErr("name", ErrExists, "network %q already exists", n.Name)
+		}
+		id, err := t.next(seqNetworkKey)
+		if err != nil {
+			return err
+		}
+		n.ID = id
+		t.put(networkKey(n.Name), n)
+		return nil
+	})
+	if err != nil {
+		return Network{}, fmt.Errorf("create network %s: %w", spec.Name, err)
+	}
+	return n, nil
+}
+
+// Network returns the network with the name.
+func (r *Registry) Network(ctx context.Context, name string) (Network, error) {
+	var n Network
+	if err := r.getObject(ctx, networkKey(name), &n); err != nil {
+		return Network{}, fmt.Errorf("network %s: %w", name, err)
+	}
+	return n, nil
+}
+
+// DeleteNetwork removes a network no endpoint is attached to.
+func (r *Registry) DeleteNetwork(ctx context.Context, name string) error {
+	_, err := r.update(ctx, func(t tx) error {
+		var n Network
+		if !t.get(networkKey(name), &n) {
+			return ErrNotFound
+		}
+		if held := t.List(identityPrefix(n.ID)); len(held) > 0 {
+			return fmt.Errorf("%w: endpoints with %d addresses are still attached; remove them first", ErrInUse, len(held))
+		}
+		t.Del(networkKey(name))
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("remove network %s: %w", name, err)
+	}
+	return nil
+}
+
+// ---- servers ----
+
+// ServerSpec registers a server. Registering an existing server updates
+// it: that is what an agent does each time it starts.
+type ServerSpec struct {
+	Name   string       `json:"name"`
+	IPs    []netip.Addr `json:"ips"`
+	MAC    MAC          `json:"mac"`
+	Uplink string       `json:"uplink,omitempty"`
+}
+
+// RegisterServer creates or updates a server and marks it seen now.
+func (r *Registry) RegisterServer(ctx context.Context, spec ServerSpec) (Server, error) {
+	if err := validName("name", spec.Name); err != nil {
+		return Server{}, err
+	}
+	if len(spec.IPs) == 0 {
+		return Server{}, invalid("ips", "missing; want at least one locator address")
+	}
+	for i, ip := range spec.IPs {
+		f := fmt.Sprintf("ips[%d]", i)
+		switch {
+		case !ip.IsValid():
+			return Server{}, invalid(f, "missing address")
+		case !ip.Is4():
+			return Server{}, invalid(f, "%s is not IPv4; only IPv4 locators are supported", ip)
+		case ip.IsUnspecified() || ip.IsMulticast() || ip.IsLoopback() || ip == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+			return Server{}, invalid(f, "%s cannot be a server's locator address", ip)
+		case slices.Contains(spec.IPs[:i], ip):
+			return Server{}, invalid(f, "%s is listed twice", ip)
+		}
+	}
+	if !spec.MAC.IsUnicast() {
+		return Server{}, invalid("mac", "%q is not a unicast MAC", spec.MAC)
+	}
+	srv := Server{Name: spec.Name, IPs: spec.IPs, MAC: spec.MAC, Uplink: spec.Uplink, LastSeen: r.now().UTC()}
+	_, err := r.update(ctx, func(t tx) error {
+		var old Server
+		t.get(serverKey(srv.Name), &old)
+		for i, ip := range srv.IPs {
+			var owner string
+			if t.get(serverIPKey(ip), &owner) && owner != srv.Name {
+				return fieldErr(fmt.Sprintf("ips[%d]", i), ErrConflict, "%s is already a locator of server %s", ip, owner)
+			}
+		}
+		for _, ip := range old.IPs {
+			if slices.Contains(srv.IPs, ip) {
+				continue
+			}
+			var bt blockTable
+			if t.get(wireKey(ip), &bt) && len(bt.Blocks) > 0 {
+				return fieldErr("ips", ErrInUse, "%s still carries the wire blocks of %d endpoints; move or remove them first", ip, len(bt.Blocks))
+			}
+			t.Del(serverIPKey(ip))
+		}
+		for _, ip := range srv.IPs {
+			t.put(serverIPKey(ip), srv.Name)
+		}
+		t.put(serverKey(srv.Name), srv)
+		return nil
+	})
+	if err != nil {
+		return Server{}, fmt.Errorf("register server %s: %w", spec.Name, err)
+	}
+	return srv, nil
+}
+
+// Heartbeat marks a server seen now.
+func (r *Registry) Heartbeat(ctx context.Context, name string) (Server, error) {
+	var srv Server
+	_, err := r.update(ctx, func(t tx) error {
+		if !t.get(serverKey(name), &srv) {
+			return ErrNotFound
+		}
+		srv.LastSeen = r.now().UTC()
+		t.put(serverKey(name), srv)
+		return nil
+	})
+	if err != nil {
+		return Server{}, fmt.Errorf("heartbeat of server %s: %w", name, err)
+	}
+	return srv, nil
+}
+
+// Server returns the server with the name.
+func (r *Registry) Server(ctx context.Context, name string) (Server, error) {
+	var s Server
+	if err := r.getObject(ctx, serverKey(name), &s); err != nil {
+		return Server{}, fmt.Errorf("server %s: %w", name, err)
+	}
+	return s, nil
+}
+
+// DeleteServer removes a server that runs no endpoint.
+func (r *Registry) DeleteServer(ctx context.Context, name string) error {
+	_, err := r.update(ctx, func(t tx) error {
+		var srv Server
+		if !t.get(serverKey(name), &srv) {
+			return ErrNotFound
+		}
+		n := 0
+		for _, ip := range srv.IPs {
+			var bt blockTable
+			t.get(wireKey(ip), &bt)
+			n += len(bt.Blocks)
+		}
+		if n > 0 {
+			return fmt.Errorf("%w: %d endpoints still run there; move or remove them first", ErrInUse, n)
+		}
+		for _, ip := range srv.IPs {
+			t.Del(serverIPKey(ip))
+			t.Del(wireKey(ip))
+		}
+		t.Del(serverKey(name))
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("remove server %s: %w", name, err)
+	}
+	return nil
+}
+
+// ---- endpoints ----
+
+// EndpointSpec is what an endpoint is created from. Zero MAC means
+// generate one; zero Mode means Balance; zero State means Active.
+type EndpointSpec struct {
+	Name      string     `json:"name,omitempty"`
+	Network   string     `json:"network"`
+	IP        netip.Addr `json:"ip"`
+	MAC       MAC        `json:"mac,omitzero"`
+	Server    string     `json:"server"`
+	Interface string     `json:"interface,omitempty"`
+	Ports     []PortSpec `json:"ports,omitempty"`
+	Mode      Mode       `json:"mode,omitempty"`
+	Priority  uint16     `json:"priority,omitempty"`
+	State     State      `json:"state,omitempty"`
+}
+
+// check validates what can be validated without the registry's state.
+func (r *Registry) check(spec *EndpointSpec) error {
+	if spec.Name != "" {
+		if err := validName("name", spec.Name); err != nil {
+			return err
+		}
+		if _, err := strconv.ParseUint(spec.Name, 10, 64); err == nil {
+			return invalid("name", "%q is a number, which would be mistaken for an endpoint ID", spec.Name)
+		}
+	}
+	if spec.Network == "" {
+		return invalid("network", "missing")
+	}
+	if spec.Server == "" {
+		return invalid("server", "missing")
+	}
+	if !spec.IP.IsValid() {
+		return invalid("ip", "missing")
+	}
+	if !spec.MAC.IsZero() && !spec.MAC.IsUnicast() {
+		return invalid("mac", "%s is a group address; want a unicast MAC", spec.MAC)
+	}
+	if len(spec.Ports) >= int(r.cfg.BlockSize) {
+		return invalid("ports", "%d ports do not fit a block of %d with room for outgoing flows", len(spec.Ports), r.cfg.BlockSize)
+	}
+	for i, p := range spec.Ports {
+		if p.Port == 0 {
+			return invalid(fmt.Sprintf("ports[%d].port", i), "want a port from 1 to 65535")
+		}
+		if p.Protocol != TCP && p.Protocol != UDP {
+			return invalid(fmt.Sprintf("ports[%d].protocol", i), "unknown protocol %q, want tcp or udp", p.Protocol)
+		}
+		if slices.Contains(spec.Ports[:i], p) {
+			return invalid(fmt.Sprintf("ports[%d]", i), "%s is listed twice", p)
+		}
+	}
+	switch spec.Mode {
+	case "":
+		spec.Mode = Balance
+	case Balance, Failover:
+	default:
+		return invalid("mode", "unknown mode %q, want balance or failover", spec.Mode)
+	}
+	switch spec.State {
+	case "":
+		spec.State = Active
+	case Active, Down:
+	default:
+		return invalid("state", "unknown state %q, want active or down", spec.State)
+	}
+	return nil
+}
+
+// CreateEndpoint registers an endpoint and allocates its blocks.
+func (r *Registry) CreateEndpoint(ctx context.Context, spec EndpointSpec) (Endpoint, error) {
+	eps, err := r.CreateEndpoints(ctx, []EndpointSpec{spec})
+	if err != nil {
+		var fe *FieldError
+		if errors.As(err, &fe) {
+			fe.Field = strings.TrimPrefix(fe.Field, "endpoints[0].")
+		}
+		return Endpoint{}, err
+	}
+	return eps[0], nil
+}
+
+// CreateEndpoints registers endpoints in one transaction: all of them or,
+// on any error, none. Errors name the failing one as endpoints[i].
+func (r *Registry) CreateEndpoints(ctx context.Context, specs []EndpointSpec) ([]Endpoint, error) {
+	for i := range specs {
+		if err := r.check(&specs[i]); err != nil {
+			return nil, fmt.Errorf("create endpoint: %w", prefixField(err, i))
+		}
+	}
+	var out []Endpoint
+	_, err := r.update(ctx, func(t tx) error {
+		out = out[:0]
+		for i := range specs {
+			e, err := r.create(t, &specs[i])
+			if err != nil {
+				return prefixField(err, i)
+			}
+			out = append(out, e)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("create endpoint: %w", err)
+	}
+	return out, nil
+}
+
+func prefixField(err error, i int) error {
+	var fe *FieldError
+	if errors.As(err, &fe) {
+		fe.Field = fmt.Sprintf("endpoints[%d].%s", i, fe.Field)
+	}
+	return err
+}
+
+func (r *Registry) create(t tx, spec *EndpointSpec) (Endpoint, error) {
+	var n Network
+	if !t.get(networkKey(spec.Network), &n) {
+		return Endpoint{}, fieldErr("network", ErrNotFound, "network %q does not exist", spec.Network)
+	}
+	if err := checkHostAddr("ip", spec.IP, n.Subnet); err != nil {
+		return Endpoint{}, err
+	}
+	if spec.IP == n.Gateway {
+		return Endpoint{}, invalid("ip", "%s is network %s's gateway", spec.IP, n.Name)
+	}
+	var srv Server
+	if !t.get(serverKey(spec.Server), &srv) {
+		return Endpoint{}, fieldErr("server", ErrNotFound, "server %q does not exist", spec.Server)
+	}
+	if spec.Name != "" {
+		var other uint32
+		if t.get(nameKey(spec.Name), &other) {
+			return Endpoint{}, fieldErr("name", ErrExists, "endpoint %q already exists (id %d)", spec.Name, other)
+		}
+	}
+	mac := spec.MAC
+	if mac.IsZero() {
+		for mac = randomMAC(); t.get(macKey(n.ID, mac), new(uint32)); mac = randomMAC() {
+		}
+	} else {
+		var other uint32
+		if t.get(macKey(n.ID, mac), &other) {
+			return Endpoint{}, fieldErr("mac", ErrConflict, "%s is already used by endpoint %d in network %s", mac, other, n.Name)
+		}
+	}
+	for i, p := range spec.Ports {
+		var si serviceIndex
+		if t.get(serviceKey(n.ID, spec.IP, p), &si) && si.Mode != spec.Mode {
+			return Endpoint{}, fieldErr(fmt.Sprintf("ports[%d]", i), ErrConflict,
+				"service %s:%s in network %s is %s (endpoints %v); this endpoint asks for %s",
+				spec.IP, p, n.Name, si.Mode, si.Endpoints, spec.Mode)
+		}
+	}
+	id, err := t.next(seqEndpointKey)
+	if err != nil {
+		return Endpoint{}, err
+	}
+	e := Endpoint{
+		ID: id, Name: spec.Name, Network: n.Name, NetworkID: n.ID, IP: spec.IP, MAC: mac,
+		Server: srv.Name, Interface: spec.Interface, Ports: slices.Clone(spec.Ports),
+		Mode: spec.Mode, Priority: spec.Priority, State: spec.State,
+	}
+	if e.Ports == nil {
+		e.Ports = []PortSpec{}
+	}
+	if e.Wire, err = r.allocWire(t, &srv, id); err != nil {
+		return Endpoint{}, err
+	}
+	var it blockTable
+	t.get(identityKey(n.ID, e.IP), &it)
+	base, ok := it.alloc(r.id, r.cfg.BlockSize, id)
+	if !ok {
+		return Endpoint{}, fieldErr("ip", ErrPortSpaceFull,
+			"%d endpoints already share %s in network %s: no free identity block of %d ports in %s",
+			len(it.Blocks), e.IP, n.Name, r.cfg.BlockSize, r.id)
+	}
+	t.put(identityKey(n.ID, e.IP), it)
+	e.Identity = Block{Base: base, Size: r.cfg.BlockSize}
+	for _, p := range e.Ports {
+		var si serviceIndex
+		t.get(serviceKey(n.ID, e.IP, p), &si)
+		si.Mode = e.Mode
+		si.Endpoints = append(si.Endpoints, id)
+		t.put(serviceKey(n.ID, e.IP, p), si)
+	}
+	t.put(macKey(n.ID, mac), id)
+	if e.Name != "" {
+		t.put(nameKey(e.Name), id)
+	}
+	t.put(endpointKey(id), e)
+	return e, nil
+}
+
+// allocWire takes a wire block on the first locator address of srv that
+// has one free.
+func (r *Registry) allocWire(t tx, srv *Server, id uint32) (Block, error) {
+	held := 0
+	for _, ip := range srv.IPs {
+		var bt blockTable
+		t.get(wireKey(ip), &bt)
+		if base, ok := bt.alloc(r.wire, r.cfg.BlockSize, id); ok {
+			t.put(wireKey(ip), bt)
+			return Block{Addr: ip, Base: base, Size: r.cfg.BlockSize}, nil
+		}
+		held += len(bt.Blocks)
+	}
+	return Block{}, fieldErr("server", ErrPortSpaceFull,
+		"server %s has no free wire block of %d ports in %s on its %d addresses (%d endpoints hold blocks); add a locator address",
+		srv.Name, r.cfg.BlockSize, r.wire, len(srv.IPs), held)
+}
+
+func (r *Registry) freeWire(t tx, e *Endpoint) {
+	var bt blockTable
+	if t.get(wireKey(e.Wire.Addr), &bt) && bt.free(e.Wire.Base, e.ID) {
+		t.put(wireKey(e.Wire.Addr), bt)
+	}
+}
+
+// resolve finds an endpoint by ID or name inside a transaction.
+func resolve(t tx, ref string) (Endpoint, error) {
+	var id uint32
+	if n, err := strconv.ParseUint(ref, 10, 32); err == nil {
+		id = uint32(n)
+	} else if !t.get(nameKey(ref), &id) {
+		return Endpoint{}, ErrNotFound
+	}
+	var e Endpoint
+	if !t.get(endpointKey(id), &e) {
+		return Endpoint{}, ErrNotFound
+	}
+	return e, nil
+}
+
+// Endpoint returns the endpoint with the ID or name ref.
+func (r *Registry) Endpoint(ctx context.Context, ref string) (Endpoint, error) {
+	id, err := strconv.ParseUint(ref, 10, 32)
+	if err != nil {
+		var n uint32
+		if err := r.getObject(ctx, nameKey(ref), &n); err != nil {
+			return Endpoint{}, fmt.Errorf("endpoint %s: %w", ref, err)
+		}
+		id = uint64(n)
+	}
+	var e Endpoint
+	if err := r.getObject(ctx, endpointKey(uint32(id)), &e); err != nil {
+		return Endpoint{}, fmt.Errorf("endpoint %s: %w", ref, err)
+	}
+	return e, nil
+}
+
+// DeleteEndpoint removes an endpoint and frees its blocks.
+func (r *Registry) DeleteEndpoint(ctx context.Context, ref string) (Endpoint, error) {
+	var e Endpoint
+	_, err := r.update(ctx, func(t tx) error {
+		var err error
+		if e, err = resolve(t, ref); err != nil {
+			return err
+		}
+		r.freeWire(t, &e)
+		var it blockTable
+		if t.get(identityKey(e.NetworkID, e.IP), &it) && it.free(e.Identity.Base, e.ID) {
+			if len(it.Blocks) == 0 {
+				t.Del(identityKey(e.NetworkID, e.IP))
+			} else {
+				t.put(identityKey(e.NetworkID, e.IP), it)
+			}
+		}
+		for _, p := range e.Ports {
+			var si serviceIndex
+			if !t.get(serviceKey(e.NetworkID, e.IP, p), &si) {
+				continue
+			}
+			si.Endpoints = slices.DeleteFunc(si.Endpoints, func(id uint32) bool { return id == e.ID })
+			if len(si.Endpoints) == 0 {
+				t.Del(serviceKey(e.NetworkID, e.IP, p))
+			} else {
+				t.put(serviceKey(e.NetworkID, e.IP, p), si)
+			}
+		}
+		t.Del(macKey(e.NetworkID, e.MAC))
+		if e.Name != "" {
+			t.Del(nameKey(e.Name))
+		}
+		t.Del(endpointKey(e.ID))
+		return nil
+	})
+	if err != nil {
+		return Endpoint{}, fmt.Errorf("remove endpoint %s: %w", ref, err)
+	}
+	return e, nil
+}
+
+// MoveEndpoint moves an endpoint to another server. Its identity (network,
+// IP, MAC, ports, identity block) stays; its wire block is taken on the
+// new server, and its host-side interface becomes iface. Moving to the
+// server it is on changes nothing.
+func (r *Registry) MoveEndpoint(ctx context.Context, ref, server, iface string) (Endpoint, error) {
+	var e Endpoint
+	_, err := r.update(ctx, func(t tx) error {
+		var err error
+		if e, err = resolve(t, ref); err != nil {
+			return err
+		}
+		var srv Server
+		if !t.get(serverKey(server), &srv) {
+			return fieldErr("server", ErrNotFound, "server %q does not exist", server)
+		}
+		if e.Server == server {
+			return nil
+		}
+		r.freeWire(t, &e)
+		if e.Wire, err = r.allocWire(t, &srv, e.ID); err != nil {
+			return err
+		}
+		e.Server, e.Interface = server, iface
+		t.put(endpointKey(e.ID), e)
+		return nil
+	})
+	if err != nil {
+		return Endpoint{}, fmt.Errorf("move endpoint %s to %s: %w", ref, server, err)
+	}
+	return e, nil
+}
+
+// SetEndpointState marks an endpoint active or down.
+func (r *Registry) SetEndpointState(ctx context.Context, ref string, state State) (Endpoint, error) {
+	if state != Active && state != Down {
+		return Endpoint{}, invalid("state", "unknown state %q, want active or down", state)
+	}
+	var e Endpoint
+	_, err := r.update(ctx, func(t tx) error {
+		var err error
+		if e, err = resolve(t, ref); err != nil {
+			return err
+		}
+		if e.State != state {
+			e.State = state
+			t.put(endpointKey(e.ID), e)
+		}
+		return nil
+	})
+	if err != nil {
+		return Endpoint{}, fmt.Errorf("set endpoint %s %s: %w", ref, state, err)
+	}
+	return e, nil
+}
+
+// ---- reading and watching ----
+
+func (r *Registry) getObject(ctx context.Context, key string, v any) error {
+	kv, ok, _, err := r.st.Get(ctx, key)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return ErrNotFound
+	}
+	if err := json.Unmarshal(kv.Value, v); err != nil {
+		return fmt.Errorf("%w %s: %v", errCorrupt, key, err)
+	}
+	return nil
+}
+
+// Snapshot returns every network, server and endpoint at one revision.
+func (r *Registry) Snapshot(ctx context.Context) (Snapshot, error) {
+	kvs, rev, err := r.st.List(ctx, objPrefix)
+	if err != nil {
+		return Snapshot{}, fmt.Errorf("snapshot: %w", err)
+	}
+	s := Snapshot{Revision: rev, Networks: []Network{}, Servers: []Server{}, Endpoints: []Endpoint{}}
+	for _, kv := range kvs {
+		c, err := decodeObject(kv.Key, kv.Value)
+		if err != nil {
+			return Snapshot{}, fmt.Errorf("snapshot: %w", err)
+		}
+		switch {
+		case c.Network != nil:
+			s.Networks = append(s.Networks, *c.Network)
+		case c.Server != nil:
+			s.Servers = append(s.Servers, *c.Server)
+		case c.Endpoint != nil:
+			s.Endpoints = append(s.Endpoints, *c.Endpoint)
+		}
+	}
+	return s, nil
+}
+
+// Kinds of objects in a Change.
+const (
+	KindNetwork  = "network"
+	KindServer   = "server"
+	KindEndpoint = "endpoint"
+)
+
+// Change is one entry of the change log: an object written or deleted at
+// a revision. For a deletion, the object is the one that was deleted.
+type Change struct {
+	Revision int64     `json:"revision"`
+	Type     string    `json:"type"` // "put" or "delete"
+	Kind     string    `json:"kind"`
+	Network  *Network  `json:"network,omitempty"`
+	Server   *Server   `json:"server,omitempty"`
+	Endpoint *Endpoint `json:"endpoint,omitempty"`
+}
+
+func decodeObject(key string, value []byte) (Change, error) {
+	var c Change
+	var v any
+	switch {
+	case strings.HasPrefix(key, networkPrefix):
+		c.Kind, c.Network = KindNetwork, new(Network)
+		v = c.Network
+	case strings.HasPrefix(key, serverPrefix):
+		c.Kind, c.Server = KindServer, new(Server)
+		v = c.Server
+	case strings.HasPrefix(key, endpointPrefix):
+		c.Kind, c.Endpoint = KindEndpoint, new(Endpoint)
+		v = c.Endpoint
+	default:
+		return c, fmt.Errorf("%w: unknown key %s", errCorrupt, key)
+	}
+	if err := json.Unmarshal(value, v); err != nil {
+		return c, fmt.Errorf("%w %s: %v", errCorrupt, key, err)
+	}
+	return c, nil
+}
+
+// WatchResponse carries changes in revision order. One with Err set ends
+// its channel; with ErrCompacted, CompactRevision is the oldest revision
+// still available.
+type WatchResponse struct {
+	Changes         []Change
+	CompactRevision int64
+	Err             error
+}
+
+// Watch sends every change from revision rev on (zero: from the next one)
+// until ctx ends or an error is sent. To follow the registry without a gap,
+// take a Snapshot and watch from its Revision+1; after a disconnect, watch
+// again from the last revision seen plus one.
+func (r *Registry) Watch(ctx context.Context, rev int64) <-chan WatchResponse {
+	out := make(chan WatchResponse, 4)
+	go func() {
+		defer close(out)
+		for resp := range r.st.Watch(ctx, objPrefix, rev) {
+			w := WatchResponse{Err: resp.Err, CompactRevision: resp.CompactRevision}
+			if errors.Is(resp.Err, store.ErrCompacted) {
+				w.Err = fmt.Errorf("watch from revision %d: %w (oldest is %d): list again", rev, ErrCompacted, resp.CompactRevision)
+			}
+			for _, ev := range resp.Events {
+				value := ev.KV.Value
+				if ev.Type == store.EventDelete {
+					value = ev.PrevValue
+				}
+				c, err := decodeObject(ev.KV.Key, value)
+				if err != nil {
+					w.Err = err
+					break
+				}
+				c.Revision, c.Type = ev.KV.ModRevision, ev.Type.String()
+				w.Changes = append(w.Changes, c)
+			}
+			select {
+			case out <- w:
+			case <-ctx.Done():
+				return
+			}
+			if w.Err != nil {
+				return
+			}
+		}
+	}()
+	return out
+}
+
+// ---- validation helpers ----
+
+func validName(field, s string) error {
+	if s == "" {
+		return invalid(field, "missing")
+	}
+	if len(s) > 63 {
+		return invalid(field, "%q is longer than 63 characters", s)
+	}
+	for i, c := range s {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' ||
+			i > 0 && (c == '-' || c == '_' || c == '.')
+		if !ok {
+			return invalid(field, "%q: want letters, digits, and - _ . after the first character", s)
+		}
+	}
+	return nil
+}
+
+// checkHostAddr checks that ip may be a host's address in subnet.
+func checkHostAddr(field string, ip netip.Addr, subnet netip.Prefix) error {
+	if !ip.Is4() {
+		return invalid(field, "%s is not an IPv4 address", ip)
+	}
+	if !subnet.Contains(ip) {
+		return invalid(field, "%s is outside the subnet %s", ip, subnet)
+	}
+	if ip == subnet.Addr() {
+		return invalid(field, "%s is the network address of %s", ip, subnet)
+	}
+	if ip == lastAddr(subnet) {
+		return invalid(field, "%s is the broadcast address of %s", ip, subnet)
+	}
+	return nil
+}
+
+func lastAddr(p netip.Prefix) netip.Addr {
+	a := p.Masked().Addr().As4()
+	host := uint32(1)<<(32-p.Bits()) - 1
+	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3]) | host
+	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}

@@ -1,0 +1,495 @@
+package mapper_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/daolinet/daoli/mapper"
+	"github.com/daolinet/daoli/mapper/store"
+	"github.com/google/go-cmp/cmp"
+)
+
+var ctx = context.Background()
+
+func newRegistry(t testing.TB, cfg mapper.Config) (*mapper.Registry, *store.Bolt) {
+	t.Helper()
+	st, err := store.OpenBolt(store.BoltConfig{Path: filepath.Join(t.TempDir(), "registry.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	cfg.Store = st
+	reg, err := mapper.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reg, st
+}
+
+func must[T any](t testing.TB) func(T, error) T {
+	return func(v T, err error) T {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+}
+
+var (
+	ip     = netip.MustParseAddr
+	prefix = netip.MustParsePrefix
+)
+
+// diff compares with netip values treated as the comparable values they are.
+func diff(want, got any) string {
+	return cmp.Diff(want, got,
+		cmp.Comparer(func(a, b netip.Addr) bool { return a == b }),
+		cmp.Comparer(func(a, b netip.Prefix) bool { return a == b }))
+}
+
+func mac(s string) mapper.MAC {
+	m, err := mapper.ParseMAC(s)
+	if err != nil {
+		panic(err)
+	}
+	return m
+}
+
+// world creates network net1 (10.1.0.0/24), net2 (10.1.0.0/24 too: CIDRs
+// may overlap) and servers s1, s2.
+func world(t testing.TB, reg *mapper.Registry) {
+	t.Helper()
+	must[mapper.Network](t)(reg.CreateNetwork(ctx, mapper.NetworkSpec{Name: "net1", Subnet: prefix("10.1.0.0/24")}))
+	must[mapper.Network](t)(reg.CreateNetwork(ctx, mapper.NetworkSpec{Name: "net2", Subnet: prefix("10.1.0.0/24")}))
+	must[mapper.Server](t)(reg.RegisterServer(ctx, mapper.ServerSpec{Name: "s1", IPs: []netip.Addr{ip("192.0.2.1")}, MAC: mac("52:54:00:00:00:01")}))
+	must[mapper.Server](t)(reg.RegisterServer(ctx, mapper.ServerSpec{Name: "s2", IPs: []netip.Addr{ip("192.0.2.2")}, MAC: mac("52:54:00:00:00:02")}))
+}
+
+func web(name, server string) mapper.EndpointSpec {
+	return mapper.EndpointSpec{Name: name, Network: "net1", IP: ip("10.1.0.5"), Server: server,
+		Ports: []mapper.PortSpec{{Port: 80, Protocol: mapper.TCP}}}
+}
+
+// wantErr checks err against a sentinel, a field and a fragment of the
+// message.
+func wantErr(t *testing.T, err, sentinel error, field, fragment string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("no error; want %v on %q", sentinel, field)
+	}
+	if !errors.Is(err, sentinel) {
+		t.Errorf("error %q is not %v", err, sentinel)
+	}
+	var fe *mapper.FieldError
+	if field != "" && (!errors.As(err, &fe) || fe.Field != field) {
+		t.Errorf("error %q does not name field %q", err, field)
+	}
+	if !strings.Contains(err.Error(), fragment) {
+		t.Errorf("error %q does not say %q", err, fragment)
+	}
+}
+
+func TestCreateNetworkValidation(t *testing.T) {
+	reg, _ := newRegistry(t, mapper.Config{})
+	world(t, reg)
+	tests := []struct {
+		name     string
+		spec     mapper.NetworkSpec
+		sentinel error
+		field    string
+		fragment string
+	}{
+		{"no name", mapper.NetworkSpec{Subnet: prefix("10.0.0.0/24")}, mapper.ErrInvalid, "name", "missing"},
+		{"bad name", mapper.NetworkSpec{Name: "a b", Subnet: prefix("10.0.0.0/24")}, mapper.ErrInvalid, "name", "letters"},
+		{"no subnet", mapper.NetworkSpec{Name: "n"}, mapper.ErrInvalid, "subnet", "missing"},
+		{"host bits", mapper.NetworkSpec{Name: "n", Subnet: prefix("10.0.0.5/24")}, mapper.ErrInvalid, "subnet", "did you mean 10.0.0.0/24"},
+		{"ipv6", mapper.NetworkSpec{Name: "n", Subnet: prefix("fd00::/64")}, mapper.ErrInvalid, "subnet", "not IPv4"},
+		{"too small", mapper.NetworkSpec{Name: "n", Subnet: prefix("10.0.0.0/31")}, mapper.ErrInvalid, "subnet", "too small"},
+		{"gateway outside", mapper.NetworkSpec{Name: "n", Subnet: prefix("10.0.0.0/24"), Gateway: ip("10.0.1.1")}, mapper.ErrInvalid, "gateway", "outside"},
+		{"gateway broadcast", mapper.NetworkSpec{Name: "n", Subnet: prefix("10.0.0.0/24"), Gateway: ip("10.0.0.255")}, mapper.ErrInvalid, "gateway", "broadcast"},
+		{"taken", mapper.NetworkSpec{Name: "net1", Subnet: prefix("10.9.0.0/24")}, mapper.ErrExists, "name", "already exists"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := reg.CreateNetwork(ctx, tt.spec)
+			wantErr(t, err, tt.sentinel, tt.field, tt.fragment)
+		})
+	}
+	n := must[mapper.Network](t)(reg.Network(ctx, "net1"))
+	if n.Gateway != ip("10.1.0.1") || n.ID != 1 {
+		t.Errorf("net1: gateway %s id %d, want the first address 10.1.0.1 and id 1", n.Gateway, n.ID)
+	}
+}
+
+func TestRegisterServerValidation(t *testing.T) {
+	reg, _ := newRegistry(t, mapper.Config{})
+	world(t, reg)
+	good := mac("52:54:00:00:00:09")
+	tests := []struct {
+		name     string
+		spec     mapper.ServerSpec
+		sentinel error
+		field    string
+		fragment string
+	}{
+		{"no ips", mapper.ServerSpec{Name: "s", MAC: good}, mapper.ErrInvalid, "ips", "at least one"},
+		{"ipv6", mapper.ServerSpec{Name: "s", IPs: []netip.Addr{ip("fd00::1")}, MAC: good}, mapper.ErrInvalid, "ips[0]", "not IPv4"},
+		{"loopback", mapper.ServerSpec{Name: "s", IPs: []netip.Addr{ip("127.0.0.1")}, MAC: good}, mapper.ErrInvalid, "ips[0]", "cannot be"},
+		{"twice", mapper.ServerSpec{Name: "s", IPs: []netip.Addr{ip("192.0.2.9"), ip("192.0.2.9")}, MAC: good}, mapper.ErrInvalid, "ips[1]", "twice"},
+		{"no mac", mapper.ServerSpec{Name: "s", IPs: []netip.Addr{ip("192.0.2.9")}}, mapper.ErrInvalid, "mac", "unicast"},
+		{"multicast mac", mapper.ServerSpec{Name: "s", IPs: []netip.Addr{ip("192.0.2.9")}, MAC: mac("01:00:5e:00:00:01")}, mapper.ErrInvalid, "mac", "unicast"},
+		{"ip of another server", mapper.ServerSpec{Name: "s", IPs: []netip.Addr{ip("192.0.2.1")}, MAC: good}, mapper.ErrConflict, "ips[0]", "server s1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := reg.RegisterServer(ctx, tt.spec)
+			wantErr(t, err, tt.sentinel, tt.field, tt.fragment)
+		})
+	}
+}
+
+func TestCreateEndpointValidation(t *testing.T) {
+	reg, _ := newRegistry(t, mapper.Config{})
+	world(t, reg)
+	must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, mapper.EndpointSpec{Name: "taken", Network: "net1", IP: ip("10.1.0.9"), Server: "s1", MAC: mac("02:00:00:00:00:09")}))
+	must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, web("web", "s1")))
+	with := func(f func(*mapper.EndpointSpec)) mapper.EndpointSpec {
+		s := mapper.EndpointSpec{Network: "net1", IP: ip("10.1.0.20"), Server: "s1", Ports: []mapper.PortSpec{{Port: 8080, Protocol: mapper.TCP}}}
+		f(&s)
+		return s
+	}
+	tests := []struct {
+		name     string
+		spec     mapper.EndpointSpec
+		sentinel error
+		field    string
+		fragment string
+	}{
+		{"outside subnet", with(func(s *mapper.EndpointSpec) { s.IP = ip("10.2.0.5") }), mapper.ErrInvalid, "ip", "outside the subnet 10.1.0.0/24"},
+		{"network address", with(func(s *mapper.EndpointSpec) { s.IP = ip("10.1.0.0") }), mapper.ErrInvalid, "ip", "network address"},
+		{"broadcast", with(func(s *mapper.EndpointSpec) { s.IP = ip("10.1.0.255") }), mapper.ErrInvalid, "ip", "broadcast"},
+		{"gateway", with(func(s *mapper.EndpointSpec) { s.IP = ip("10.1.0.1") }), mapper.ErrInvalid, "ip", "gateway"},
+		{"no ip", with(func(s *mapper.EndpointSpec) { s.IP = netip.Addr{} }), mapper.ErrInvalid, "ip", "missing"},
+		{"port zero", with(func(s *mapper.EndpointSpec) { s.Ports[0].Port = 0 }), mapper.ErrInvalid, "ports[0].port", "1 to 65535"},
+		{"protocol", with(func(s *mapper.EndpointSpec) { s.Ports[0].Protocol = "sctp" }), mapper.ErrInvalid, "ports[0].protocol", `"sctp"`},
+		{"port twice", with(func(s *mapper.EndpointSpec) { s.Ports = append(s.Ports, s.Ports[0]) }), mapper.ErrInvalid, "ports[1]", "twice"},
+		{"unknown network", with(func(s *mapper.EndpointSpec) { s.Network = "nope" }), mapper.ErrNotFound, "network", `"nope" does not exist`},
+		{"unknown server", with(func(s *mapper.EndpointSpec) { s.Server = "nope" }), mapper.ErrNotFound, "server", `"nope" does not exist`},
+		{"mac twice", with(func(s *mapper.EndpointSpec) { s.MAC = mac("02:00:00:00:00:09") }), mapper.ErrConflict, "mac", "already used"},
+		{"group mac", with(func(s *mapper.EndpointSpec) { s.MAC = mac("03:00:00:00:00:09") }), mapper.ErrInvalid, "mac", "group"},
+		{"mode", with(func(s *mapper.EndpointSpec) { s.Mode = "random" }), mapper.ErrInvalid, "mode", `"random"`},
+		{"state", with(func(s *mapper.EndpointSpec) { s.State = "zombie" }), mapper.ErrInvalid, "state", `"zombie"`},
+		{"name taken", with(func(s *mapper.EndpointSpec) { s.Name = "taken" }), mapper.ErrExists, "name", "already exists"},
+		{"numeric name", with(func(s *mapper.EndpointSpec) { s.Name = "42" }), mapper.ErrInvalid, "name", "endpoint ID"},
+		{"mode disagrees", mapper.EndpointSpec{Network: "net1", IP: ip("10.1.0.5"), Server: "s2", Mode: mapper.Failover,
+			Ports: []mapper.PortSpec{{Port: 80, Protocol: mapper.TCP}}}, mapper.ErrConflict, "ports[0]", "is balance"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := reg.CreateEndpoint(ctx, tt.spec)
+			wantErr(t, err, tt.sentinel, tt.field, tt.fragment)
+		})
+	}
+	// The same MAC is fine in another network, and so is the same IP.
+	must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, mapper.EndpointSpec{Network: "net2", IP: ip("10.1.0.9"), Server: "s1", MAC: mac("02:00:00:00:00:09")}))
+	// Another protocol on the same port is another service, free to differ.
+	must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, mapper.EndpointSpec{Network: "net1", IP: ip("10.1.0.5"), Server: "s2", Mode: mapper.Failover,
+		Ports: []mapper.PortSpec{{Port: 80, Protocol: mapper.UDP}}}))
+}
+
+func TestSharedIPAllocation(t *testing.T) {
+	reg, _ := newRegistry(t, mapper.Config{})
+	world(t, reg)
+	var eps []mapper.Endpoint
+	for i, srv := range []string{"s1", "s2", "s1"} {
+		eps = append(eps, must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, web(fmt.Sprintf("web%d", i), srv))))
+	}
+	// Wire blocks are unique per server and aligned; identity blocks unique
+	// per (network, IP).
+	want := []struct{ wire, identity mapper.Block }{
+		{mapper.Block{Addr: ip("192.0.2.1"), Base: 16384, Size: 256}, mapper.Block{Base: 32768, Size: 256}},
+		{mapper.Block{Addr: ip("192.0.2.2"), Base: 16384, Size: 256}, mapper.Block{Base: 33024, Size: 256}},
+		{mapper.Block{Addr: ip("192.0.2.1"), Base: 16640, Size: 256}, mapper.Block{Base: 33280, Size: 256}},
+	}
+	for i, e := range eps {
+		if e.Wire != want[i].wire || e.Identity != want[i].identity {
+			t.Errorf("endpoint %d: wire %v identity %v, want %v and %v", i, e.Wire, e.Identity, want[i].wire, want[i].identity)
+		}
+		if e.MAC.IsZero() || !e.MAC.IsUnicast() || e.MAC[0]&2 == 0 {
+			t.Errorf("endpoint %d: generated MAC %s is not locally administered unicast", i, e.MAC)
+		}
+	}
+	// 6-tuples: same (MAC-less) identity, distinct location.
+	srv := must[mapper.Server](t)(reg.Server(ctx, "s2"))
+	got := eps[1].SixTuples(&srv)
+	wantTuple := []mapper.SixTuple{{ServerMAC: mac("52:54:00:00:00:02"), ServerIP: ip("192.0.2.2"), ServerPort: 16384,
+		MAC: eps[1].MAC, IP: ip("10.1.0.5"), Port: 80, Protocol: mapper.TCP}}
+	if d := diff(wantTuple, got); d != "" {
+		t.Errorf("6-tuples (-want +got):\n%s", d)
+	}
+	// One service with three backends.
+	snap := must[mapper.Snapshot](t)(reg.Snapshot(ctx))
+	svcs := mapper.Services(snap.Servers, snap.Endpoints)
+	if len(svcs) != 1 || len(svcs[0].Backends) != 3 || svcs[0].Mode != mapper.Balance {
+		t.Fatalf("services: %+v, want one balance service with three backends", svcs)
+	}
+	// Freed blocks are reused.
+	must[mapper.Endpoint](t)(reg.DeleteEndpoint(ctx, "web0"))
+	again := must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, web("web3", "s1")))
+	if again.Wire != want[0].wire || again.Identity != want[0].identity {
+		t.Errorf("after removing web0: wire %v identity %v, want its blocks %v %v back", again.Wire, again.Identity, want[0].wire, want[0].identity)
+	}
+}
+
+func TestPortSpaceFull(t *testing.T) {
+	// Two wire blocks per address, three identity blocks per IP.
+	reg, _ := newRegistry(t, mapper.Config{BlockSize: 16,
+		WirePorts: mapper.PortRange{First: 20000, Last: 20031}, IdentityPorts: mapper.PortRange{First: 40000, Last: 40047}})
+	world(t, reg)
+	for i := 0; i < 2; i++ {
+		must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, web("", "s1")))
+	}
+	_, err := reg.CreateEndpoint(ctx, web("", "s1"))
+	wantErr(t, err, mapper.ErrPortSpaceFull, "server", "server s1 has no free wire block of 16 ports in 20000-20031")
+	// A second locator address doubles the server's room.
+	must[mapper.Server](t)(reg.RegisterServer(ctx, mapper.ServerSpec{Name: "s1", IPs: []netip.Addr{ip("192.0.2.1"), ip("192.0.2.11")}, MAC: mac("52:54:00:00:00:01")}))
+	e := must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, web("", "s1")))
+	if e.Wire.Addr != ip("192.0.2.11") {
+		t.Errorf("third endpoint on s1 got wire block %v, want one on the new address", e.Wire)
+	}
+	_, err = reg.CreateEndpoint(ctx, web("", "s2"))
+	wantErr(t, err, mapper.ErrPortSpaceFull, "ip", "3 endpoints already share 10.1.0.5")
+	// Removing an address that carries blocks is refused.
+	_, err = reg.RegisterServer(ctx, mapper.ServerSpec{Name: "s1", IPs: []netip.Addr{ip("192.0.2.11")}, MAC: mac("52:54:00:00:00:01")})
+	wantErr(t, err, mapper.ErrInUse, "ips", "192.0.2.1 still carries")
+}
+
+func TestBlockSizeChangeKeepsOldBlocks(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "db")
+	st := must[*store.Bolt](t)(store.OpenBolt(store.BoltConfig{Path: path}))
+	defer st.Close()
+	small := must[*mapper.Registry](t)(mapper.New(mapper.Config{Store: st, BlockSize: 64}))
+	world(t, small)
+	a := must[mapper.Endpoint](t)(small.CreateEndpoint(ctx, web("a", "s1")))
+	b := must[mapper.Endpoint](t)(small.CreateEndpoint(ctx, web("b", "s1")))
+	big := must[*mapper.Registry](t)(mapper.New(mapper.Config{Store: st, BlockSize: 256}))
+	c := must[mapper.Endpoint](t)(big.CreateEndpoint(ctx, web("c", "s1")))
+	if a.Wire.Base != 16384 || b.Wire.Base != 16448 || c.Wire.Base != 16640 || c.Wire.Size != 256 {
+		t.Errorf("wire bases %d %d %d (size %d), want 16384 16448 and the next free aligned 256-block 16640",
+			a.Wire.Base, b.Wire.Base, c.Wire.Base, c.Wire.Size)
+	}
+	if c.Identity.Base%256 != 0 || c.Identity.Base < b.Identity.Base+64 {
+		t.Errorf("identity block %v overlaps or is unaligned after %v", c.Identity, b.Identity)
+	}
+}
+
+func TestMoveKeepsIdentity(t *testing.T) {
+	reg, _ := newRegistry(t, mapper.Config{})
+	world(t, reg)
+	must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, web("other", "s2")))
+	before := must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, web("web", "s1")))
+	after := must[mapper.Endpoint](t)(reg.MoveEndpoint(ctx, "web", "s2", "veth-new"))
+	moved := before
+	moved.Server, moved.Interface = "s2", "veth-new"
+	moved.Wire = mapper.Block{Addr: ip("192.0.2.2"), Base: 16640, Size: 256}
+	if d := diff(moved, after); d != "" {
+		t.Errorf("moved endpoint (-want +got):\n%s", d)
+	}
+	// The old wire block is free again on s1.
+	n := must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, web("", "s1")))
+	if n.Wire != before.Wire {
+		t.Errorf("new endpoint on s1 got %v, want the freed %v", n.Wire, before.Wire)
+	}
+	if _, err := reg.MoveEndpoint(ctx, "web", "nope", ""); !errors.Is(err, mapper.ErrNotFound) {
+		t.Errorf("move to an unknown server: %v, want ErrNotFound", err)
+	}
+	if _, err := reg.MoveEndpoint(ctx, "nope", "s1", ""); !errors.Is(err, mapper.ErrNotFound) {
+		t.Errorf("move of an unknown endpoint: %v, want ErrNotFound", err)
+	}
+	same := must[mapper.Endpoint](t)(reg.MoveEndpoint(ctx, "web", "s2", "ignored"))
+	if d := diff(after, same); d != "" {
+		t.Errorf("moving to its own server changed it (-want +got):\n%s", d)
+	}
+}
+
+func TestRemovalRules(t *testing.T) {
+	reg, _ := newRegistry(t, mapper.Config{})
+	world(t, reg)
+	e := must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, web("web", "s1")))
+	wantErr(t, reg.DeleteNetwork(ctx, "net1"), mapper.ErrInUse, "", "still attached")
+	wantErr(t, reg.DeleteServer(ctx, "s1"), mapper.ErrInUse, "", "1 endpoints still run there")
+	must[mapper.Endpoint](t)(reg.DeleteEndpoint(ctx, fmt.Sprint(e.ID)))
+	if _, err := reg.Endpoint(ctx, "web"); !errors.Is(err, mapper.ErrNotFound) {
+		t.Errorf("removed endpoint is still found by name: %v", err)
+	}
+	if err := reg.DeleteNetwork(ctx, "net1"); err != nil {
+		t.Error(err)
+	}
+	if err := reg.DeleteServer(ctx, "s1"); err != nil {
+		t.Error(err)
+	}
+	// The name, the MAC and the server's address are free again.
+	must[mapper.Network](t)(reg.CreateNetwork(ctx, mapper.NetworkSpec{Name: "net1", Subnet: prefix("10.1.0.0/24")}))
+	must[mapper.Server](t)(reg.RegisterServer(ctx, mapper.ServerSpec{Name: "s9", IPs: []netip.Addr{ip("192.0.2.1")}, MAC: mac("52:54:00:00:00:01")}))
+	spec := web("web", "s9")
+	spec.MAC = e.MAC
+	n := must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, spec))
+	if n.ID == e.ID {
+		t.Errorf("endpoint ID %d was reused", n.ID)
+	}
+}
+
+func TestBatchIsAllOrNothing(t *testing.T) {
+	reg, st := newRegistry(t, mapper.Config{})
+	world(t, reg)
+	rev0, _, _ := st.Revision(ctx)
+	bad := web("c", "s1")
+	bad.IP = ip("10.1.0.1") // the gateway
+	_, err := reg.CreateEndpoints(ctx, []mapper.EndpointSpec{web("a", "s1"), web("b", "s2"), bad})
+	wantErr(t, err, mapper.ErrInvalid, "endpoints[2].ip", "gateway")
+	snap := must[mapper.Snapshot](t)(reg.Snapshot(ctx))
+	if len(snap.Endpoints) != 0 || snap.Revision != rev0 {
+		t.Errorf("a failed batch left %d endpoints and moved the revision %d→%d", len(snap.Endpoints), rev0, snap.Revision)
+	}
+	eps := must[[]mapper.Endpoint](t)(reg.CreateEndpoints(ctx, []mapper.EndpointSpec{web("a", "s1"), web("b", "s1")}))
+	if eps[0].Wire.Base == eps[1].Wire.Base {
+		t.Errorf("one batch gave two endpoints the same wire block %v", eps[0].Wire)
+	}
+}
+
+func TestStateAndFailoverOrder(t *testing.T) {
+	reg, _ := newRegistry(t, mapper.Config{})
+	world(t, reg)
+	for _, b := range []struct {
+		name, server string
+		prio         uint16
+	}{{"backup", "s2", 10}, {"master", "s1", 100}} {
+		s := web(b.name, b.server)
+		s.Mode, s.Priority = mapper.Failover, b.prio
+		must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, s))
+	}
+	order := func() []string {
+		snap := must[mapper.Snapshot](t)(reg.Snapshot(ctx))
+		var names []string
+		for _, b := range mapper.Services(snap.Servers, snap.Endpoints)[0].Backends {
+			names = append(names, b.Name+"/"+string(b.State))
+		}
+		return names
+	}
+	if d := diff([]string{"master/active", "backup/active"}, order()); d != "" {
+		t.Errorf("failover order (-want +got):\n%s", d)
+	}
+	must[mapper.Endpoint](t)(reg.SetEndpointState(ctx, "master", mapper.Down))
+	if d := diff([]string{"backup/active", "master/down"}, order()); d != "" {
+		t.Errorf("failover order with the master down (-want +got):\n%s", d)
+	}
+	_, err := reg.SetEndpointState(ctx, "master", "gone")
+	wantErr(t, err, mapper.ErrInvalid, "state", `"gone"`)
+}
+
+// TestConcurrentAllocation has many clients register and remove endpoints
+// at once: no two live endpoints may ever hold overlapping blocks, and no
+// registration may be lost.
+func TestConcurrentAllocation(t *testing.T) {
+	reg, _ := newRegistry(t, mapper.Config{BlockSize: 16})
+	world(t, reg)
+	const clients, each = 16, 30
+	var wg sync.WaitGroup
+	for c := 0; c < clients; c++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				spec := web(fmt.Sprintf("c%d-%d", c, i), []string{"s1", "s2"}[i%2])
+				e, err := reg.CreateEndpoint(ctx, spec)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if i%3 == 0 { // churn: free blocks while others allocate
+					if _, err := reg.DeleteEndpoint(ctx, e.Name); err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	snap := must[mapper.Snapshot](t)(reg.Snapshot(ctx))
+	if want := clients * (each - each/3); len(snap.Endpoints) != want {
+		t.Errorf("%d endpoints registered, want %d", len(snap.Endpoints), want)
+	}
+	type span struct {
+		space string
+		b     mapper.Block
+		id    uint32
+	}
+	var spans []span
+	for _, e := range snap.Endpoints {
+		spans = append(spans, span{"wire " + e.Wire.Addr.String(), e.Wire, e.ID}, span{"identity", e.Identity, e.ID})
+	}
+	for i, a := range spans {
+		for _, b := range spans[i+1:] {
+			if a.space == b.space && a.b.Base < b.b.Base+b.b.Size && b.b.Base < a.b.Base+a.b.Size {
+				t.Errorf("%s blocks overlap: endpoint %d %v and endpoint %d %v", a.space, a.id, a.b, b.id, b.b)
+			}
+		}
+	}
+}
+
+func TestWatchFollowsChanges(t *testing.T) {
+	reg, _ := newRegistry(t, mapper.Config{})
+	world(t, reg)
+	snap := must[mapper.Snapshot](t)(reg.Snapshot(ctx))
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w := reg.Watch(cctx, snap.Revision+1)
+	e := must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, web("web", "s1")))
+	must[mapper.Endpoint](t)(reg.MoveEndpoint(ctx, "web", "s2", ""))
+	must[mapper.Endpoint](t)(reg.DeleteEndpoint(ctx, "web"))
+	var got []string
+	for len(got) < 3 {
+		r := <-w
+		if r.Err != nil {
+			t.Fatal(r.Err)
+		}
+		for _, c := range r.Changes {
+			got = append(got, fmt.Sprintf("%d %s %s %d@%s", c.Revision-snap.Revision, c.Type, c.Kind, c.Endpoint.ID, c.Endpoint.Server))
+		}
+	}
+	want := []string{
+		fmt.Sprintf("1 put endpoint %d@s1", e.ID),
+		fmt.Sprintf("2 put endpoint %d@s2", e.ID),
+		fmt.Sprintf("3 delete endpoint %d@s2", e.ID),
+	}
+	if d := diff(want, got); d != "" {
+		t.Errorf("changes (-want +got):\n%s", d)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	st := must[*store.Bolt](t)(store.OpenBolt(store.BoltConfig{Path: filepath.Join(t.TempDir(), "db")}))
+	defer st.Close()
+	for _, tt := range []struct {
+		cfg      mapper.Config
+		fragment string
+	}{
+		{mapper.Config{}, "no store"},
+		{mapper.Config{Store: st, BlockSize: 100}, "power of two"},
+		{mapper.Config{Store: st, BlockSize: 4}, "power of two"},
+		{mapper.Config{Store: st, WirePorts: mapper.PortRange{First: 100, Last: 200}}, "holds no aligned block"},
+		{mapper.Config{Store: st, WirePorts: mapper.PortRange{First: 32768, Last: 40000}}, "overlap"},
+	} {
+		if _, err := mapper.New(tt.cfg); err == nil || !strings.Contains(err.Error(), tt.fragment) {
+			t.Errorf("New(%+v): %v, want an error saying %q", tt.cfg, err, tt.fragment)
+		}
+	}
+}
