@@ -32,7 +32,7 @@ func (r PortRange) blocks(size uint16) int {
 	if first+uint32(size)-1 > uint32(r.Last) {
 		return 0
 	}
-	return int((uint32(r.Last)-first+1)/uint32(size))
+	return int((uint32(r.Last) - first + 1) / uint32(size))
 }
 
 func alignUp(v, size uint32) uint32 { return (v + size - 1) &^ (size - 1) }

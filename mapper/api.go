@@ -1,6 +1,7 @@
 package mapper
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 )
 
 // RevisionHeader carries the registry revision a list was read at.
@@ -68,9 +70,18 @@ func toAPIError(err error) *APIError {
 // API serves a Registry over HTTP/JSON under /v1. Its routes are listed in
 // docs/api.md. An API is safe for concurrent use.
 type API struct {
-	reg *Registry
-	log *slog.Logger
-	mux *http.ServeMux
+	reg  *Registry
+	log  *slog.Logger
+	mux  *http.ServeMux
+	stop chan struct{}
+	once sync.Once
+}
+
+// Close ends every open watch stream, so that http.Server.Shutdown, which
+// waits for requests to finish, does not wait for watches that never do.
+// Streams end without an error line: clients see the stream end and resume.
+func (a *API) Close() {
+	a.once.Do(func() { close(a.stop) })
 }
 
 // NewAPI returns the HTTP API of reg. A nil logger discards.
@@ -78,7 +89,7 @@ func NewAPI(reg *Registry, log *slog.Logger) *API {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	a := &API{reg: reg, log: log, mux: http.NewServeMux()}
+	a := &API{reg: reg, log: log, mux: http.NewServeMux(), stop: make(chan struct{})}
 	routes := []struct {
 		pattern string
 		h       func(*http.Request) (int, any, error)
@@ -342,8 +353,17 @@ func (a *API) watch(w http.ResponseWriter, r *http.Request) {
 	if flusher != nil {
 		flusher.Flush()
 	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	go func() {
+		select {
+		case <-a.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	enc := json.NewEncoder(w)
-	for resp := range a.reg.Watch(r.Context(), rev) {
+	for resp := range a.reg.Watch(ctx, rev) {
 		for i := range resp.Changes {
 			if err := enc.Encode(&resp.Changes[i]); err != nil {
 				return

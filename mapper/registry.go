@@ -439,12 +439,8 @@ func (r *Registry) check(spec *EndpointSpec) error {
 
 // CreateEndpoint registers an endpoint and allocates its blocks.
 func (r *Registry) CreateEndpoint(ctx context.Context, spec EndpointSpec) (Endpoint, error) {
-	eps, err := r.CreateEndpoints(ctx, []EndpointSpec{spec})
+	eps, err := r.createEndpoints(ctx, []EndpointSpec{spec}, false)
 	if err != nil {
-		var fe *FieldError
-		if errors.As(err, &fe) {
-			fe.Field = strings.TrimPrefix(fe.Field, "endpoints[0].")
-		}
 		return Endpoint{}, err
 	}
 	return eps[0], nil
@@ -453,9 +449,19 @@ func (r *Registry) CreateEndpoint(ctx context.Context, spec EndpointSpec) (Endpo
 // CreateEndpoints registers endpoints in one transaction: all of them or,
 // on any error, none. Errors name the failing one as endpoints[i].
 func (r *Registry) CreateEndpoints(ctx context.Context, specs []EndpointSpec) ([]Endpoint, error) {
+	return r.createEndpoints(ctx, specs, true)
+}
+
+func (r *Registry) createEndpoints(ctx context.Context, specs []EndpointSpec, batch bool) ([]Endpoint, error) {
+	name := func(err error, i int) error {
+		if batch {
+			return prefixField(err, i)
+		}
+		return err
+	}
 	for i := range specs {
 		if err := r.check(&specs[i]); err != nil {
-			return nil, fmt.Errorf("create endpoint: %w", prefixField(err, i))
+			return nil, fmt.Errorf("create endpoint: %w", name(err, i))
 		}
 	}
 	var out []Endpoint
@@ -464,7 +470,7 @@ func (r *Registry) CreateEndpoints(ctx context.Context, specs []EndpointSpec) ([
 		for i := range specs {
 			e, err := r.create(t, &specs[i])
 			if err != nil {
-				return prefixField(err, i)
+				return name(err, i)
 			}
 			out = append(out, e)
 		}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	bolt "go.etcd.io/bbolt"
+	bolterrors "go.etcd.io/bbolt/errors"
 )
 
 var (
@@ -54,12 +55,13 @@ type BoltConfig struct {
 // A Bolt is safe for concurrent use. Its zero value is not usable: call
 // OpenBolt.
 type Bolt struct {
-	db     *bolt.DB
-	cfg    BoltConfig
-	log    *slog.Logger
-	reqs   chan *request
-	closed chan struct{}
-	wg     sync.WaitGroup
+	db      *bolt.DB
+	cfg     BoltConfig
+	log     *slog.Logger
+	reqs    chan *request
+	closed  chan struct{}
+	stopped chan struct{} // closed when the committer has exited
+	wg      sync.WaitGroup
 
 	mu     sync.Mutex
 	notify chan struct{} // closed and replaced after every commit
@@ -99,7 +101,7 @@ func OpenBolt(cfg BoltConfig) (*Bolt, error) {
 	}
 	db, err := bolt.Open(cfg.Path, 0o600, &bolt.Options{Timeout: cfg.OpenTimeout})
 	if err != nil {
-		if errors.Is(err, bolt.ErrTimeout) {
+		if errors.Is(err, bolterrors.ErrTimeout) {
 			return nil, fmt.Errorf("open bolt store %s: %w (is another mapper using this file?)", cfg.Path, err)
 		}
 		return nil, fmt.Errorf("open bolt store %s: %w", cfg.Path, err)
@@ -131,12 +133,13 @@ func OpenBolt(cfg BoltConfig) (*Bolt, error) {
 		return nil, fmt.Errorf("open bolt store %s: %w", cfg.Path, err)
 	}
 	s := &Bolt{
-		db:     db,
-		cfg:    cfg,
-		log:    log,
-		reqs:   make(chan *request, cfg.MaxBatch),
-		closed: make(chan struct{}),
-		notify: make(chan struct{}),
+		db:      db,
+		cfg:     cfg,
+		log:     log,
+		reqs:    make(chan *request, cfg.MaxBatch),
+		closed:  make(chan struct{}),
+		stopped: make(chan struct{}),
+		notify:  make(chan struct{}),
 	}
 	s.wg.Add(2)
 	go s.commitLoop()
@@ -255,6 +258,9 @@ func (s *Bolt) submit(ctx context.Context, fn func(*boltSTM) error) (int64, erro
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
+	if s.isClosed() {
+		return 0, ErrClosed
+	}
 	r := &request{fn: fn, done: make(chan struct{})}
 	select {
 	case s.reqs <- r:
@@ -268,11 +274,21 @@ func (s *Bolt) submit(ctx context.Context, fn func(*boltSTM) error) (int64, erro
 		return r.rev, r.err
 	case <-ctx.Done():
 		return 0, ctx.Err()
+	case <-s.stopped:
+		// The send raced with Close and may have landed in the queue
+		// after the committer drained it for the last time.
+		select {
+		case <-r.done:
+			return r.rev, r.err
+		default:
+			return 0, ErrClosed
+		}
 	}
 }
 
 func (s *Bolt) commitLoop() {
 	defer s.wg.Done()
+	defer close(s.stopped)
 	batch := make([]*request, 0, s.cfg.MaxBatch)
 	for {
 		var first *request

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/daolinet/daoli/mapper"
+	"github.com/spf13/cobra"
+)
+
+// envMapper names the environment variable that sets --mapper's default.
+const envMapper = "DAOLI_MAPPER"
+
+// clientFlags are the flags of every command that talks to a mapper.
+type clientFlags struct {
+	mapper  string
+	output  string
+	timeout time.Duration
+}
+
+// addClientFlags adds --mapper, -o and --timeout to cmd and its
+// subcommands.
+func (a *app) addClientFlags(cmd *cobra.Command) {
+	def := a.getenv(envMapper)
+	if def == "" {
+		def = mapper.DefaultAddr
+	}
+	f := cmd.PersistentFlags()
+	f.StringVar(&a.client.mapper, "mapper", def, "mapper address, host:port or URL (default from $"+envMapper+")")
+	a.addOutputFlag(cmd)
+	f.DurationVar(&a.client.timeout, "timeout", 30*time.Second, "give up on the mapper after this long (0: never; watch ignores it)")
+}
+
+// addOutputFlag adds -o to cmd and its subcommands.
+func (a *app) addOutputFlag(cmd *cobra.Command) {
+	cmd.PersistentFlags().StringVarP(&a.client.output, "output", "o", string(formatTable), "output format: table or json")
+}
+
+// session is what a client command runs with.
+type session struct {
+	cl  *mapper.Client
+	out *output
+}
+
+// newClient returns a client of the mapper at addr, which is "host:port"
+// or an http(s) URL.
+func newClient(addr string) (*mapper.Client, error) {
+	if addr == "" {
+		return nil, fmt.Errorf("--mapper: missing; want host:port or a URL such as http://%s", mapper.DefaultAddr)
+	}
+	raw := addr
+	if !strings.Contains(raw, "://") {
+		raw = "http://" + raw
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, fmt.Errorf("--mapper %q: %w", addr, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("--mapper %q: scheme %q, want http or https", addr, u.Scheme)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("--mapper %q: no host; want host:port such as %s", addr, mapper.DefaultAddr)
+	}
+	return mapper.NewClient(raw, nil), nil
+}
+
+// withClient adapts fn to a cobra RunE: it builds the client and the
+// output from the flags and bounds the call by --timeout.
+func (a *app) withClient(fn func(ctx context.Context, s *session, args []string) error) func(*cobra.Command, []string) error {
+	return a.clientRun(false, fn)
+}
+
+// streamClient is withClient for commands that run until interrupted:
+// --timeout does not apply.
+func (a *app) streamClient(fn func(ctx context.Context, s *session, args []string) error) func(*cobra.Command, []string) error {
+	return a.clientRun(true, fn)
+}
+
+func (a *app) clientRun(stream bool, fn func(ctx context.Context, s *session, args []string) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		out, err := newOutput(a.stdout, a.client.output)
+		if err != nil {
+			return err
+		}
+		cl, err := newClient(a.client.mapper)
+		if err != nil {
+			return err
+		}
+		if a.client.timeout < 0 {
+			return fmt.Errorf("--timeout %s: want 0 or more", a.client.timeout)
+		}
+		ctx := cmd.Context()
+		if !stream && a.client.timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, a.client.timeout)
+			defer cancel()
+		}
+		return fn(ctx, &session{cl: cl, out: out}, args)
+	}
+}

@@ -1,0 +1,196 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/daolinet/daoli/mapper"
+	"github.com/daolinet/daoli/mapper/store"
+	"github.com/spf13/cobra"
+)
+
+const (
+	// readHeaderTimeout bounds how long a client may take to send its
+	// request headers, so idle half-open connections cannot pile up.
+	readHeaderTimeout = 10 * time.Second
+	// shutdownTimeout bounds the wait for requests in flight on SIGTERM.
+	shutdownTimeout = 10 * time.Second
+)
+
+// mapperFlags are the flags of "daoli mapper", as typed.
+type mapperFlags struct {
+	listen        string
+	db            string
+	blockSize     uint16
+	wirePorts     string
+	identityPorts string
+	logLevel      string
+	logFormat     string
+}
+
+// mapperConfig is mapperFlags parsed and checked.
+type mapperConfig struct {
+	listen   string
+	db       string
+	registry mapper.Config // without Store and Logger
+	level    slog.Level
+	json     bool
+}
+
+func (f *mapperFlags) config() (mapperConfig, error) {
+	cfg := mapperConfig{listen: f.listen, db: f.db}
+	_, port, err := net.SplitHostPort(f.listen)
+	if err != nil {
+		return mapperConfig{}, badFlag("listen", f.listen, fmt.Errorf("%w; want host:port such as %s", err, mapper.DefaultAddr))
+	}
+	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+		return mapperConfig{}, badFlagf("listen", f.listen, "port %q is not a number from 0 to 65535", port)
+	}
+	if f.db == "" {
+		return mapperConfig{}, badFlagf("db", f.db, "missing; want the path of the registry file")
+	}
+	if b := f.blockSize; b < 8 || b&(b-1) != 0 {
+		return mapperConfig{}, badFlagf("block-size", strconv.Itoa(int(b)), "want a power of two from 8 to 32768")
+	}
+	cfg.registry.BlockSize = f.blockSize
+	if cfg.registry.WirePorts, err = parsePortRangeFlag("wire-ports", f.wirePorts); err != nil {
+		return mapperConfig{}, err
+	}
+	if cfg.registry.IdentityPorts, err = parsePortRangeFlag("identity-ports", f.identityPorts); err != nil {
+		return mapperConfig{}, err
+	}
+	if err := cfg.level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return mapperConfig{}, badFlagf("log-level", f.logLevel, "want debug, info, warn or error")
+	}
+	switch strings.ToLower(f.logFormat) {
+	case "text":
+	case "json":
+		cfg.json = true
+	default:
+		return mapperConfig{}, badFlagf("log-format", f.logFormat, "want text or json")
+	}
+	return cfg, nil
+}
+
+func newMapperCmd(a *app) *cobra.Command {
+	f := mapperFlags{
+		listen:        mapper.DefaultAddr,
+		db:            "./daoli.db",
+		blockSize:     mapper.DefaultBlockSize,
+		wirePorts:     mapper.DefaultWirePorts.String(),
+		identityPorts: mapper.DefaultIdentityPorts.String(),
+		logLevel:      "info",
+		logFormat:     "text",
+	}
+	cmd := &cobra.Command{
+		Use:   "mapper [--listen ADDR] [--db PATH] [flags]",
+		Short: "Run the mapper: the registry of networks, servers, endpoints and their 6-tuples",
+		Long: `Run the mapper: the registry of networks, servers and endpoints, their
+6-tuples and port blocks, served over HTTP/JSON (with a watch stream) for
+agents and the daoli CLI. It runs until SIGINT or SIGTERM, then finishes
+the requests in flight, ends watch streams and closes the registry.
+
+The --db file IS the registry: one bbolt file holding every network,
+server and endpoint and the change log. Back it up; never let two mappers
+use it (the second waits for the lock, then fails).
+
+Wire blocks are slices of each server's port space: keep --wire-ports out
+of the servers' ephemeral port range (net.ipv4.ip_local_port_range) or
+reserve it (net.ipv4.ip_local_reserved_ports). Identity blocks are what
+peers see as client ports. Changing --block-size leaves existing blocks
+as they are.`,
+		Example: "  daoli mapper --listen 127.0.0.1:9470 --db /var/lib/daoli/registry.db",
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := f.config()
+			if err != nil {
+				return err
+			}
+			return runMapper(cmd.Context(), cfg, a.stderr)
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.listen, "listen", f.listen, "address to serve the API on, host:port")
+	fl.StringVar(&f.db, "db", f.db, "the registry file (bbolt); created if missing")
+	fl.Uint16Var(&f.blockSize, "block-size", f.blockSize, "ports in each new wire and identity block: a power of two from 8 to 32768")
+	fl.StringVar(&f.wirePorts, "wire-ports", f.wirePorts, "range of each server address's ports given out as wire blocks, FIRST-LAST")
+	fl.StringVar(&f.identityPorts, "identity-ports", f.identityPorts, "range identity blocks (the client ports peers see) come from, FIRST-LAST")
+	fl.StringVar(&f.logLevel, "log-level", f.logLevel, "debug, info, warn or error")
+	fl.StringVar(&f.logFormat, "log-format", f.logFormat, "text or json (logs go to stderr)")
+	return cmd
+}
+
+// runMapper serves the registry until ctx ends, then shuts down: it stops
+// accepting, ends watch streams, waits for requests in flight and closes
+// the store. Logs go to logw.
+func runMapper(ctx context.Context, cfg mapperConfig, logw io.Writer) error {
+	opts := &slog.HandlerOptions{Level: cfg.level}
+	var h slog.Handler = slog.NewTextHandler(logw, opts)
+	if cfg.json {
+		h = slog.NewJSONHandler(logw, opts)
+	}
+	log := slog.New(h)
+
+	st, err := store.OpenBolt(store.BoltConfig{Path: cfg.db, Logger: log})
+	if err != nil {
+		return fmt.Errorf("open registry: %w", err)
+	}
+	rc := cfg.registry
+	rc.Store, rc.Logger = st, log
+	reg, err := mapper.New(rc)
+	if err != nil {
+		st.Close()
+		return fmt.Errorf("%w (check --block-size, --wire-ports and --identity-ports)", err)
+	}
+	ln, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		st.Close()
+		return fmt.Errorf("listen: %w", err)
+	}
+	api := mapper.NewAPI(reg, log)
+	defer api.Close()
+	srv := &http.Server{
+		Handler:           api,
+		ReadHeaderTimeout: readHeaderTimeout,
+		ErrorLog:          slog.NewLogLogger(h, slog.LevelWarn),
+	}
+	wire, identity := reg.Capacity()
+	log.Info("mapper listening", "addr", ln.Addr().String(), "db", cfg.db,
+		"block_size", rc.BlockSize, "wire_ports", rc.WirePorts.String(), "identity_ports", rc.IdentityPorts.String(),
+		"endpoints_per_server_ip", wire, "endpoints_per_ip", identity)
+
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	var serveErr error
+	select {
+	case <-ctx.Done():
+		log.Info("mapper stopping", "reason", context.Cause(ctx).Error())
+	case serveErr = <-served:
+		serveErr = fmt.Errorf("serve: %w", serveErr)
+	}
+
+	api.Close() // watches never finish on their own; Shutdown waits for them
+	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	var shutErr error
+	if err := srv.Shutdown(sctx); err != nil {
+		shutErr = fmt.Errorf("shut down http server: %w", err)
+	}
+	var closeErr error
+	if err := st.Close(); err != nil {
+		closeErr = fmt.Errorf("close registry %s: %w", cfg.db, err)
+	}
+	err = errors.Join(serveErr, shutErr, closeErr)
+	if err == nil {
+		log.Info("mapper stopped")
+	}
+	return err
+}
