@@ -1,0 +1,232 @@
+package dataplane
+
+import (
+	"cmp"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+
+	"github.com/cilium/ebpf"
+)
+
+// Apply makes the maps hold s: it validates s, writes what differs from the
+// maps' current content and deletes what s no longer names. It reads the
+// maps rather than remembering the last State, so a restarted process
+// converges from whatever it adopted. Lookups made by packets see each
+// entry either old or new; Maglev tables are written under a fresh index
+// before a service points at them, so a table swap is atomic.
+func (d *Dataplane) Apply(s State) error {
+	s, err := s.validate()
+	if err != nil {
+		return fmt.Errorf("apply state: %w", err)
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+
+	endpoints := map[uint32]daoliEndpoint{}
+	byIfindex := map[uint32]uint32{}
+	wire := map[daoliWireKey]uint32{}
+	ident := map[daoliIdentKey]uint32{}
+	backends := map[serviceID][]Endpoint{}
+	for _, e := range s.Endpoints {
+		v := daoliEndpoint{
+			NetId:     e.Network,
+			Ip:        addr(e.IP),
+			ServerIp:  addr(e.Server),
+			Ifindex:   uint32(e.Ifindex),
+			WireBase:  e.WireBase,
+			IdentBase: e.IdentityBase,
+			BlockSize: s.BlockSize,
+			Nports:    uint16(len(e.Ports)),
+			State:     uint8(e.State),
+		}
+		copy(v.Mac[:], e.MAC)
+		for i, p := range e.Ports {
+			v.Ports[i].Port = p.Number
+			v.Ports[i].Proto = uint8(p.Proto)
+			sid := serviceID{e.Network, e.IP, p.Number, uint8(p.Proto)}
+			backends[sid] = append(backends[sid], e)
+		}
+		icmp := serviceID{e.Network, e.IP, 0, protoICMP}
+		backends[icmp] = append(backends[icmp], e)
+		endpoints[e.ID] = v
+		if e.Ifindex != 0 {
+			byIfindex[uint32(e.Ifindex)] = e.ID
+		}
+		wire[daoliWireKey{ServerIp: addr(e.Server), Base: e.WireBase}] = e.ID
+		ident[daoliIdentKey{NetId: e.Network, Ip: addr(e.IP), Base: e.IdentityBase}] = e.ID
+	}
+
+	services, err := d.services(backends)
+	if err != nil {
+		return fmt.Errorf("apply state: %w", err)
+	}
+
+	m := &d.objs.daoliMaps
+	err = d.updateSettings(func(v *daoliServerSettings) {
+		copy(v.GatewayMac[:], s.GatewayMAC)
+		v.BlockSize = s.BlockSize
+	})
+	if err != nil {
+		return fmt.Errorf("apply state: %w", err)
+	}
+	// Upsert the records before the indexes that point at them, delete in
+	// the reverse order, so a packet never finds a dangling index.
+	var del []func() error
+	for _, step := range []func() (func() error, error){
+		func() (func() error, error) { return syncMap(m.Endpoints, endpoints) },
+		func() (func() error, error) { return syncMap(m.WireBlocks, wire) },
+		func() (func() error, error) { return syncMap(m.IdentBlocks, ident) },
+		func() (func() error, error) { return syncMap(m.EndpointByIfindex, byIfindex) },
+		func() (func() error, error) { return syncMap(m.Services, services) },
+	} {
+		f, err := step()
+		if err != nil {
+			return fmt.Errorf("apply state: %w", err)
+		}
+		del = append(del, f)
+	}
+	for _, f := range slices.Backward(del) {
+		if err := f(); err != nil {
+			return fmt.Errorf("apply state: %w", err)
+		}
+	}
+	d.log.Debug("state applied", "endpoints", len(endpoints), "services", len(services))
+	return nil
+}
+
+// services builds the services map, writing a Maglev table for every
+// balance service whose backend set changed.
+func (d *Dataplane) services(backends map[serviceID][]Endpoint) (map[daoliServiceKey]daoliService, error) {
+	current := map[daoliServiceKey]daoliService{}
+	var k daoliServiceKey
+	var v daoliService
+	it := d.objs.Services.Iterate()
+	for it.Next(&k, &v) {
+		current[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read services: %w", err)
+	}
+	used := map[uint32]bool{}
+	for _, v := range current {
+		if v.Mode == uint8(Balance) && v.Backends > 0 {
+			used[v.Table] = true
+		}
+	}
+
+	// Visit services in a fixed order so table indexes are reproducible.
+	ids := make([]serviceID, 0, len(backends))
+	for sid := range backends {
+		ids = append(ids, sid)
+	}
+	slices.SortFunc(ids, func(a, b serviceID) int {
+		return cmp.Or(cmp.Compare(a.network, b.network), a.ip.Compare(b.ip),
+			cmp.Compare(a.port, b.port), cmp.Compare(a.proto, b.proto))
+	})
+	want := map[daoliServiceKey]daoliService{}
+	for _, sid := range ids {
+		eps := backends[sid]
+		key := daoliServiceKey{NetId: sid.network, Ip: addr(sid.ip), Port: sid.port, Proto: sid.proto}
+		mode := eps[0].Mode
+		if sid.proto == protoICMP {
+			mode = Failover
+		}
+		var active []Endpoint
+		for _, e := range eps {
+			if e.State == Active {
+				active = append(active, e)
+			}
+		}
+		svc := daoliService{Mode: uint8(mode), Backends: uint32(len(active))}
+		if len(active) > 0 && mode == Failover {
+			best := slices.MinFunc(active, func(a, b Endpoint) int {
+				return cmp.Or(cmp.Compare(b.Priority, a.Priority), cmp.Compare(a.ID, b.ID))
+			})
+			svc.Backend = best.ID
+		}
+		if len(active) > 0 && mode == Balance {
+			members := make([]uint32, len(active))
+			for i, e := range active {
+				members[i] = e.ID
+			}
+			slices.Sort(members)
+			svc.Digest = backendDigest(members)
+			if old, ok := current[key]; ok && old.Mode == svc.Mode && old.Backends > 0 && old.Digest == svc.Digest {
+				svc.Table = old.Table
+			} else {
+				table, err := d.writeTable(members, used)
+				if err != nil {
+					return nil, fmt.Errorf("service %s:%d/%d: %w", sid.ip, sid.port, sid.proto, err)
+				}
+				svc.Table = table
+			}
+			used[svc.Table] = true
+		}
+		want[key] = svc
+	}
+	return want, nil
+}
+
+// errTablesFull is returned when every Maglev table is taken.
+var errTablesFull = errors.New("no free Maglev table (too many balance services)")
+
+func (d *Dataplane) writeTable(members []uint32, used map[uint32]bool) (uint32, error) {
+	var table uint32
+	for table = 0; table < maxTables && used[table]; table++ {
+	}
+	if table == maxTables {
+		return 0, errTablesFull
+	}
+	slots := maglevTable(members, MaglevSize)
+	keys := make([]uint32, MaglevSize)
+	for i := range keys {
+		keys[i] = table*MaglevSize + uint32(i)
+	}
+	if _, err := d.objs.Maglev.BatchUpdate(keys, slots, nil); err != nil {
+		return 0, fmt.Errorf("write Maglev table %d: %w", table, err)
+	}
+	return table, nil
+}
+
+// syncMap writes the entries of want that m lacks or holds differently and
+// returns a function that deletes the entries of m that want lacks.
+func syncMap[K, V comparable](m *ebpf.Map, want map[K]V) (func() error, error) {
+	have := map[K]V{}
+	var k K
+	var v V
+	it := m.Iterate()
+	for it.Next(&k, &v) {
+		have[k] = v
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", m, err)
+	}
+	for k, v := range want {
+		if old, ok := have[k]; ok && old == v {
+			continue
+		}
+		if err := m.Update(k, v, ebpf.UpdateAny); err != nil {
+			return nil, fmt.Errorf("write %s: %w", m, err)
+		}
+	}
+	return func() error {
+		for k := range have {
+			if _, ok := want[k]; ok {
+				continue
+			}
+			if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("delete from %s: %w", m, err)
+			}
+		}
+		return nil
+	}, nil
+}
+
+// addr returns a's four bytes as the kernel stores them, in network order.
+func addr(a netip.Addr) uint32 {
+	b := a.Unmap().As4()
+	return binary.NativeEndian.Uint32(b[:])
+}

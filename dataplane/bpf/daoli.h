@@ -1,0 +1,245 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * Types and maps shared by the daoli tc programs. The Go side never copies
+ * these layouts by hand: bpf2go generates them (see ../gen.go).
+ *
+ * Byte order: every IPv4 address is stored as it appears on the wire
+ * (network order); every port, block base and size is stored in host order,
+ * because the programs do arithmetic on them.
+ */
+#pragma once
+
+#include <linux/types.h>
+#include <bpf/bpf_helpers.h>
+
+/* MAX_PORTS is the number of ports one endpoint may serve. */
+#define MAX_PORTS 32
+/* MAGLEV_SIZE is the number of slots of one Maglev table (a prime). */
+#define MAGLEV_SIZE 1021
+/* MAX_TABLES is the number of Maglev tables the maglev map holds. */
+#define MAX_TABLES 256
+/* MAX_PROBES bounds the search for a free offset in a client's blocks. */
+#define MAX_PROBES 32
+
+/* WIRE_ICMP_CODE marks an ICMP echo that carries daoli's wire ports, so the
+ * host's own pings (code 0) never match a wire block by accident. */
+#define WIRE_ICMP_CODE 0xda
+
+enum endpoint_state {
+	ENDPOINT_ACTIVE = 0,
+	ENDPOINT_DOWN = 1,
+};
+
+enum service_mode {
+	MODE_FAILOVER = 0,
+	MODE_BALANCE = 1,
+};
+
+/* Reasons a packet is dropped; the index into the drops map. */
+enum drop_reason {
+	DROP_UNKNOWN_IFINDEX = 0, /* from_container on a device with no endpoint */
+	DROP_NOT_IPV4 = 1,        /* neither IPv4 nor ARP from a container */
+	DROP_MALFORMED = 2,       /* truncated or inconsistent headers */
+	DROP_FRAGMENT = 3,        /* IPv4 fragments are not supported */
+	DROP_SPOOFED = 4,         /* source MAC or IP is not the endpoint's */
+	DROP_UNSUPPORTED = 5,     /* not TCP, UDP or ICMP echo */
+	DROP_NO_SERVICE = 6,      /* nobody serves the destination */
+	DROP_NO_BACKEND = 7,      /* the service has no active backend */
+	DROP_OFFSETS_FULL = 8,    /* the client has no free offset */
+	DROP_UNKNOWN_PEER = 9,    /* wire packet from a port nobody owns */
+	DROP_CT_MISS = 10,        /* reply without conntrack */
+	DROP_POLICY = 11,         /* networks differ */
+	DROP_NO_UPLINK = 12,      /* no uplink attached */
+	DROP_ARP = 13,            /* ARP that is not a request we answer */
+	DROP_REASONS = 14,
+};
+
+struct served_port {
+	__u16 port; /* host order */
+	__u8 proto; /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad;
+};
+
+/* endpoint is one container's attachment to one network. */
+struct endpoint {
+	__u32 net_id;
+	__u32 ip;        /* network order */
+	__u32 server_ip; /* network order: the ServerIP it runs behind */
+	__u32 ifindex;   /* host-side veth when on this server, else 0 */
+	__u16 wire_base; /* first port of its wire block */
+	__u16 ident_base; /* first port of its identity block */
+	__u16 block_size; /* power of two */
+	__u16 nports;     /* served ports; offsets >= nports carry flows */
+	__u8 mac[6];
+	__u8 state; /* enum endpoint_state */
+	__u8 pad;
+	struct served_port ports[MAX_PORTS];
+};
+
+/* settings holds the per-server knobs; key 0 only. */
+struct server_settings {
+	__u8 gateway_mac[6];
+	__u16 block_size; /* cluster-wide, power of two; 0 = not configured */
+	__u32 uplink_ifindex;
+};
+
+struct wire_key {
+	__u32 server_ip; /* network order */
+	__u16 base;      /* port & ~(block_size-1) */
+	__u16 pad;
+};
+
+struct ident_key {
+	__u32 net_id;
+	__u32 ip; /* network order */
+	__u16 base;
+	__u16 pad;
+};
+
+struct service_key {
+	__u32 net_id;
+	__u32 ip;   /* network order */
+	__u16 port; /* host order; 0 for ICMP echo */
+	__u8 proto;
+	__u8 pad;
+};
+
+struct service {
+	__u8 mode; /* enum service_mode */
+	__u8 pad[3];
+	__u32 backends; /* number of active backends; 0 = drop */
+	__u32 backend;  /* failover: the chosen endpoint */
+	__u32 table;    /* balance: index of the Maglev table */
+	__u32 digest;   /* control plane only: hash of the backend set */
+};
+
+enum ct_dir {
+	CT_OUT = 0, /* client side, 5-tuple as the client sent it */
+	CT_REV = 1, /* client side, keyed by (client, offset) only */
+};
+
+struct ct_key {
+	__u32 scope; /* client endpoint id */
+	__u32 saddr;
+	__u32 daddr;
+	__u16 sport;
+	__u16 dport; /* CT_REV: the offset */
+	__u8 proto;
+	__u8 dir;
+	__u16 pad;
+};
+
+#define CT_CLOSING 1 /* FIN or RST seen */
+
+struct ct_entry {
+	__u64 last_seen; /* bpf_ktime_get_ns */
+	__u32 client;    /* endpoint ids, never addresses */
+	__u32 backend;
+	__u16 port_index;  /* index into backend's ports */
+	__u16 offset;      /* same in wire and identity block */
+	__u16 client_port; /* the port the client's socket used */
+	__u16 service_port; /* the port the client dialled */
+	__u8 proto;
+	__u8 flags;
+	__u16 pad;
+	__u32 pad2;
+};
+
+struct ep_stats {
+	__u64 tx_packets; /* sent by the container */
+	__u64 tx_bytes;
+	__u64 rx_packets; /* delivered into the container */
+	__u64 rx_bytes;
+};
+
+#define PIN_BY_NAME 1 /* LIBBPF_PIN_BY_NAME */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct server_settings);
+	__uint(pinning, PIN_BY_NAME);
+} settings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct endpoint);
+	__uint(pinning, PIN_BY_NAME);
+} endpoints SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, PIN_BY_NAME);
+} endpoint_by_ifindex SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct wire_key);
+	__type(value, __u32);
+	__uint(pinning, PIN_BY_NAME);
+} wire_blocks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct ident_key);
+	__type(value, __u32);
+	__uint(pinning, PIN_BY_NAME);
+} ident_blocks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct service_key);
+	__type(value, struct service);
+	__uint(pinning, PIN_BY_NAME);
+} services SEC(".maps");
+
+/* maglev holds MAX_TABLES tables of MAGLEV_SIZE endpoint ids each. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_TABLES * MAGLEV_SIZE);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, PIN_BY_NAME);
+} maglev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+	__uint(pinning, PIN_BY_NAME);
+} conntrack SEC(".maps");
+
+/* offset_cursor: where the next offset search of an endpoint starts. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, PIN_BY_NAME);
+} offset_cursor SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DROP_REASONS);
+	__type(key, enum drop_reason);
+	__type(value, __u64);
+	__uint(pinning, PIN_BY_NAME);
+} drops SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct ep_stats);
+	__uint(pinning, PIN_BY_NAME);
+} endpoint_stats SEC(".maps");

@@ -1,0 +1,102 @@
+package dataplane
+
+import "fmt"
+
+// DropReason says why a program dropped a packet.
+type DropReason uint32
+
+// The drop reasons, mirrored from enum drop_reason in bpf/daoli.h.
+const (
+	DropUnknownIfindex = DropReason(daoliDropReasonDROP_UNKNOWN_IFINDEX)
+	DropNotIPv4        = DropReason(daoliDropReasonDROP_NOT_IPV4)
+	DropMalformed      = DropReason(daoliDropReasonDROP_MALFORMED)
+	DropFragment       = DropReason(daoliDropReasonDROP_FRAGMENT)
+	DropSpoofed        = DropReason(daoliDropReasonDROP_SPOOFED)
+	DropUnsupported    = DropReason(daoliDropReasonDROP_UNSUPPORTED)
+	DropNoService      = DropReason(daoliDropReasonDROP_NO_SERVICE)
+	DropNoBackend      = DropReason(daoliDropReasonDROP_NO_BACKEND)
+	DropOffsetsFull    = DropReason(daoliDropReasonDROP_OFFSETS_FULL)
+	DropUnknownPeer    = DropReason(daoliDropReasonDROP_UNKNOWN_PEER)
+	DropCTMiss         = DropReason(daoliDropReasonDROP_CT_MISS)
+	DropPolicy         = DropReason(daoliDropReasonDROP_POLICY)
+	DropNoUplink       = DropReason(daoliDropReasonDROP_NO_UPLINK)
+	DropARP            = DropReason(daoliDropReasonDROP_ARP)
+	dropReasons        = DropReason(daoliDropReasonDROP_REASONS)
+)
+
+var dropNames = [...]string{
+	DropUnknownIfindex: "unknown_ifindex",
+	DropNotIPv4:        "not_ipv4",
+	DropMalformed:      "malformed",
+	DropFragment:       "fragment",
+	DropSpoofed:        "spoofed",
+	DropUnsupported:    "unsupported",
+	DropNoService:      "no_service",
+	DropNoBackend:      "no_backend",
+	DropOffsetsFull:    "offsets_full",
+	DropUnknownPeer:    "unknown_peer",
+	DropCTMiss:         "ct_miss",
+	DropPolicy:         "policy",
+	DropNoUplink:       "no_uplink",
+	DropARP:            "arp",
+}
+
+// String returns the reason as named in the C enum, lower case, without
+// "drop_".
+func (r DropReason) String() string {
+	if r < dropReasons {
+		return dropNames[r]
+	}
+	return fmt.Sprintf("drop_reason(%d)", uint32(r))
+}
+
+// Counters are one endpoint's packet counters. Tx is what the container
+// sent, Rx what was delivered into it.
+type Counters struct {
+	TxPackets, TxBytes, RxPackets, RxBytes uint64
+}
+
+// DropCounters returns the number of packets dropped per reason, summed
+// over CPUs, since the maps were created.
+func (d *Dataplane) DropCounters() (map[DropReason]uint64, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := map[DropReason]uint64{}
+	for r := DropReason(0); r < dropReasons; r++ {
+		var perCPU []uint64
+		if err := d.objs.Drops.Lookup(uint32(r), &perCPU); err != nil {
+			return nil, fmt.Errorf("read drop counter %s: %w", r, err)
+		}
+		var n uint64
+		for _, c := range perCPU {
+			n += c
+		}
+		out[r] = n
+	}
+	return out, nil
+}
+
+// EndpointCounters returns the counters of every endpoint that saw traffic
+// on this server, summed over CPUs. Idle endpoints may be evicted.
+func (d *Dataplane) EndpointCounters() (map[uint32]Counters, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := map[uint32]Counters{}
+	var id uint32
+	var perCPU []daoliEpStats
+	it := d.objs.EndpointStats.Iterate()
+	for it.Next(&id, &perCPU) {
+		var c Counters
+		for _, s := range perCPU {
+			c.TxPackets += s.TxPackets
+			c.TxBytes += s.TxBytes
+			c.RxPackets += s.RxPackets
+			c.RxBytes += s.RxBytes
+		}
+		out[id] = c
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read endpoint counters: %w", err)
+	}
+	return out, nil
+}

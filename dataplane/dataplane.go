@@ -1,0 +1,164 @@
+package dataplane
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/rlimit"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultBPFFSPath is where a Dataplane pins its maps and links when
+// Config.BPFFSPath is empty.
+const DefaultBPFFSPath = "/sys/fs/bpf/daoli"
+
+// Sentinel errors. Test for them with errors.Is.
+var (
+	// ErrNotPermitted is returned by New and the Attach methods when the
+	// process may not load or attach eBPF programs (it needs root, or
+	// CAP_BPF and CAP_NET_ADMIN).
+	ErrNotPermitted = errors.New("not permitted")
+	// ErrNoBPFFS is returned by New when Config.BPFFSPath is not on a
+	// mounted bpf filesystem.
+	ErrNoBPFFS = errors.New("no bpf filesystem")
+	// ErrNoTCX is returned by the Attach methods when the kernel lacks tcx
+	// (Linux 6.6 or newer is needed).
+	ErrNoTCX = errors.New("tcx not supported")
+	// ErrInvalidState is returned by Apply when the desired State is
+	// inconsistent; the wrapping message names the field.
+	ErrInvalidState = errors.New("invalid state")
+)
+
+// Config configures a Dataplane. The zero value is usable.
+type Config struct {
+	// BPFFSPath is the directory on a bpf filesystem that holds this
+	// server's pinned maps and links. Zero means DefaultBPFFSPath. Two
+	// Dataplanes (two servers in one testbed) need two paths.
+	BPFFSPath string
+	// Logger receives lifecycle events, never per-packet ones. Nil means
+	// discard.
+	Logger *slog.Logger
+}
+
+// Dataplane is one server's loaded programs and pinned maps. Create it with
+// New; its methods are safe for concurrent use.
+type Dataplane struct {
+	path string
+	log  *slog.Logger
+
+	mu   sync.Mutex
+	objs daoliObjects
+}
+
+// New loads the programs and maps, adopting maps already pinned under
+// cfg.BPFFSPath so that a restarted process keeps every flow. It creates the
+// directory when needed.
+func New(cfg Config) (*Dataplane, error) {
+	d := &Dataplane{path: cfg.BPFFSPath, log: cfg.Logger}
+	if d.path == "" {
+		d.path = DefaultBPFFSPath
+	}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
+	}
+	if err := checkBPFFS(d.path); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(d.path, "links"), 0o700); err != nil {
+		return nil, fmt.Errorf("create pin directory: %w", err)
+	}
+	if err := rlimit.RemoveMemlock(); err != nil {
+		return nil, fmt.Errorf("remove memlock limit: %w", permissionHint(err))
+	}
+	spec, err := loadDaoli()
+	if err != nil {
+		return nil, fmt.Errorf("load dataplane spec: %w", err)
+	}
+	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.path}}
+	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {
+		var verr *ebpf.VerifierError
+		switch {
+		case errors.Is(err, ebpf.ErrMapIncompatible):
+			return nil, fmt.Errorf("load dataplane: %w (maps pinned under %s have an old layout; remove them to reset)", err, d.path)
+		case errors.As(err, &verr):
+			return nil, fmt.Errorf("load dataplane: %+v", verr)
+		}
+		return nil, fmt.Errorf("load dataplane: %w", permissionHint(err))
+	}
+	d.log.Info("dataplane loaded", "path", d.path)
+	return d, nil
+}
+
+// Close releases the process's handles. Pinned maps and links stay, so
+// traffic keeps flowing and the next New adopts them.
+func (d *Dataplane) Close() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.objs.Close()
+}
+
+// Remove detaches every link pinned by this Dataplane, unpins its maps and
+// removes its directory: traffic of its endpoints stops. Close must still
+// be called.
+func (d *Dataplane) Remove() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var errs []error
+	links, _ := filepath.Glob(filepath.Join(d.path, "links", "*"))
+	for _, pin := range links {
+		if err := unpinLink(pin); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, m := range d.maps() {
+		if err := m.Unpin(); err != nil {
+			errs = append(errs, fmt.Errorf("unpin map: %w", err))
+		}
+	}
+	if err := os.RemoveAll(d.path); err != nil {
+		errs = append(errs, fmt.Errorf("remove pin directory: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+func (d *Dataplane) maps() []*ebpf.Map {
+	m := &d.objs.daoliMaps
+	return []*ebpf.Map{m.Conntrack, m.Drops, m.EndpointByIfindex, m.EndpointStats,
+		m.Endpoints, m.IdentBlocks, m.Maglev, m.OffsetCursor, m.Services, m.Settings, m.WireBlocks}
+}
+
+// checkBPFFS reports whether path (or its closest existing parent) lies on a
+// bpf filesystem.
+func checkBPFFS(path string) error {
+	dir := path
+	for {
+		var st unix.Statfs_t
+		err := unix.Statfs(dir, &st)
+		if err == nil {
+			if st.Type != unix.BPF_FS_MAGIC {
+				return fmt.Errorf("check %s: %w (mount one with: mount -t bpf bpf /sys/fs/bpf)", path, ErrNoBPFFS)
+			}
+			return nil
+		}
+		if !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("check %s: %w", path, err)
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return fmt.Errorf("check %s: %w", path, ErrNoBPFFS)
+		}
+		dir = parent
+	}
+}
+
+func permissionHint(err error) error {
+	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
+		return fmt.Errorf("%w: %w (run as root, or with CAP_BPF and CAP_NET_ADMIN)", ErrNotPermitted, err)
+	}
+	return err
+}

@@ -1,0 +1,254 @@
+package dataplane
+
+import (
+	"fmt"
+	"net"
+	"net/netip"
+	"slices"
+)
+
+// Limits of the maps; Apply rejects a State that exceeds them.
+const (
+	// MaxPorts is the number of ports one endpoint may serve.
+	MaxPorts = 32
+	// MaglevSize is the number of slots in one Maglev table (a prime).
+	MaglevSize = 1021
+	// maxTables is the number of Maglev tables the maglev map holds. Half
+	// of them are spare so a table can be replaced without a gap.
+	maxTables = 256
+	// DefaultBlockSize is the block size used when State.BlockSize is 0.
+	DefaultBlockSize = 256
+)
+
+// DefaultGatewayMAC is the MAC containers learn for every address of their
+// subnet when State.GatewayMAC is nil. It must be the same on every server
+// so a moved container's neighbour cache stays right: a locally
+// administered unicast address ("02:") spelling "da:01".
+var DefaultGatewayMAC = net.HardwareAddr{0x02, 0xda, 0x01, 0x00, 0x00, 0x01}
+
+// Proto is an IP protocol number a port is served on.
+type Proto uint8
+
+// Protocols an endpoint can serve ports on.
+const (
+	TCP Proto = 6
+	UDP Proto = 17
+)
+
+func (p Proto) String() string {
+	switch p {
+	case TCP:
+		return "tcp"
+	case UDP:
+		return "udp"
+	}
+	return fmt.Sprintf("proto(%d)", uint8(p))
+}
+
+// Mode says how a service spreads new flows over its backends. The zero
+// value is Failover.
+type Mode uint8
+
+const (
+	// Failover sends every new flow to the active backend of highest
+	// Priority (ties: lowest ID).
+	Failover Mode = iota
+	// Balance spreads new flows over all active backends with a Maglev
+	// table, the same on every server.
+	Balance
+)
+
+// EndpointState says whether an endpoint takes new flows. The zero value is
+// Active.
+type EndpointState uint8
+
+const (
+	// Active endpoints take new flows.
+	Active EndpointState = iota
+	// Down endpoints take none; flows already pinned to them are moved to
+	// another backend on their next packet.
+	Down
+)
+
+// Port is one port an endpoint serves.
+type Port struct {
+	Number uint16
+	Proto  Proto
+}
+
+// Server is a machine that runs endpoints, named by its locator ServerIP.
+type Server struct {
+	IP  netip.Addr
+	MAC net.HardwareAddr
+}
+
+// Endpoint is one container's attachment to one network. Its i-th served
+// port is reachable on the wire at ServerPort WireBase+i; offsets from
+// len(Ports) to the block end carry its outgoing flows.
+type Endpoint struct {
+	// ID names the endpoint in every map; 0 is invalid.
+	ID uint32
+	// Network is the id of the virtual network; endpoints of different
+	// networks never reach each other.
+	Network uint32
+	// IP and MAC are what the container sees inside itself.
+	IP  netip.Addr
+	MAC net.HardwareAddr
+	// Server is the ServerIP of the server the endpoint runs on.
+	Server netip.Addr
+	// WireBase is the first port of its wire block, unique on its server;
+	// IdentityBase the first of its identity block, unique among the
+	// endpoints sharing its (Network, IP). Both are multiples of
+	// State.BlockSize and not 0.
+	WireBase     uint16
+	IdentityBase uint16
+	// Ports are the ports it serves, at most MaxPorts.
+	Ports []Port
+	// Mode, Priority and State drive backend choice for the services it
+	// takes part in. All endpoints of one service must agree on Mode.
+	Mode     Mode
+	Priority uint32
+	State    EndpointState
+	// Ifindex is its host-side veth when it runs on this server, else 0.
+	Ifindex int
+}
+
+// State is the desired content of one server's maps. Every server gets the
+// same State except for the Ifindex of its own endpoints.
+type State struct {
+	// BlockSize is the size of every wire and identity block, a power of
+	// two from 4 to 32768. Zero means DefaultBlockSize.
+	BlockSize uint16
+	// GatewayMAC answers containers' ARP. Nil means DefaultGatewayMAC.
+	GatewayMAC net.HardwareAddr
+	// Servers lists every server; each Endpoint.Server must be one of them.
+	Servers   []Server
+	Endpoints []Endpoint
+}
+
+// serviceID names a service: a (network, IP, port, protocol). ICMP echo to
+// (network, IP) is the service with port 0: every endpoint of the IP serves
+// it, in failover mode.
+type serviceID struct {
+	network uint32
+	ip      netip.Addr
+	port    uint16
+	proto   uint8
+}
+
+const protoICMP = 1
+
+// validate checks s and returns it with defaults filled in.
+func (s State) validate() (State, error) {
+	bad := func(format string, args ...any) (State, error) {
+		return State{}, fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), ErrInvalidState)
+	}
+	if s.BlockSize == 0 {
+		s.BlockSize = DefaultBlockSize
+	}
+	if s.BlockSize < 4 || s.BlockSize > 32768 || s.BlockSize&(s.BlockSize-1) != 0 {
+		return bad("block size %d: want a power of two from 4 to 32768", s.BlockSize)
+	}
+	if s.GatewayMAC == nil {
+		s.GatewayMAC = DefaultGatewayMAC
+	}
+	if len(s.GatewayMAC) != 6 {
+		return bad("gateway MAC %s: want 6 bytes", s.GatewayMAC)
+	}
+	servers := map[netip.Addr]bool{}
+	for _, sv := range s.Servers {
+		if !sv.IP.Is4() {
+			return bad("server %s: want an IPv4 address", sv.IP)
+		}
+		if servers[sv.IP] {
+			return bad("server %s: listed twice", sv.IP)
+		}
+		servers[sv.IP] = true
+	}
+	type ipKey struct {
+		network uint32
+		ip      netip.Addr
+	}
+	type wireKey struct {
+		server netip.Addr
+		base   uint16
+	}
+	type identKey struct {
+		ipKey
+		base uint16
+	}
+	ids := map[uint32]bool{}
+	ifindexes := map[int]uint32{}
+	wire := map[wireKey]uint32{}
+	ident := map[identKey]uint32{}
+	served := map[ipKey][]uint16{}
+	modes := map[serviceID]Mode{}
+	bs := s.BlockSize
+	for i, e := range s.Endpoints {
+		switch {
+		case e.ID == 0:
+			return bad("endpoint #%d: ID 0 is reserved", i)
+		case ids[e.ID]:
+			return bad("endpoint %d: ID used twice", e.ID)
+		case !e.IP.Is4():
+			return bad("endpoint %d: IP %s: want IPv4", e.ID, e.IP)
+		case len(e.MAC) != 6:
+			return bad("endpoint %d: MAC %q: want 6 bytes", e.ID, e.MAC)
+		case !servers[e.Server]:
+			return bad("endpoint %d: server %s is not in State.Servers", e.ID, e.Server)
+		case e.WireBase == 0 || e.WireBase%bs != 0:
+			return bad("endpoint %d: wire base %d: want a nonzero multiple of the block size %d", e.ID, e.WireBase, bs)
+		case e.IdentityBase == 0 || e.IdentityBase%bs != 0:
+			return bad("endpoint %d: identity base %d: want a nonzero multiple of the block size %d", e.ID, e.IdentityBase, bs)
+		case len(e.Ports) > MaxPorts || len(e.Ports) >= int(bs):
+			return bad("endpoint %d: %d ports: want at most %d and fewer than the block size", e.ID, len(e.Ports), MaxPorts)
+		case e.Mode > Balance:
+			return bad("endpoint %d: mode %d: want Failover or Balance", e.ID, e.Mode)
+		case e.State > Down:
+			return bad("endpoint %d: state %d: want Active or Down", e.ID, e.State)
+		case e.Ifindex < 0:
+			return bad("endpoint %d: ifindex %d: want 0 or positive", e.ID, e.Ifindex)
+		}
+		ids[e.ID] = true
+		if e.Ifindex != 0 {
+			if other, ok := ifindexes[e.Ifindex]; ok {
+				return bad("endpoint %d: ifindex %d already used by endpoint %d", e.ID, e.Ifindex, other)
+			}
+			ifindexes[e.Ifindex] = e.ID
+		}
+		wk := wireKey{e.Server, e.WireBase}
+		if other, ok := wire[wk]; ok {
+			return bad("endpoint %d: wire block %s:%d already owned by endpoint %d", e.ID, e.Server, e.WireBase, other)
+		}
+		wire[wk] = e.ID
+		ik := identKey{ipKey{e.Network, e.IP}, e.IdentityBase}
+		if other, ok := ident[ik]; ok {
+			return bad("endpoint %d: identity block %d of %s already owned by endpoint %d", e.ID, e.IdentityBase, e.IP, other)
+		}
+		ident[ik] = e.ID
+		for j, p := range e.Ports {
+			if p.Number == 0 || (p.Proto != TCP && p.Proto != UDP) {
+				return bad("endpoint %d: port #%d %d/%s: want a nonzero TCP or UDP port", e.ID, j, p.Number, p.Proto)
+			}
+			if slices.Contains(e.Ports[:j], p) {
+				return bad("endpoint %d: port %d/%s listed twice", e.ID, p.Number, p.Proto)
+			}
+			served[ik.ipKey] = append(served[ik.ipKey], p.Number)
+			sid := serviceID{e.Network, e.IP, p.Number, uint8(p.Proto)}
+			if m, ok := modes[sid]; ok && m != e.Mode {
+				return bad("endpoint %d: mode of service %s:%d/%s disagrees with its other backends", e.ID, e.IP, p.Number, p.Proto)
+			}
+			modes[sid] = e.Mode
+		}
+	}
+	// A served port inside an identity block would make a new flow look
+	// like a reply.
+	for ik, id := range ident {
+		for _, port := range served[ik.ipKey] {
+			if port >= ik.base && uint32(port) < uint32(ik.base)+uint32(bs) {
+				return bad("endpoint %d: identity block %d of %s holds served port %d", id, ik.base, ik.ip, port)
+			}
+		}
+	}
+	return s, nil
+}

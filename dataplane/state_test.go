@@ -1,0 +1,100 @@
+package dataplane
+
+import (
+	"errors"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+)
+
+func TestValidate(t *testing.T) {
+	good := fixture(serverA)
+	if _, err := good.validate(); err != nil {
+		t.Fatalf("fixture: %v", err)
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(*State)
+	}{
+		{"block size not a power of two", func(s *State) { s.BlockSize = 100 }},
+		{"block size too small", func(s *State) { s.BlockSize = 2 }},
+		{"short gateway MAC", func(s *State) { s.GatewayMAC = macC[:4] }},
+		{"IPv6 server", func(s *State) { s.Servers[0].IP = netip.MustParseAddr("2001:db8::1") }},
+		{"ID 0", func(s *State) { s.Endpoints[0].ID = 0 }},
+		{"duplicate ID", func(s *State) { s.Endpoints[1].ID = s.Endpoints[0].ID }},
+		{"IPv6 endpoint", func(s *State) { s.Endpoints[0].IP = netip.MustParseAddr("2001:db8::2") }},
+		{"unknown server", func(s *State) { s.Endpoints[0].Server = netip.MustParseAddr("192.0.2.99") }},
+		{"unaligned wire base", func(s *State) { s.Endpoints[0].WireBase = 32769 }},
+		{"wire base 0", func(s *State) { s.Endpoints[0].WireBase = 0 }},
+		{"unaligned identity base", func(s *State) { s.Endpoints[0].IdentityBase = 1000 }},
+		{"wire block taken", func(s *State) { s.Endpoints[2].WireBase = s.Endpoints[0].WireBase }},
+		{"identity block taken", func(s *State) {
+			s.Endpoints[2].IP = s.Endpoints[0].IP
+			s.Endpoints[2].IdentityBase = s.Endpoints[0].IdentityBase
+		}},
+		{"identity block holds a served port", func(s *State) { s.Endpoints[1].Ports[0].Number = 1030 }},
+		{"port 0", func(s *State) { s.Endpoints[1].Ports[0].Number = 0 }},
+		{"ICMP port", func(s *State) { s.Endpoints[1].Ports[0].Proto = 1 }},
+		{"port twice", func(s *State) { s.Endpoints[1].Ports[1] = s.Endpoints[1].Ports[0] }},
+		{"too many ports", func(s *State) { s.Endpoints[1].Ports = make([]Port, MaxPorts+1) }},
+		{"modes disagree", func(s *State) {
+			e := s.Endpoints[1]
+			e.ID, e.WireBase, e.IdentityBase, e.Mode = 9, 40960, 4096, Balance
+			s.Endpoints = append(s.Endpoints, e)
+		}},
+		{"ifindex twice", func(s *State) { s.Endpoints[2].Ifindex = s.Endpoints[0].Ifindex }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := fixture(serverA)
+			s.Endpoints = slices.Clone(s.Endpoints)
+			for i := range s.Endpoints {
+				s.Endpoints[i].Ports = slices.Clone(s.Endpoints[i].Ports)
+			}
+			tc.change(&s)
+			if _, err := s.validate(); !errors.Is(err, ErrInvalidState) {
+				t.Errorf("validate: %v, want ErrInvalidState", err)
+			}
+		})
+	}
+}
+
+func TestMaglevTable(t *testing.T) {
+	ids := []uint32{11, 5, 42}
+	table := maglevTable(ids, MaglevSize)
+	if diff := cmp.Diff(table, maglevTable([]uint32{42, 11, 5}, MaglevSize)); diff != "" {
+		t.Errorf("table depends on the order of ids (-first +second):\n%s", diff)
+	}
+	counts := map[uint32]int{}
+	for _, id := range table {
+		counts[id]++
+	}
+	for _, id := range ids {
+		if share := float64(counts[id]) / MaglevSize; share < 0.30 || share > 0.37 {
+			t.Errorf("id %d owns %.2f of the slots, want about a third", id, share)
+		}
+	}
+
+	// Removing a backend moves (almost) only its own slots.
+	smaller := maglevTable([]uint32{5, 11}, MaglevSize)
+	moved := 0
+	for i := range table {
+		if table[i] != 42 && table[i] != smaller[i] {
+			moved++
+		}
+	}
+	if moved > MaglevSize/10 {
+		t.Errorf("removing one of three backends moved %d slots of the others, want at most %d", moved, MaglevSize/10)
+	}
+	if maglevTable(nil, MaglevSize) != nil {
+		t.Error("table of no backends is not nil")
+	}
+}
+
+func TestNewWithoutBPFFS(t *testing.T) {
+	_, err := New(Config{BPFFSPath: t.TempDir() + "/daoli"})
+	if !errors.Is(err, ErrNoBPFFS) {
+		t.Errorf("New on a plain directory: %v, want ErrNoBPFFS", err)
+	}
+}

@@ -1,0 +1,317 @@
+// Package testbed builds throw-away networks of namespaces on one machine,
+// so tests can run many "servers" and "containers" with real traffic:
+//
+//	fabric namespace      bridge br0 with ports s0, s1, ...
+//	                        |
+//	server namespaces     uplink, holding the ServerIP 192.0.2.1, .2, ...
+//	                        |
+//	                      c0, c1, ...: host-side veths of its containers
+//	                        |
+//	container namespaces  eth0, with the container's address
+//
+// Every name carries a random prefix, so parallel tests never clash, and
+// everything a World creates is removed in t.Cleanup, also when the test
+// fails. Nothing touches the root namespace's interfaces, addresses, routes
+// or firewall. Servers get addresses from 192.0.2.0/24 (TEST-NET-1);
+// containers get the addresses the caller gives, which exist only inside
+// their namespaces.
+//
+// A World is not safe for concurrent use; Container and Namespace methods
+// that only run commands are.
+//
+// All of it needs root and iproute2. RequirePrivileged skips a test when
+// not root, and fails it instead when DAOLI_REQUIRE_PRIVILEGED=1 (CI).
+package testbed
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// RequireEnv names the environment variable that turns a skip for lack of
+// privileges into a failure.
+const RequireEnv = "DAOLI_REQUIRE_PRIVILEGED"
+
+// RequirePrivileged skips the test unless it runs as root with iproute2
+// installed, or fails it when RequireEnv is "1".
+func RequirePrivileged(t testing.TB) {
+	t.Helper()
+	var reason string
+	if os.Geteuid() != 0 {
+		reason = "needs root (network namespaces, eBPF)"
+	} else if _, err := exec.LookPath("ip"); err != nil {
+		reason = "needs iproute2's ip command"
+	}
+	if reason == "" {
+		return
+	}
+	if os.Getenv(RequireEnv) == "1" {
+		t.Fatalf("%s, and %s=1 forbids skipping", reason, RequireEnv)
+	}
+	t.Skipf("%s; set %s=1 to make this a failure", reason, RequireEnv)
+}
+
+// BPFFS mounts a private bpf filesystem in a temporary directory and
+// unmounts it at cleanup, so tests pin nothing in the real /sys/fs/bpf.
+func BPFFS(t testing.TB) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		t.Fatalf("mount bpffs at %s: %v", dir, err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmount bpffs %s: %v", dir, err)
+		}
+	})
+	return dir
+}
+
+// Namespace is a network namespace created by a World.
+type Namespace struct {
+	Name string
+	t    testing.TB
+}
+
+// Run runs a command inside the namespace (ip netns exec) and returns its
+// standard output; the test fails when the command does.
+func (n *Namespace) Run(args ...string) string {
+	n.t.Helper()
+	out, err := n.Output(args...)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	return out
+}
+
+// Output is Run that returns the error instead of failing the test.
+func (n *Namespace) Output(args ...string) (string, error) {
+	cmd := exec.Command("ip", append([]string{"netns", "exec", n.Name}, args...)...)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		return string(out), fmt.Errorf("run %q in %s: %w: %s", strings.Join(args, " "), n.Name, err, strings.TrimSpace(stderr.String()))
+	}
+	return string(out), nil
+}
+
+// Start starts a command inside the namespace and kills it, by its PID, at
+// cleanup. Its output goes to the test log when the test fails.
+func (n *Namespace) Start(args ...string) *exec.Cmd {
+	n.t.Helper()
+	// ip netns exec execs the command, so the PID is the command's own.
+	cmd := exec.Command("ip", append([]string{"netns", "exec", n.Name}, args...)...)
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	if err := cmd.Start(); err != nil {
+		n.t.Fatalf("start %q in %s: %v", strings.Join(args, " "), n.Name, err)
+	}
+	n.t.Cleanup(func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		if n.t.Failed() && out.Len() > 0 {
+			n.t.Logf("output of %q in %s:\n%s", strings.Join(args, " "), n.Name, out.String())
+		}
+	})
+	return cmd
+}
+
+// Do runs f on an OS thread switched into the namespace. Sockets f opens
+// stay in the namespace after Do returns; goroutines f starts do not run
+// in it.
+func (n *Namespace) Do(f func() error) error {
+	target, err := netns.GetFromName(n.Name)
+	if err != nil {
+		return fmt.Errorf("open namespace %s: %w", n.Name, err)
+	}
+	defer target.Close()
+	runtime.LockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("open own namespace: %w", err)
+	}
+	defer orig.Close()
+	if err := netns.Set(target); err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("enter namespace %s: %w", n.Name, err)
+	}
+	ferr := f()
+	if err := netns.Set(orig); err != nil {
+		// Leave the thread locked: Go discards it when the goroutine
+		// exits, so no other goroutine runs in the wrong namespace.
+		return errors.Join(ferr, fmt.Errorf("leave namespace %s: %w", n.Name, err))
+	}
+	runtime.UnlockOSThread()
+	return ferr
+}
+
+// Link returns the interface called name inside the namespace.
+func (n *Namespace) Link(name string) (netlink.Link, error) {
+	h, err := netns.GetFromName(n.Name)
+	if err != nil {
+		return nil, fmt.Errorf("open namespace %s: %w", n.Name, err)
+	}
+	defer h.Close()
+	nl, err := netlink.NewHandleAt(h)
+	if err != nil {
+		return nil, fmt.Errorf("open netlink in %s: %w", n.Name, err)
+	}
+	defer nl.Close()
+	l, err := nl.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("find link %s in %s: %w", name, n.Name, err)
+	}
+	return l, nil
+}
+
+// World is a fabric, its servers and their containers.
+type World struct {
+	t       testing.TB
+	prefix  string
+	Fabric  *Namespace
+	Servers []*Server
+}
+
+// Server is a server namespace with an uplink into the fabric bridge.
+type Server struct {
+	*Namespace
+	// IP is the ServerIP, on the interface called "uplink".
+	IP            netip.Addr
+	MAC           net.HardwareAddr
+	UplinkIfindex int
+	containers    int
+}
+
+// Container is a container namespace with eth0, whose veth peer lives in
+// its server's namespace.
+type Container struct {
+	*Namespace
+	Server *Server
+	IP     netip.Addr
+	MAC    net.HardwareAddr
+	// HostIfname and HostIfindex name the host-side veth in the server's
+	// namespace.
+	HostIfname  string
+	HostIfindex int
+}
+
+// New builds a fabric with n servers, 192.0.2.1, 192.0.2.2, ...
+func New(t testing.TB, n int) *World {
+	t.Helper()
+	RequirePrivileged(t)
+	if n < 1 || n > 200 {
+		t.Fatalf("testbed: %d servers: want 1 to 200", n)
+	}
+	var b [3]byte
+	rand.Read(b[:])
+	w := &World{t: t, prefix: "dl" + hex.EncodeToString(b[:])}
+	w.Fabric = w.namespace("fab")
+	w.ip("-n", w.Fabric.Name, "link", "add", "br0", "type", "bridge")
+	w.ip("-n", w.Fabric.Name, "link", "set", "br0", "up")
+	for i := range n {
+		w.addServer(i)
+	}
+	return w
+}
+
+func (w *World) ip(args ...string) string {
+	w.t.Helper()
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		w.t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+	}
+	return string(out)
+}
+
+// namespace creates a namespace and deletes it at cleanup.
+func (w *World) namespace(role string) *Namespace {
+	w.t.Helper()
+	n := &Namespace{Name: w.prefix + "-" + role, t: w.t}
+	w.ip("netns", "add", n.Name)
+	w.t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", n.Name).CombinedOutput(); err != nil {
+			w.t.Errorf("delete namespace %s: %v: %s", n.Name, err, out)
+		}
+	})
+	w.ip("-n", n.Name, "link", "set", "lo", "up")
+	return n
+}
+
+func (w *World) addServer(i int) {
+	w.t.Helper()
+	s := &Server{
+		Namespace: w.namespace(fmt.Sprintf("s%d", i)),
+		IP:        netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}),
+	}
+	port := fmt.Sprintf("s%d", i)
+	w.ip("-n", s.Name, "link", "add", "uplink", "type", "veth", "peer", "name", port, "netns", w.Fabric.Name)
+	w.ip("-n", w.Fabric.Name, "link", "set", port, "master", "br0", "up")
+	w.ip("-n", s.Name, "addr", "add", s.IP.String()+"/24", "dev", "uplink")
+	w.ip("-n", s.Name, "link", "set", "uplink", "up")
+	l, err := s.Link("uplink")
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	s.MAC = l.Attrs().HardwareAddr
+	s.UplinkIfindex = l.Attrs().Index
+	w.Servers = append(w.Servers, s)
+}
+
+// AddContainer creates a container behind server s with address addr (its
+// prefix length gives the subnet) and a default route via gateway. The MAC
+// is random and locally administered.
+func (w *World) AddContainer(s *Server, addr netip.Prefix, gateway netip.Addr) *Container {
+	w.t.Helper()
+	k := s.containers
+	s.containers++
+	c := &Container{
+		Namespace:  w.namespace(fmt.Sprintf("s%sc%d", strings.TrimPrefix(s.Name, w.prefix+"-s"), k)),
+		Server:     s,
+		IP:         addr.Addr(),
+		HostIfname: fmt.Sprintf("c%d", k),
+	}
+	mac := make(net.HardwareAddr, 6)
+	rand.Read(mac)
+	mac[0] = 0x02
+	c.MAC = mac
+	w.ip("-n", s.Name, "link", "add", c.HostIfname, "type", "veth", "peer", "name", "eth0", "netns", c.Name)
+	w.ip("-n", c.Name, "link", "set", "eth0", "address", mac.String())
+	w.ip("-n", c.Name, "addr", "add", addr.String(), "dev", "eth0")
+	w.ip("-n", c.Name, "link", "set", "eth0", "up")
+	w.ip("-n", c.Name, "route", "add", "default", "via", gateway.String(), "dev", "eth0")
+	w.ip("-n", s.Name, "link", "set", c.HostIfname, "up")
+	l, err := s.Link(c.HostIfname)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	c.HostIfindex = l.Attrs().Index
+	return c
+}
+
+// Namespaces lists the namespaces of this World that exist now; after
+// cleanup it is empty.
+func (w *World) Namespaces() []string {
+	matches, _ := filepath.Glob(filepath.Join("/run/netns", w.prefix+"-*"))
+	for i, m := range matches {
+		matches[i] = filepath.Base(m)
+	}
+	return matches
+}
