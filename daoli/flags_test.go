@@ -223,7 +223,7 @@ func TestEndpointAddFlags(t *testing.T) {
 func TestMapperFlags(t *testing.T) {
 	defaults := func(mod func(*mapperFlags)) mapperFlags {
 		f := mapperFlags{
-			listen: "127.0.0.1:9470", db: "./daoli.db", blockSize: 256,
+			listen: "127.0.0.1:9470", db: "./daoli.db", blockSize: 0,
 			wirePorts: "16384-32767", identityPorts: "32768-60927", logLevel: "info", logFormat: "text",
 		}
 		mod(&f)
@@ -241,7 +241,7 @@ func TestMapperFlags(t *testing.T) {
 			flags: defaults(func(*mapperFlags) {}),
 			want: mapperConfig{
 				listen: "127.0.0.1:9470", db: "./daoli.db",
-				registry: mapper.Config{BlockSize: 256, WirePorts: mapper.DefaultWirePorts, IdentityPorts: mapper.DefaultIdentityPorts},
+				registry: mapper.Config{BlockSize: 0, WirePorts: mapper.DefaultWirePorts, IdentityPorts: mapper.DefaultIdentityPorts},
 				level:    slog.LevelInfo,
 			},
 		},
@@ -288,9 +288,9 @@ func TestMapperFlags(t *testing.T) {
 			wantFlag: "block-size",
 		},
 		{
-			name:     "block size zero",
-			flags:    defaults(func(f *mapperFlags) { f.blockSize = 0 }),
-			wantErr:  `--block-size "0": want a power of two from 8 to 32768`,
+			name:     "block size too small",
+			flags:    defaults(func(f *mapperFlags) { f.blockSize = 4 }),
+			wantErr:  `--block-size "4": want a power of two from 8 to 32768`,
 			wantFlag: "block-size",
 		},
 		{

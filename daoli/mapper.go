@@ -57,7 +57,7 @@ func (f *mapperFlags) config() (mapperConfig, error) {
 	if f.db == "" {
 		return mapperConfig{}, badFlagf("db", f.db, "missing; want the path of the registry file")
 	}
-	if b := f.blockSize; b < 8 || b&(b-1) != 0 {
+	if b := f.blockSize; b != 0 && (b < 8 || b&(b-1) != 0) {
 		return mapperConfig{}, badFlagf("block-size", strconv.Itoa(int(b)), "want a power of two from 8 to 32768")
 	}
 	cfg.registry.BlockSize = f.blockSize
@@ -84,7 +84,7 @@ func newMapperCmd(a *app) *cobra.Command {
 	f := mapperFlags{
 		listen:        mapper.DefaultAddr,
 		db:            "./daoli.db",
-		blockSize:     mapper.DefaultBlockSize,
+		blockSize:     0, // the registry's own, or mapper.DefaultBlockSize for a new one
 		wirePorts:     mapper.DefaultWirePorts.String(),
 		identityPorts: mapper.DefaultIdentityPorts.String(),
 		logLevel:      "info",
@@ -120,7 +120,7 @@ as they are.`,
 	fl := cmd.Flags()
 	fl.StringVar(&f.listen, "listen", f.listen, "address to serve the API on, host:port")
 	fl.StringVar(&f.db, "db", f.db, "the registry file (bbolt); created if missing")
-	fl.Uint16Var(&f.blockSize, "block-size", f.blockSize, "ports in each new wire and identity block: a power of two from 8 to 32768")
+	fl.Uint16Var(&f.blockSize, "block-size", f.blockSize, "ports in each wire and identity block: a power of two from 8 to 32768, fixed when the registry is created (0: the registry's, or 256 for a new one)")
 	fl.StringVar(&f.wirePorts, "wire-ports", f.wirePorts, "range of each server address's ports given out as wire blocks, FIRST-LAST")
 	fl.StringVar(&f.identityPorts, "identity-ports", f.identityPorts, "range identity blocks (the client ports peers see) come from, FIRST-LAST")
 	fl.StringVar(&f.logLevel, "log-level", f.logLevel, "debug, info, warn or error")
@@ -164,7 +164,7 @@ func runMapper(ctx context.Context, cfg mapperConfig, logw io.Writer) error {
 	}
 	wire, identity := reg.Capacity()
 	log.Info("mapper listening", "addr", ln.Addr().String(), "db", cfg.db,
-		"block_size", rc.BlockSize, "wire_ports", rc.WirePorts.String(), "identity_ports", rc.IdentityPorts.String(),
+		"block_size", reg.BlockSize(), "wire_ports", rc.WirePorts.String(), "identity_ports", rc.IdentityPorts.String(),
 		"endpoints_per_server_ip", wire, "endpoints_per_ip", identity)
 
 	served := make(chan error, 1)

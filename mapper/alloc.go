@@ -3,7 +3,6 @@ package mapper
 import (
 	"fmt"
 	"math/bits"
-	"slices"
 )
 
 // PortRange is an inclusive range of ports.
@@ -39,50 +38,55 @@ func alignUp(v, size uint32) uint32 { return (v + size - 1) &^ (size - 1) }
 
 func validBlockSize(n uint16) bool { return n >= 8 && bits.OnesCount16(n) == 1 }
 
-// ownedBlock is a block and the endpoint that holds it.
-type ownedBlock struct {
-	Base     uint16 `json:"base"`
-	Size     uint16 `json:"size"`
-	Endpoint uint32 `json:"endpoint"`
+// slots is the allocation state of one port space, a locator address's
+// wire blocks or a (network, IP)'s identity blocks: bit i set means the
+// block at port i*size is taken. With the block size fixed per registry, a
+// block is one bit, so a whole address's state is at most 1 KiB and
+// allocation costs a scan of bytes, not a decode of records.
+type slots []byte
+
+func (s slots) has(i int) bool { return i/8 < len(s) && s[i/8]&(1<<(i%8)) != 0 }
+
+func (s *slots) set(i int) {
+	for len(*s) <= i/8 {
+		*s = append(*s, 0)
+	}
+	(*s)[i/8] |= 1 << (i % 8)
 }
 
-// blockTable is the allocation state of one port space: a locator
-// address's wire blocks, or a (network, IP)'s identity blocks. Blocks are
-// kept sorted by base. Holding base and size per block, rather than a
-// bitmap of fixed slots, keeps existing allocations valid when the block
-// size in the configuration changes.
-type blockTable struct {
-	Blocks []ownedBlock `json:"blocks"`
+func (s *slots) clear(i int) {
+	if i/8 < len(*s) {
+		(*s)[i/8] &^= 1 << (i % 8)
+	}
+	for len(*s) > 0 && (*s)[len(*s)-1] == 0 { // keep the encoding canonical
+		*s = (*s)[:len(*s)-1]
+	}
 }
 
-// alloc takes the lowest free block of size in r, aligned to size (the
-// dataplane finds a port's block by masking), for endpoint id.
-func (t *blockTable) alloc(r PortRange, size uint16, id uint32) (uint16, bool) {
-	base := alignUp(uint32(r.First), uint32(size))
-	i := 0
-	for base+uint32(size)-1 <= uint32(r.Last) {
-		// Skip the blocks that end before this candidate.
-		for i < len(t.Blocks) && uint32(t.Blocks[i].Base)+uint32(t.Blocks[i].Size) <= base {
-			i++
+func (s slots) count() int {
+	n := 0
+	for _, b := range s {
+		n += bits.OnesCount8(b)
+	}
+	return n
+}
+
+// take sets and returns the lowest clear block of size in r.
+func (s *slots) take(r PortRange, size uint16) (uint16, bool) {
+	lo := int(alignUp(uint32(r.First), uint32(size)) / uint32(size))
+	hi := int((uint32(r.Last)+1)/uint32(size)) - 1
+	for i := lo; i <= hi; i++ {
+		if i%8 == 0 && i/8 < len(*s) && (*s)[i/8] == 0xff && i+7 <= hi {
+			i += 7 // a full byte: eight taken blocks
+			continue
 		}
-		if i == len(t.Blocks) || uint32(t.Blocks[i].Base) >= base+uint32(size) {
-			t.Blocks = slices.Insert(t.Blocks, i, ownedBlock{Base: uint16(base), Size: size, Endpoint: id})
-			return uint16(base), true
+		if !s.has(i) {
+			s.set(i)
+			return uint16(i * int(size)), true
 		}
-		// Overlap: move past the block in the way, staying aligned.
-		base = alignUp(uint32(t.Blocks[i].Base)+uint32(t.Blocks[i].Size), uint32(size))
 	}
 	return 0, false
 }
 
-// free releases the block held by id at base; it reports whether there was
-// one.
-func (t *blockTable) free(base uint16, id uint32) bool {
-	for i, b := range t.Blocks {
-		if b.Base == base && b.Endpoint == id {
-			t.Blocks = slices.Delete(t.Blocks, i, i+1)
-			return true
-		}
-	}
-	return false
-}
+// release clears the block at base.
+func (s *slots) release(base, size uint16) { s.clear(int(base / size)) }

@@ -26,6 +26,7 @@ const (
 	idxPrefix      = "/daoli/idx/"
 	seqNetworkKey  = idxPrefix + "seq/network"
 	seqEndpointKey = idxPrefix + "seq/endpoint"
+	blockSizeKey   = idxPrefix + "config/block-size"
 )
 
 func networkKey(name string) string { return networkPrefix + name }
@@ -57,9 +58,11 @@ type serviceIndex struct {
 type Config struct {
 	// Store holds the registry. Required. The registry does not close it.
 	Store store.Store
-	// BlockSize is the number of ports in every new wire and identity
-	// block: a power of two from 8 to 32768. Zero means DefaultBlockSize.
-	// Changing it leaves existing blocks as they are.
+	// BlockSize is the number of ports in every wire and identity block: a
+	// power of two from 8 to 32768. It is fixed when a registry first
+	// starts, because every server's dataplane finds a port's block by
+	// masking with it; New refuses a different one later. Zero means the
+	// size the registry has, or DefaultBlockSize for a new one.
 	BlockSize uint16
 	// WirePorts is the range of a locator address's ports given out as
 	// wire blocks. Zero means DefaultWirePorts.
@@ -90,9 +93,11 @@ func New(cfg Config) (*Registry, error) {
 	if cfg.Store == nil {
 		return nil, errors.New("new registry: no store")
 	}
-	if cfg.BlockSize == 0 {
-		cfg.BlockSize = DefaultBlockSize
+	size, err := fixBlockSize(cfg.Store, cfg.BlockSize)
+	if err != nil {
+		return nil, fmt.Errorf("new registry: %w", err)
 	}
+	cfg.BlockSize = size
 	if !validBlockSize(cfg.BlockSize) {
 		return nil, fmt.Errorf("new registry: block size %d is not a power of two from 8 to 32768", cfg.BlockSize)
 	}
@@ -119,6 +124,45 @@ func New(cfg Config) (*Registry, error) {
 	}
 	return &Registry{st: cfg.Store, cfg: cfg, log: log, now: time.Now, wire: cfg.WirePorts, id: cfg.IdentityPorts}, nil
 }
+
+// fixBlockSize returns the registry's block size: the stored one, or want
+// (DefaultBlockSize if zero) stored now for a new registry.
+func fixBlockSize(st store.Store, want uint16) (uint16, error) {
+	ctx := context.Background()
+	kv, ok, _, err := st.Get(ctx, blockSizeKey)
+	if err != nil {
+		return 0, fmt.Errorf("read block size: %w", err)
+	}
+	if ok {
+		n, err := strconv.ParseUint(string(kv.Value), 10, 16)
+		if err != nil {
+			return 0, fmt.Errorf("%w %s: %q", errCorrupt, blockSizeKey, kv.Value)
+		}
+		if want != 0 && want != uint16(n) {
+			return 0, fmt.Errorf("block size %d differs from %d, which this registry was created with and every dataplane uses", want, n)
+		}
+		return uint16(n), nil
+	}
+	if want == 0 {
+		want = DefaultBlockSize
+	}
+	if !validBlockSize(want) {
+		return want, nil // New reports it
+	}
+	_, err = st.Update(ctx, func(t store.STM) error {
+		if _, ok := t.Get(blockSizeKey); !ok {
+			t.Put(blockSizeKey, []byte(strconv.Itoa(int(want))), 0)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("store block size: %w", err)
+	}
+	return fixBlockSize(st, 0)
+}
+
+// BlockSize returns the registry's block size.
+func (r *Registry) BlockSize() uint16 { return r.cfg.BlockSize }
 
 // Capacity says how many blocks one locator address and one (network, IP)
 // hold with the current configuration.
@@ -160,6 +204,21 @@ func (t tx) next(key string) (uint32, error) {
 	n++
 	t.put(key, n)
 	return n, nil
+}
+
+// slots reads an allocation bitmap; a missing key is an empty one.
+func (t tx) slots(key string) slots {
+	b, _ := t.Get(key)
+	return slots(b)
+}
+
+// putSlots writes an allocation bitmap, deleting the key when it is empty.
+func (t tx) putSlots(key string, s slots) {
+	if len(s) == 0 {
+		t.Del(key)
+		return
+	}
+	t.Put(key, s, 0)
 }
 
 func (r *Registry) update(ctx context.Context, fn func(tx) error) (int64, error) {
@@ -294,9 +353,8 @@ func (r *Registry) RegisterServer(ctx context.Context, spec ServerSpec) (Server,
 			if slices.Contains(srv.IPs, ip) {
 				continue
 			}
-			var bt blockTable
-			if t.get(wireKey(ip), &bt) && len(bt.Blocks) > 0 {
-				return fieldErr("ips", ErrInUse, "%s still carries the wire blocks of %d endpoints; move or remove them first", ip, len(bt.Blocks))
+			if n := t.slots(wireKey(ip)).count(); n > 0 {
+				return fieldErr("ips", ErrInUse, "%s still carries the wire blocks of %d endpoints; move or remove them first", ip, n)
 			}
 			t.Del(serverIPKey(ip))
 		}
@@ -347,9 +405,7 @@ func (r *Registry) DeleteServer(ctx context.Context, name string) error {
 		}
 		n := 0
 		for _, ip := range srv.IPs {
-			var bt blockTable
-			t.get(wireKey(ip), &bt)
-			n += len(bt.Blocks)
+			n += t.slots(wireKey(ip)).count()
 		}
 		if n > 0 {
 			return fmt.Errorf("%w: %d endpoints still run there; move or remove them first", ErrInUse, n)
@@ -544,15 +600,14 @@ func (r *Registry) create(t tx, spec *EndpointSpec) (Endpoint, error) {
 	if e.Wire, err = r.allocWire(t, &srv, id); err != nil {
 		return Endpoint{}, err
 	}
-	var it blockTable
-	t.get(identityKey(n.ID, e.IP), &it)
-	base, ok := it.alloc(r.id, r.cfg.BlockSize, id)
+	it := t.slots(identityKey(n.ID, e.IP))
+	base, ok := it.take(r.id, r.cfg.BlockSize)
 	if !ok {
 		return Endpoint{}, fieldErr("ip", ErrPortSpaceFull,
 			"%d endpoints already share %s in network %s: no free identity block of %d ports in %s",
-			len(it.Blocks), e.IP, n.Name, r.cfg.BlockSize, r.id)
+			it.count(), e.IP, n.Name, r.cfg.BlockSize, r.id)
 	}
-	t.put(identityKey(n.ID, e.IP), it)
+	t.putSlots(identityKey(n.ID, e.IP), it)
 	e.Identity = Block{Base: base, Size: r.cfg.BlockSize}
 	for _, p := range e.Ports {
 		var si serviceIndex
@@ -574,13 +629,12 @@ func (r *Registry) create(t tx, spec *EndpointSpec) (Endpoint, error) {
 func (r *Registry) allocWire(t tx, srv *Server, id uint32) (Block, error) {
 	held := 0
 	for _, ip := range srv.IPs {
-		var bt blockTable
-		t.get(wireKey(ip), &bt)
-		if base, ok := bt.alloc(r.wire, r.cfg.BlockSize, id); ok {
-			t.put(wireKey(ip), bt)
+		bt := t.slots(wireKey(ip))
+		if base, ok := bt.take(r.wire, r.cfg.BlockSize); ok {
+			t.putSlots(wireKey(ip), bt)
 			return Block{Addr: ip, Base: base, Size: r.cfg.BlockSize}, nil
 		}
-		held += len(bt.Blocks)
+		held += bt.count()
 	}
 	return Block{}, fieldErr("server", ErrPortSpaceFull,
 		"server %s has no free wire block of %d ports in %s on its %d addresses (%d endpoints hold blocks); add a locator address",
@@ -588,10 +642,9 @@ func (r *Registry) allocWire(t tx, srv *Server, id uint32) (Block, error) {
 }
 
 func (r *Registry) freeWire(t tx, e *Endpoint) {
-	var bt blockTable
-	if t.get(wireKey(e.Wire.Addr), &bt) && bt.free(e.Wire.Base, e.ID) {
-		t.put(wireKey(e.Wire.Addr), bt)
-	}
+	bt := t.slots(wireKey(e.Wire.Addr))
+	bt.release(e.Wire.Base, e.Wire.Size)
+	t.putSlots(wireKey(e.Wire.Addr), bt)
 }
 
 // resolve finds an endpoint by ID or name inside a transaction.
@@ -635,14 +688,9 @@ func (r *Registry) DeleteEndpoint(ctx context.Context, ref string) (Endpoint, er
 			return err
 		}
 		r.freeWire(t, &e)
-		var it blockTable
-		if t.get(identityKey(e.NetworkID, e.IP), &it) && it.free(e.Identity.Base, e.ID) {
-			if len(it.Blocks) == 0 {
-				t.Del(identityKey(e.NetworkID, e.IP))
-			} else {
-				t.put(identityKey(e.NetworkID, e.IP), it)
-			}
-		}
+		it := t.slots(identityKey(e.NetworkID, e.IP))
+		it.release(e.Identity.Base, e.Identity.Size)
+		t.putSlots(identityKey(e.NetworkID, e.IP), it)
 		for _, p := range e.Ports {
 			var si serviceIndex
 			if !t.get(serviceKey(e.NetworkID, e.IP, p), &si) {

@@ -271,22 +271,22 @@ func TestPortSpaceFull(t *testing.T) {
 	wantErr(t, err, mapper.ErrInUse, "ips", "192.0.2.1 still carries")
 }
 
-func TestBlockSizeChangeKeepsOldBlocks(t *testing.T) {
+func TestBlockSizeIsFixed(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "db")
 	st := must[*store.Bolt](t)(store.OpenBolt(store.BoltConfig{Path: path}))
 	defer st.Close()
-	small := must[*mapper.Registry](t)(mapper.New(mapper.Config{Store: st, BlockSize: 64}))
-	world(t, small)
-	a := must[mapper.Endpoint](t)(small.CreateEndpoint(ctx, web("a", "s1")))
-	b := must[mapper.Endpoint](t)(small.CreateEndpoint(ctx, web("b", "s1")))
-	big := must[*mapper.Registry](t)(mapper.New(mapper.Config{Store: st, BlockSize: 256}))
-	c := must[mapper.Endpoint](t)(big.CreateEndpoint(ctx, web("c", "s1")))
-	if a.Wire.Base != 16384 || b.Wire.Base != 16448 || c.Wire.Base != 16640 || c.Wire.Size != 256 {
-		t.Errorf("wire bases %d %d %d (size %d), want 16384 16448 and the next free aligned 256-block 16640",
-			a.Wire.Base, b.Wire.Base, c.Wire.Base, c.Wire.Size)
+	first := must[*mapper.Registry](t)(mapper.New(mapper.Config{Store: st, BlockSize: 64}))
+	world(t, first)
+	a := must[mapper.Endpoint](t)(first.CreateEndpoint(ctx, web("a", "s1")))
+	_, err := mapper.New(mapper.Config{Store: st, BlockSize: 256})
+	if err == nil || !strings.Contains(err.Error(), "block size 256 differs from 64") {
+		t.Errorf("a registry reopened with another block size: %v, want a refusal naming both sizes", err)
 	}
-	if c.Identity.Base%256 != 0 || c.Identity.Base < b.Identity.Base+64 {
-		t.Errorf("identity block %v overlaps or is unaligned after %v", c.Identity, b.Identity)
+	// Zero adopts the registry's size.
+	again := must[*mapper.Registry](t)(mapper.New(mapper.Config{Store: st}))
+	b := must[mapper.Endpoint](t)(again.CreateEndpoint(ctx, web("b", "s1")))
+	if a.Wire.Size != 64 || b.Wire.Size != 64 || b.Wire.Base != a.Wire.Base+64 {
+		t.Errorf("wire blocks %v then %v, want two adjacent 64-port blocks", a.Wire, b.Wire)
 	}
 }
 
