@@ -649,7 +649,7 @@ func (t *boltSTM) apply(rev int64) (int, error) {
 				return 0, err
 			}
 		}
-		events = append(events, Event{Type: EventPut, KV: kv, PrevValue: prev.Value})
+		events = append(events, Event{Type: EventPut, KV: kv})
 	}
 	for _, f := range t.raw {
 		if err := f(t.tx); err != nil {

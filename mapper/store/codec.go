@@ -126,9 +126,8 @@ func decodeEvents(rev int64, b []byte, prefix string, out []Event) ([]Event, err
 		e.KV.Version = r.varint()
 		e.KV.Lease = LeaseID(r.varint())
 		e.KV.Value = r.bytes()
-		e.PrevValue = r.bytes()
-		if e.Type == EventDelete && len(e.PrevValue) == 0 {
-			e.PrevValue = nil
+		if prev := r.bytes(); len(prev) > 0 {
+			e.PrevValue = prev
 		}
 		if r.err == nil && hasPrefix(e.KV.Key, prefix) {
 			out = append(out, e)

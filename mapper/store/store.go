@@ -76,7 +76,9 @@ func (t EventType) String() string {
 }
 
 // Event is one change to one key. For EventDelete, KV holds the key and the
-// revision of the deletion; PrevValue holds the value the key had.
+// revision of the deletion, and PrevValue the value the key had. Puts carry
+// no previous value: the change log stays half the size, and a watcher
+// that needs one keeps its own copy (as etcd without WithPrevKV).
 type Event struct {
 	Type      EventType
 	KV        KeyValue
