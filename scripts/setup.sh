@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# setup.sh PURPOSE...: installs what daoli needs for each purpose, and
+# nothing that is already there. Safe to run again.
+#
+#   build     Go modules (downloaded by the go command itself)
+#   test      iproute2 for the network-namespace tests; staticcheck
+#   generate  clang-19, llvm-19 (llvm-strip), libbpf and kernel headers,
+#             to rebuild the committed eBPF objects
+#
+# Debian packages need root; Go tools go to .tools/ in the repository.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+STATICCHECK_VERSION=v0.8.2   # supports the go directive in go.mod
+CLANG=clang-19               # the one clang that builds the committed objects
+
+apt_packages=()
+need_tools=()
+for purpose in "$@"; do
+	case "$purpose" in
+	build) ;;
+	test)
+		apt_packages+=(iproute2)
+		need_tools+=(staticcheck)
+		;;
+	generate) apt_packages+=("$CLANG" llvm-19 libbpf-dev linux-libc-dev) ;;
+	*)
+		echo "setup.sh: unknown purpose \"$purpose\"; want build, test or generate" >&2
+		exit 2
+		;;
+	esac
+done
+
+missing=()
+for p in "${apt_packages[@]}"; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+	if [ "$(id -u)" != 0 ]; then
+		echo "setup.sh: missing Debian packages: ${missing[*]}; run as root, or install them" >&2
+		exit 1
+	fi
+	echo "setup.sh: installing ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -qq
+	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+for tool in "${need_tools[@]}"; do
+	case "$tool" in
+	staticcheck)
+		if ! .tools/staticcheck -version 2>/dev/null | grep -q "${STATICCHECK_VERSION#v}"; then
+			echo "setup.sh: installing staticcheck $STATICCHECK_VERSION into .tools/"
+			GOBIN="$PWD/.tools" go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
+		fi
+		;;
+	esac
+done
