@@ -248,7 +248,7 @@ func newEndpointStateCmd(a *app, state mapper.State) *cobra.Command {
 }
 
 func endpointSetState(ctx context.Context, s *session, ref string, state mapper.State) error {
-	e, err := s.cl.SetEndpointState(ctx, ref, state)
+	e, err := s.cl.SetEndpointState(ctx, ref, mapper.StateRequest{State: state})
 	if err != nil {
 		return err
 	}

@@ -95,6 +95,7 @@ func NewAPI(reg *Registry, log *slog.Logger) *API {
 		h       func(*http.Request) (int, any, error)
 	}{
 		{"GET /v1/snapshot", a.snapshot},
+		{"GET /v1/allocation", func(*http.Request) (int, any, error) { return http.StatusOK, a.reg.Allocation(), nil }},
 		{"GET /v1/networks", a.listNetworks},
 		{"POST /v1/networks", a.createNetwork},
 		{"GET /v1/networks/{name}", a.getNetwork},
@@ -292,17 +293,12 @@ func (a *API) moveEndpoint(r *http.Request) (int, any, error) {
 	return http.StatusOK, e, err
 }
 
-// StateRequest is the body of PUT /v1/endpoints/{ref}/state.
-type StateRequest struct {
-	State State `json:"state"`
-}
-
 func (a *API) setState(r *http.Request) (int, any, error) {
 	var req StateRequest
 	if err := decodeRequest(r.Body, &req); err != nil {
 		return 0, nil, err
 	}
-	e, err := a.reg.SetEndpointState(r.Context(), r.PathValue("ref"), req.State)
+	e, err := a.reg.SetEndpointState(r.Context(), r.PathValue("ref"), req)
 	return http.StatusOK, e, err
 }
 

@@ -97,6 +97,10 @@ func TestAPIRoundTrip(t *testing.T) {
 	for i, srv := range []string{"s1", "s2", "s2"} {
 		created = append(created, must[mapper.Endpoint](t)(c.CreateEndpoint(ctx, web(fmt.Sprintf("web%d", i), srv))))
 	}
+	alloc := must[mapper.Allocation](t)(c.Allocation(ctx))
+	if want := (mapper.Allocation{BlockSize: 256, WirePorts: mapper.DefaultWirePorts, IdentityPorts: mapper.DefaultIdentityPorts}); alloc != want {
+		t.Errorf("allocation: %+v, want %+v", alloc, want)
+	}
 	d := must[mapper.EndpointDetail](t)(c.Endpoint(ctx, "web2"))
 	want := mapper.SixTuple{ServerMAC: mac("52:54:00:00:00:02"), ServerIP: ip("192.0.2.2"), ServerPort: 16640,
 		MAC: created[2].MAC, IP: ip("10.1.0.5"), Port: 80, Protocol: mapper.TCP}
@@ -114,7 +118,7 @@ func TestAPIRoundTrip(t *testing.T) {
 	if moved.Server != "s2" || moved.Identity != created[0].Identity || moved.MAC != created[0].MAC {
 		t.Errorf("moved: %+v, want web0 on s2 with its identity block and MAC", moved)
 	}
-	down := must[mapper.Endpoint](t)(c.SetEndpointState(ctx, "web1", mapper.Down))
+	down := must[mapper.Endpoint](t)(c.SetEndpointState(ctx, "web1", mapper.StateRequest{State: mapper.Down}))
 	if down.State != mapper.Down {
 		t.Errorf("state after down: %s", down.State)
 	}

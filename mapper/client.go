@@ -177,16 +177,22 @@ func (c *Client) MoveEndpoint(ctx context.Context, ref, server, iface string) (E
 	return e, c.do(ctx, http.MethodPost, "/v1/endpoints/"+url.PathEscape(ref)+"/move", MoveRequest{Server: server, Interface: iface}, &e)
 }
 
-// SetEndpointState marks an endpoint active or down.
-func (c *Client) SetEndpointState(ctx context.Context, ref string, state State) (Endpoint, error) {
+// SetEndpointState marks an endpoint active or down, under req's guards.
+func (c *Client) SetEndpointState(ctx context.Context, ref string, req StateRequest) (Endpoint, error) {
 	var e Endpoint
-	return e, c.do(ctx, http.MethodPut, "/v1/endpoints/"+url.PathEscape(ref)+"/state", StateRequest{State: state}, &e)
+	return e, c.do(ctx, http.MethodPut, "/v1/endpoints/"+url.PathEscape(ref)+"/state", req, &e)
 }
 
 // Services lists the services with their backends.
 func (c *Client) Services(ctx context.Context) ([]Service, error) {
 	var s []Service
 	return s, c.do(ctx, http.MethodGet, "/v1/services", nil, &s)
+}
+
+// Allocation returns the mapper's block size and port ranges.
+func (c *Client) Allocation(ctx context.Context) (Allocation, error) {
+	var a Allocation
+	return a, c.do(ctx, http.MethodGet, "/v1/allocation", nil, &a)
 }
 
 // Snapshot returns the whole registry at one revision.

@@ -164,6 +164,20 @@ func fixBlockSize(st store.Store, want uint16) (uint16, error) {
 // BlockSize returns the registry's block size.
 func (r *Registry) BlockSize() uint16 { return r.cfg.BlockSize }
 
+// Allocation is how a registry hands out ports: what every agent must
+// know to program its dataplane and keep its server's own sockets out of
+// the wire range.
+type Allocation struct {
+	BlockSize     uint16    `json:"block_size"`
+	WirePorts     PortRange `json:"wire_ports"`
+	IdentityPorts PortRange `json:"identity_ports"`
+}
+
+// Allocation returns the registry's allocation settings.
+func (r *Registry) Allocation() Allocation {
+	return Allocation{BlockSize: r.cfg.BlockSize, WirePorts: r.wire, IdentityPorts: r.id}
+}
+
 // Capacity says how many blocks one locator address and one (network, IP)
 // hold with the current configuration.
 func (r *Registry) Capacity() (wirePerAddr, identityPerIP int) {
@@ -748,8 +762,20 @@ func (r *Registry) MoveEndpoint(ctx context.Context, ref, server, iface string) 
 	return e, nil
 }
 
-// SetEndpointState marks an endpoint active or down.
-func (r *Registry) SetEndpointState(ctx context.Context, ref string, state State) (Endpoint, error) {
+// StateRequest changes an endpoint's state. With IfServer (and
+// IfInterface) set, it applies only while the endpoint still runs there:
+// an agent whose veth vanished because the endpoint moved away must not
+// mark it down on its new server.
+type StateRequest struct {
+	State       State  `json:"state"`
+	IfServer    string `json:"if_server,omitempty"`
+	IfInterface string `json:"if_interface,omitempty"`
+}
+
+// SetEndpointState marks an endpoint active or down. A guard of req that
+// does not hold is ErrConflict, and nothing changes.
+func (r *Registry) SetEndpointState(ctx context.Context, ref string, req StateRequest) (Endpoint, error) {
+	state := req.State
 	if state != Active && state != Down {
 		return Endpoint{}, invalid("state", "unknown state %q, want active or down", state)
 	}
@@ -758,6 +784,12 @@ func (r *Registry) SetEndpointState(ctx context.Context, ref string, state State
 		var err error
 		if e, err = resolve(t, ref); err != nil {
 			return err
+		}
+		if req.IfServer != "" && e.Server != req.IfServer {
+			return fieldErr("if_server", ErrConflict, "endpoint %s runs on %s, not %s", ref, e.Server, req.IfServer)
+		}
+		if req.IfInterface != "" && e.Interface != req.IfInterface {
+			return fieldErr("if_interface", ErrConflict, "endpoint %s is attached through %q, not %q", ref, e.Interface, req.IfInterface)
 		}
 		if e.State != state {
 			e.State = state

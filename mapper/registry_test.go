@@ -386,11 +386,19 @@ func TestStateAndFailoverOrder(t *testing.T) {
 	if d := diff([]string{"master/active", "backup/active"}, order()); d != "" {
 		t.Errorf("failover order (-want +got):\n%s", d)
 	}
-	must[mapper.Endpoint](t)(reg.SetEndpointState(ctx, "master", mapper.Down))
+	// An agent that lost a veth of an endpoint that moved away changes nothing.
+	_, err := reg.SetEndpointState(ctx, "master", mapper.StateRequest{State: mapper.Down, IfServer: "s2"})
+	wantErr(t, err, mapper.ErrConflict, "if_server", "runs on s1, not s2")
+	_, err = reg.SetEndpointState(ctx, "master", mapper.StateRequest{State: mapper.Down, IfServer: "s1", IfInterface: "old"})
+	wantErr(t, err, mapper.ErrConflict, "if_interface", `not "old"`)
+	if d := diff([]string{"master/active", "backup/active"}, order()); d != "" {
+		t.Errorf("failed guards changed the order (-want +got):\n%s", d)
+	}
+	must[mapper.Endpoint](t)(reg.SetEndpointState(ctx, "master", mapper.StateRequest{State: mapper.Down, IfServer: "s1"}))
 	if d := diff([]string{"backup/active", "master/down"}, order()); d != "" {
 		t.Errorf("failover order with the master down (-want +got):\n%s", d)
 	}
-	_, err := reg.SetEndpointState(ctx, "master", "gone")
+	_, err = reg.SetEndpointState(ctx, "master", mapper.StateRequest{State: "gone"})
 	wantErr(t, err, mapper.ErrInvalid, "state", `"gone"`)
 }
 
