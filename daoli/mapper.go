@@ -104,9 +104,10 @@ use it (the second waits for the lock, then fails).
 
 Wire blocks are slices of each server's port space: keep --wire-ports out
 of the servers' ephemeral port range (net.ipv4.ip_local_port_range) or
-reserve it (net.ipv4.ip_local_reserved_ports). Identity blocks are what
-peers see as client ports. Changing --block-size leaves existing blocks
-as they are.`,
+reserve it (net.ipv4.ip_local_reserved_ports); agents reserve it on their
+server and refuse to start while a local socket sits inside it. Identity
+blocks are what peers see as client ports. --block-size is fixed when the
+registry is created: every dataplane masks ports with it.`,
 		Example: "  daoli mapper --listen 127.0.0.1:9470 --db /var/lib/daoli/registry.db",
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -46,6 +46,12 @@ in the kernel of each server.
 		newEndpointCmd(a),
 		newServiceCmd(a),
 		newWatchCmd(a),
+		newAgentCmd(a),
+		newAttachCmd(a),
+		newDetachCmd(a),
+		newMoveCmd(a),
+		newStatusCmd(a),
+		newAppCmd(a),
 		newVersionCmd(a),
 	)
 	return root

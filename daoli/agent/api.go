@@ -1,0 +1,195 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+
+	"github.com/daolinet/daoli/dataplane"
+	"github.com/daolinet/daoli/mapper"
+)
+
+// Status is what GET /v1/status on an agent's socket answers.
+type Status struct {
+	Server    string                        `json:"server"`
+	IPs       []string                      `json:"ips"`
+	Revision  int64                         `json:"revision"`
+	Endpoints []mapper.Endpoint             `json:"endpoints"`
+	Drops     map[string]uint64             `json:"drops"`
+	Counters  map[uint32]dataplane.Counters `json:"counters"`
+}
+
+// listen opens the agent's unix socket, readable by root only.
+func (a *Agent) listen() (net.Listener, error) {
+	path := SocketPath(a.cfg.RunDir, a.cfg.Name)
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("create %s: %w", filepath.Dir(path), err)
+	}
+	os.Remove(path) // a socket left by an agent that was killed
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("restrict %s: %w", path, err)
+	}
+	return l, nil
+}
+
+func (a *Agent) api() http.Handler {
+	mux := http.NewServeMux()
+	handle := func(pattern string, f func(context.Context, []byte) (any, error)) {
+		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) {
+			body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 1<<20))
+			var v any
+			if err == nil {
+				v, err = f(r.Context(), body)
+			}
+			w.Header().Set("Content-Type", "application/json")
+			if err != nil {
+				status := http.StatusInternalServerError
+				var ae *mapper.APIError
+				if errors.As(err, &ae) {
+					status = ae.Status
+				} else if errors.Is(err, errBadRequest) {
+					status = http.StatusBadRequest
+				}
+				w.WriteHeader(status)
+				json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+				return
+			}
+			json.NewEncoder(w).Encode(v)
+		})
+	}
+	handle("POST /v1/attach", func(ctx context.Context, b []byte) (any, error) {
+		var req AttachRequest
+		if err := decode(b, &req); err != nil {
+			return nil, err
+		}
+		return a.Attach(ctx, req)
+	})
+	handle("POST /v1/move", func(ctx context.Context, b []byte) (any, error) {
+		var req MoveRequest
+		if err := decode(b, &req); err != nil {
+			return nil, err
+		}
+		return a.Move(ctx, req)
+	})
+	handle("POST /v1/detach", func(ctx context.Context, b []byte) (any, error) {
+		var req DetachRequest
+		if err := decode(b, &req); err != nil {
+			return nil, err
+		}
+		return a.Detach(ctx, req)
+	})
+	handle("GET /v1/status", func(ctx context.Context, _ []byte) (any, error) { return a.Status() })
+	return mux
+}
+
+var errBadRequest = errors.New("bad request")
+
+func decode(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return fmt.Errorf("%w: %v", errBadRequest, err)
+	}
+	return nil
+}
+
+// Status reports the agent's view and its dataplane's counters.
+func (a *Agent) Status() (Status, error) {
+	s := Status{Server: a.cfg.Name, Revision: a.model.rev(), Endpoints: a.model.local(a.cfg.Name), Drops: map[string]uint64{}}
+	for _, ip := range a.ips {
+		s.IPs = append(s.IPs, ip.String())
+	}
+	drops, err := a.dp.DropCounters()
+	if err != nil {
+		return s, err
+	}
+	for r, n := range drops {
+		s.Drops[r.String()] = n
+	}
+	s.Counters, err = a.dp.EndpointCounters()
+	return s, err
+}
+
+// Client talks to an agent over its unix socket. It is safe for
+// concurrent use.
+type Client struct {
+	path string
+	hc   *http.Client
+}
+
+// NewClient returns a client of the agent listening at socket path.
+func NewClient(path string) *Client {
+	return &Client{path: path, hc: &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}}}
+}
+
+func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, body)
+	if err != nil {
+		return err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("agent at %s: %w (is the agent running?)", c.path, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var e struct {
+			Error string `json:"error"`
+		}
+		json.NewDecoder(resp.Body).Decode(&e)
+		if e.Error == "" {
+			e.Error = resp.Status
+		}
+		return errors.New(e.Error)
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// Attach asks the agent to attach a container.
+func (c *Client) Attach(ctx context.Context, req AttachRequest) (mapper.Endpoint, error) {
+	var e mapper.Endpoint
+	return e, c.do(ctx, http.MethodPost, "/v1/attach", req, &e)
+}
+
+// Move asks the agent to take over an endpoint's container.
+func (c *Client) Move(ctx context.Context, req MoveRequest) (mapper.Endpoint, error) {
+	var e mapper.Endpoint
+	return e, c.do(ctx, http.MethodPost, "/v1/move", req, &e)
+}
+
+// Detach asks the agent to remove an endpoint.
+func (c *Client) Detach(ctx context.Context, req DetachRequest) (mapper.Endpoint, error) {
+	var e mapper.Endpoint
+	return e, c.do(ctx, http.MethodPost, "/v1/detach", req, &e)
+}
+
+// Status returns the agent's status.
+func (c *Client) Status(ctx context.Context) (Status, error) {
+	var s Status
+	return s, c.do(ctx, http.MethodGet, "/v1/status", nil, &s)
+}

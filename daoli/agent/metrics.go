@@ -1,0 +1,104 @@
+package agent
+
+import (
+	"fmt"
+	"net/http"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// metrics are the agent's own counters; the dataplane's are read at
+// scrape time. Exposition is Prometheus text format 0.0.4.
+type metrics struct {
+	watchReconnects atomic.Int64
+	markedDown      atomic.Int64
+
+	mu             sync.Mutex
+	reconciles     int64
+	reconcileSum   time.Duration
+	reconcileLast  time.Duration
+	revision       int64
+	endpoints      int
+	localEndpoints int
+}
+
+func (m *metrics) observeReconcile(d time.Duration, rev int64, endpoints, local int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.reconciles++
+	m.reconcileSum += d
+	m.reconcileLast = d
+	m.revision, m.endpoints, m.localEndpoints = rev, endpoints, local
+}
+
+func (a *Agent) metricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
+		a.writeMetrics(w)
+	})
+	return mux
+}
+
+func (a *Agent) writeMetrics(w interface{ Write([]byte) (int, error) }) {
+	p := func(format string, args ...any) { fmt.Fprintf(w, format+"\n", args...) }
+	head := func(name, typ, help string) {
+		p("# HELP %s %s", name, help)
+		p("# TYPE %s %s", name, typ)
+	}
+	m := &a.m
+	m.mu.Lock()
+	head("daoli_agent_reconciles_total", "counter", "Reconciles of the dataplane with the registry.")
+	p("daoli_agent_reconciles_total %d", m.reconciles)
+	head("daoli_agent_reconcile_seconds_sum", "counter", "Time spent reconciling.")
+	p("daoli_agent_reconcile_seconds_sum %g", m.reconcileSum.Seconds())
+	head("daoli_agent_reconcile_last_seconds", "gauge", "Duration of the last reconcile.")
+	p("daoli_agent_reconcile_last_seconds %g", m.reconcileLast.Seconds())
+	head("daoli_agent_applied_revision", "gauge", "Registry revision the dataplane was last programmed from.")
+	p("daoli_agent_applied_revision %d", m.revision)
+	head("daoli_agent_endpoints", "gauge", "Endpoints in the dataplane, by where they run.")
+	p(`daoli_agent_endpoints{where="local"} %d`, m.localEndpoints)
+	p(`daoli_agent_endpoints{where="remote"} %d`, m.endpoints-m.localEndpoints)
+	m.mu.Unlock()
+	head("daoli_agent_registry_revision", "gauge", "Newest registry revision the agent has seen; the lag is this minus the applied revision.")
+	p("daoli_agent_registry_revision %d", a.model.rev())
+	head("daoli_agent_watch_reconnects_total", "counter", "Times the change-log watch was resumed.")
+	p("daoli_agent_watch_reconnects_total %d", m.watchReconnects.Load())
+	head("daoli_agent_marked_down_total", "counter", "Local endpoints marked down because their interface vanished.")
+	p("daoli_agent_marked_down_total %d", m.markedDown.Load())
+
+	if drops, err := a.dp.DropCounters(); err == nil {
+		head("daoli_dataplane_drops_total", "counter", "Packets the dataplane dropped, by reason.")
+		var reasons []string
+		byName := map[string]uint64{}
+		for r, n := range drops {
+			byName[r.String()] = n
+			reasons = append(reasons, r.String())
+		}
+		sort.Strings(reasons)
+		for _, r := range reasons {
+			p(`daoli_dataplane_drops_total{reason=%q} %d`, r, byName[r])
+		}
+	}
+	if counters, err := a.dp.EndpointCounters(); err == nil {
+		head("daoli_dataplane_endpoint_packets_total", "counter", "Packets through local endpoints.")
+		ids := make([]uint32, 0, len(counters))
+		for id := range counters {
+			ids = append(ids, id)
+		}
+		sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
+		for _, id := range ids {
+			c := counters[id]
+			p(`daoli_dataplane_endpoint_packets_total{endpoint="%d",direction="rx"} %d`, id, c.RxPackets)
+			p(`daoli_dataplane_endpoint_packets_total{endpoint="%d",direction="tx"} %d`, id, c.TxPackets)
+		}
+		head("daoli_dataplane_endpoint_bytes_total", "counter", "Bytes through local endpoints.")
+		for _, id := range ids {
+			c := counters[id]
+			p(`daoli_dataplane_endpoint_bytes_total{endpoint="%d",direction="rx"} %d`, id, c.RxBytes)
+			p(`daoli_dataplane_endpoint_bytes_total{endpoint="%d",direction="tx"} %d`, id, c.TxBytes)
+		}
+	}
+}

@@ -1,0 +1,139 @@
+package agent
+
+import (
+	"cmp"
+	"slices"
+	"sync"
+
+	"github.com/daolinet/daoli/dataplane"
+	"github.com/daolinet/daoli/mapper"
+)
+
+// model is the agent's copy of the registry: a snapshot kept current by
+// the change log. It is safe for concurrent use.
+type model struct {
+	mu        sync.Mutex
+	revision  int64
+	networks  map[string]mapper.Network
+	servers   map[string]mapper.Server
+	endpoints map[uint32]mapper.Endpoint
+}
+
+func newModel() *model {
+	return &model{networks: map[string]mapper.Network{}, servers: map[string]mapper.Server{}, endpoints: map[uint32]mapper.Endpoint{}}
+}
+
+// reset replaces the model with a snapshot.
+func (m *model) reset(s mapper.Snapshot) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.revision = s.Revision
+	clear(m.networks)
+	clear(m.servers)
+	clear(m.endpoints)
+	for _, n := range s.Networks {
+		m.networks[n.Name] = n
+	}
+	for _, sv := range s.Servers {
+		m.servers[sv.Name] = sv
+	}
+	for _, e := range s.Endpoints {
+		m.endpoints[e.ID] = e
+	}
+}
+
+// apply folds one change into the model. Changes must come in revision
+// order; an older one than the model's revision is ignored, so replaying
+// the log after a reconnect is harmless.
+func (m *model) apply(c mapper.Change) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if c.Revision <= m.revision {
+		return
+	}
+	m.revision = c.Revision
+	del := c.Type == "delete"
+	switch {
+	case c.Network != nil && del:
+		delete(m.networks, c.Network.Name)
+	case c.Network != nil:
+		m.networks[c.Network.Name] = *c.Network
+	case c.Server != nil && del:
+		delete(m.servers, c.Server.Name)
+	case c.Server != nil:
+		m.servers[c.Server.Name] = *c.Server
+	case c.Endpoint != nil && del:
+		delete(m.endpoints, c.Endpoint.ID)
+	case c.Endpoint != nil:
+		m.endpoints[c.Endpoint.ID] = *c.Endpoint
+	}
+}
+
+// put records an endpoint the agent itself just wrote, so it is programmed
+// before the change log brings it back. The log's copy wins later.
+func (m *model) put(e mapper.Endpoint) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.endpoints[e.ID] = e
+}
+
+// local returns this server's endpoints, by ID.
+func (m *model) local(server string) []mapper.Endpoint {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []mapper.Endpoint
+	for _, e := range m.endpoints {
+		if e.Server == server {
+			out = append(out, e)
+		}
+	}
+	slices.SortFunc(out, func(a, b mapper.Endpoint) int { return cmp.Compare(a.ID, b.ID) })
+	return out
+}
+
+func (m *model) rev() int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.revision
+}
+
+// desired derives the dataplane state of server self from the model:
+// every server and endpoint of the cluster, with the host-side ifindex of
+// self's own endpoints from ifindex (0 when the interface is not there).
+func (m *model) desired(self string, blockSize uint16, ifindex func(name string) int) dataplane.State {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := dataplane.State{BlockSize: blockSize}
+	for _, sv := range m.servers {
+		for _, ip := range sv.IPs {
+			s.Servers = append(s.Servers, dataplane.Server{IP: ip, MAC: sv.MAC.HardwareAddr()})
+		}
+	}
+	slices.SortFunc(s.Servers, func(a, b dataplane.Server) int { return a.IP.Compare(b.IP) })
+	for _, e := range m.endpoints {
+		d := dataplane.Endpoint{
+			ID: e.ID, Network: e.NetworkID, IP: e.IP, MAC: e.MAC.HardwareAddr(),
+			Server: e.Wire.Addr, WireBase: e.Wire.Base, IdentityBase: e.Identity.Base,
+			Mode: dataplane.Failover, Priority: uint32(e.Priority), State: dataplane.Active,
+		}
+		if e.Mode == mapper.Balance {
+			d.Mode = dataplane.Balance
+		}
+		if e.State == mapper.Down {
+			d.State = dataplane.Down
+		}
+		for _, p := range e.Ports {
+			proto := dataplane.TCP
+			if p.Protocol == mapper.UDP {
+				proto = dataplane.UDP
+			}
+			d.Ports = append(d.Ports, dataplane.Port{Number: p.Port, Proto: proto})
+		}
+		if e.Server == self && e.Interface != "" {
+			d.Ifindex = ifindex(e.Interface)
+		}
+		s.Endpoints = append(s.Endpoints, d)
+	}
+	slices.SortFunc(s.Endpoints, func(a, b dataplane.Endpoint) int { return cmp.Compare(a.ID, b.ID) })
+	return s
+}
