@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 
@@ -59,9 +60,41 @@ func (d *Dataplane) Apply(s State) error {
 		ident[daoliIdentKey{NetId: e.Network, Ip: addr(e.IP), Base: e.IdentityBase}] = e.ID
 	}
 
-	services, err := d.services(backends)
+	home, err := d.services(backends)
 	if err != nil {
 		return fmt.Errorf("apply state: %w", err)
+	}
+	// Services are keyed by the network of the client that looks them up:
+	// a Policy shows the services of To in From, where From's own win.
+	// Replies need the identity blocks of an allowed From in To.
+	services := maps.Clone(home)
+	policies := map[daoliPolicyKey]daoliPolicyVerdict{}
+	for _, p := range sortedPolicies(s) {
+		v := daoliPolicyVerdictPOLICY_DENY
+		if p.Allow {
+			v = daoliPolicyVerdictPOLICY_ALLOW
+		}
+		policies[daoliPolicyKey{From: p.From, To: p.To}] = v
+		if p.From == p.To {
+			continue
+		}
+		for k, svc := range home {
+			if k.NetId != p.To {
+				continue
+			}
+			k.NetId = p.From
+			if _, ok := services[k]; !ok {
+				services[k] = svc
+			}
+		}
+		if !p.Allow {
+			continue
+		}
+		for _, e := range s.Endpoints {
+			if e.Network == p.From {
+				ident[daoliIdentKey{NetId: p.To, Ip: addr(e.IP), Base: e.IdentityBase}] = e.ID
+			}
+		}
 	}
 
 	m := &d.objs.daoliMaps
@@ -80,6 +113,8 @@ func (d *Dataplane) Apply(s State) error {
 		func() (func() error, error) { return syncMap(m.WireBlocks, wire) },
 		func() (func() error, error) { return syncMap(m.IdentBlocks, ident) },
 		func() (func() error, error) { return syncMap(m.EndpointByIfindex, byIfindex) },
+		func() (func() error, error) { return d.syncStats(byIfindex) },
+		func() (func() error, error) { return syncMap(m.Policies, policies) },
 		func() (func() error, error) { return syncMap(m.Services, services) },
 	} {
 		f, err := step()
@@ -93,7 +128,7 @@ func (d *Dataplane) Apply(s State) error {
 			return fmt.Errorf("apply state: %w", err)
 		}
 	}
-	d.log.Debug("state applied", "endpoints", len(endpoints), "services", len(services))
+	d.log.Debug("state applied", "endpoints", len(endpoints), "services", len(services), "policies", len(policies))
 	return nil
 }
 
@@ -140,7 +175,7 @@ func (d *Dataplane) services(backends map[serviceID][]Endpoint) (map[daoliServic
 				active = append(active, e)
 			}
 		}
-		svc := daoliService{Mode: uint8(mode), Backends: uint32(len(active))}
+		svc := daoliService{Mode: uint8(mode), Backends: uint32(len(active)), NetId: sid.network}
 		if len(active) > 0 && mode == Failover {
 			best := slices.MinFunc(active, func(a, b Endpoint) int {
 				return cmp.Or(cmp.Compare(b.Priority, a.Priority), cmp.Compare(a.ID, b.ID))
@@ -218,6 +253,51 @@ func syncMap[K, V comparable](m *ebpf.Map, want map[K]V) (func() error, error) {
 				continue
 			}
 			if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("delete from %s: %w", m, err)
+			}
+		}
+		return nil
+	}, nil
+}
+
+// syncStats gives every local endpoint (the values of byIfindex) a zeroed
+// counter entry unless it has one, and returns a function that deletes the
+// entries of endpoints that are no longer local. The programs only add to
+// existing entries, so counters never race with their creation and are
+// never evicted while the endpoint lives here.
+func (d *Dataplane) syncStats(byIfindex map[uint32]uint32) (func() error, error) {
+	m := d.objs.EndpointStats
+	local := map[uint32]bool{}
+	for _, id := range byIfindex {
+		local[id] = true
+	}
+	var have []uint32
+	var id uint32
+	var perCPU []daoliEpStats
+	it := m.Iterate()
+	for it.Next(&id, &perCPU) {
+		have = append(have, id)
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", m, err)
+	}
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return nil, fmt.Errorf("count CPUs: %w", err)
+	}
+	zero := make([]daoliEpStats, cpus)
+	for id := range local {
+		err := m.Update(id, zero, ebpf.UpdateNoExist)
+		if err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
+			return nil, fmt.Errorf("write %s: %w", m, err)
+		}
+	}
+	return func() error {
+		for _, id := range have {
+			if local[id] {
+				continue
+			}
+			if err := m.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 				return fmt.Errorf("delete from %s: %w", m, err)
 			}
 		}

@@ -21,6 +21,7 @@ const (
 	DropPolicy         = DropReason(daoliDropReasonDROP_POLICY)
 	DropNoUplink       = DropReason(daoliDropReasonDROP_NO_UPLINK)
 	DropARP            = DropReason(daoliDropReasonDROP_ARP)
+	DropTTL            = DropReason(daoliDropReasonDROP_TTL)
 	dropReasons        = DropReason(daoliDropReasonDROP_REASONS)
 )
 
@@ -39,6 +40,7 @@ var dropNames = [...]string{
 	DropPolicy:         "policy",
 	DropNoUplink:       "no_uplink",
 	DropARP:            "arp",
+	DropTTL:            "ttl",
 }
 
 // String returns the reason as named in the C enum, lower case, without

@@ -57,7 +57,8 @@ const (
 	daoliDropReasonDROP_POLICY          daoliDropReason = 11
 	daoliDropReasonDROP_NO_UPLINK       daoliDropReason = 12
 	daoliDropReasonDROP_ARP             daoliDropReason = 13
-	daoliDropReasonDROP_REASONS         daoliDropReason = 14
+	daoliDropReasonDROP_TTL             daoliDropReason = 14
+	daoliDropReasonDROP_REASONS         daoliDropReason = 15
 )
 
 type daoliEndpoint struct {
@@ -92,6 +93,19 @@ type daoliIdentKey struct {
 	Pad   uint16
 }
 
+type daoliPolicyKey struct {
+	_    structs.HostLayout
+	From uint32
+	To   uint32
+}
+
+type daoliPolicyVerdict uint32
+
+const (
+	daoliPolicyVerdictPOLICY_DENY  daoliPolicyVerdict = 0
+	daoliPolicyVerdictPOLICY_ALLOW daoliPolicyVerdict = 1
+)
+
 type daoliServedPort struct {
 	_     structs.HostLayout
 	Port  uint16
@@ -114,6 +128,7 @@ type daoliService struct {
 	Backend  uint32
 	Table    uint32
 	Digest   uint32
+	NetId    uint32
 }
 
 type daoliServiceKey struct {
@@ -144,6 +159,7 @@ const (
 	daoliMapIdentBlocks       = "ident_blocks"
 	daoliMapMaglev            = "maglev"
 	daoliMapOffsetCursor      = "offset_cursor"
+	daoliMapPolicies          = "policies"
 	daoliMapServices          = "services"
 	daoliMapSettings          = "settings"
 	daoliMapWireBlocks        = "wire_blocks"
@@ -209,6 +225,7 @@ type daoliMapSpecs struct {
 	IdentBlocks       *ebpf.MapSpec `ebpf:"ident_blocks"`
 	Maglev            *ebpf.MapSpec `ebpf:"maglev"`
 	OffsetCursor      *ebpf.MapSpec `ebpf:"offset_cursor"`
+	Policies          *ebpf.MapSpec `ebpf:"policies"`
 	Services          *ebpf.MapSpec `ebpf:"services"`
 	Settings          *ebpf.MapSpec `ebpf:"settings"`
 	WireBlocks        *ebpf.MapSpec `ebpf:"wire_blocks"`
@@ -248,6 +265,7 @@ type daoliMaps struct {
 	IdentBlocks       *ebpf.Map `ebpf:"ident_blocks"`
 	Maglev            *ebpf.Map `ebpf:"maglev"`
 	OffsetCursor      *ebpf.Map `ebpf:"offset_cursor"`
+	Policies          *ebpf.Map `ebpf:"policies"`
 	Services          *ebpf.Map `ebpf:"services"`
 	Settings          *ebpf.Map `ebpf:"settings"`
 	WireBlocks        *ebpf.Map `ebpf:"wire_blocks"`
@@ -263,6 +281,7 @@ func (m *daoliMaps) Close() error {
 		m.IdentBlocks,
 		m.Maglev,
 		m.OffsetCursor,
+		m.Policies,
 		m.Services,
 		m.Settings,
 		m.WireBlocks,

@@ -10,6 +10,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/rlimit"
+	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,9 +27,6 @@ var (
 	// ErrNoBPFFS is returned by New when Config.BPFFSPath is not on a
 	// mounted bpf filesystem.
 	ErrNoBPFFS = errors.New("no bpf filesystem")
-	// ErrNoTCX is returned by the Attach methods when the kernel lacks tcx
-	// (Linux 6.6 or newer is needed).
-	ErrNoTCX = errors.New("tcx not supported")
 	// ErrInvalidState is returned by Apply when the desired State is
 	// inconsistent; the wrapping message names the field.
 	ErrInvalidState = errors.New("invalid state")
@@ -43,6 +41,11 @@ type Config struct {
 	// Logger receives lifecycle events, never per-packet ones. Nil means
 	// discard.
 	Logger *slog.Logger
+	// ForceTC attaches the programs as tc filters (a clsact qdisc and a
+	// direct-action bpf filter) even where tcx works. False means tcx,
+	// falling back to tc filters when the kernel lacks tcx (before Linux
+	// 6.6).
+	ForceTC bool
 }
 
 // Dataplane is one server's loaded programs and pinned maps. Create it with
@@ -53,13 +56,18 @@ type Dataplane struct {
 
 	mu   sync.Mutex
 	objs daoliObjects
+	// useTC is set by Config.ForceTC or when tcx turned out missing.
+	useTC bool
+	// tc holds the interfaces this process attached tc filters to, with
+	// the network namespace each lives in.
+	tc map[int]netns.NsHandle
 }
 
 // New loads the programs and maps, adopting maps already pinned under
 // cfg.BPFFSPath so that a restarted process keeps every flow. It creates the
 // directory when needed.
 func New(cfg Config) (*Dataplane, error) {
-	d := &Dataplane{path: cfg.BPFFSPath, log: cfg.Logger}
+	d := &Dataplane{path: cfg.BPFFSPath, log: cfg.Logger, useTC: cfg.ForceTC, tc: map[int]netns.NsHandle{}}
 	if d.path == "" {
 		d.path = DefaultBPFFSPath
 	}
@@ -99,6 +107,10 @@ func New(cfg Config) (*Dataplane, error) {
 func (d *Dataplane) Close() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	for ifindex, ns := range d.tc {
+		ns.Close()
+		delete(d.tc, ifindex)
+	}
 	return d.objs.Close()
 }
 
@@ -109,6 +121,11 @@ func (d *Dataplane) Remove() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var errs []error
+	for ifindex := range d.tc {
+		if err := d.detachTC(ifindex); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	links, _ := filepath.Glob(filepath.Join(d.path, "links", "*"))
 	for _, pin := range links {
 		if err := unpinLink(pin); err != nil {
@@ -129,7 +146,7 @@ func (d *Dataplane) Remove() error {
 func (d *Dataplane) maps() []*ebpf.Map {
 	m := &d.objs.daoliMaps
 	return []*ebpf.Map{m.Conntrack, m.Drops, m.EndpointByIfindex, m.EndpointStats,
-		m.Endpoints, m.IdentBlocks, m.Maglev, m.OffsetCursor, m.Services, m.Settings, m.WireBlocks}
+		m.Endpoints, m.IdentBlocks, m.Maglev, m.OffsetCursor, m.Policies, m.Services, m.Settings, m.WireBlocks}
 }
 
 // checkBPFFS reports whether path (or its closest existing parent) lies on a

@@ -8,8 +8,9 @@
 // from_container runs on the tcx ingress of every endpoint's host-side
 // veth (AttachEndpoint). It answers the container's ARP with the gateway
 // MAC, drops packets whose source MAC or IP is not the endpoint's, and
-// rewrites the rest: a new flow picks a backend of the service (network,
-// IP, port, protocol), takes a free offset in the client's blocks and is
+// rewrites the rest: a new flow looks up the service (network, IP, port,
+// protocol), checks the policy of the client's and the service's networks,
+// picks a backend, takes a free offset in the client's blocks and is
 // recorded in conntrack; then the packet leaves as
 // ServerIP_A:wire_base_C+offset -> ServerIP_B:wire_base_S+port_index,
 // through the uplink (bpf_redirect_neigh). A backend on the same server gets
@@ -21,14 +22,62 @@
 // from_network runs on the tcx ingress of the uplink (AttachUplink). A
 // packet to a local endpoint's wire block is translated to identity (the
 // client's IP and identity port, the service's IP and port, MACs set) and
-// put straight into the container. Everything else returns TC_ACT_OK
-// byte-identical: the server's own traffic is not touched.
+// put straight into the container; a client's packet must come from a
+// network the policy lets reach the backend's. Everything else returns
+// TC_ACT_OK byte-identical: the server's own traffic is not touched.
+//
+// Both programs act as routers: every packet they rewrite loses one from
+// its TTL (checksum updated incrementally), so a packet between two
+// servers loses two, one on each server, and one between two containers
+// of one server. A packet that arrives with a TTL of 1 or less is dropped
+// (DropTTL); no time exceeded is generated for it, so a traceroute from a
+// container shows no hop for its own server.
 //
 // ICMP echo has one port-like field, the identifier; it always carries the
 // client's port. The backend's ServerPort of an echo travels in the IPv4
 // identification field, and wire echoes carry ICMP code 0xda so a host's
 // own ping never matches a wire block. Every endpoint answers echo; the
 // echo service of (network, IP) is failover over all its endpoints.
+//
+// # ICMP errors
+//
+// Destination unreachable (frag-needed included, so path MTU discovery
+// works) and time exceeded are translated along with the packet they
+// quote. On the wire an error is what a router would send: from anyone to
+// ServerIP, quoting the wire packet. from_network recognises one of ours by
+// its quote: a quoted source (ServerIP, port) in a local endpoint's wire
+// block. It rewrites the quote back to what the endpoint sent (its IP and
+// port, the peer's identity IP and port), sets the error's own source to
+// that peer's identity IP (the fabric's routers stay invisible) and puts it
+// into the endpoint. error_from_container does the reverse for an error a
+// container's kernel sends about a packet it received, as a backend (a
+// UDP port unreachable) or as a client: the quote becomes the packet as
+// its sender sent it, and the error goes to the sender, over the wire from
+// ServerIP to ServerIP or straight into a local container. The quoted IPv4
+// checksum, the quoted UDP checksum, the quoted TCP checksum when the quote
+// is long enough to hold it, and the error's ICMP checksum are all updated
+// incrementally. Both handlers are BPF global functions, verified once.
+// Only quotes of TCP and UDP first fragments without IPv4 options are
+// translated: from_network passes other errors to the host, from_container
+// drops them (DropUnsupported), and an error whose flow is unknown is
+// dropped (DropCTMiss).
+//
+// # Policy
+//
+// Endpoints reach the services of their own network and nothing else,
+// unless a Policy says otherwise. A Policy{From, To} makes the services of
+// To visible in From (the services map is keyed by the client's network,
+// and a projected entry says in net_id which network it serves); Allow
+// says whether From's clients may open flows to them. The programs check
+// the policies map, keyed by (from, to), where absent means allow for the
+// same network and deny otherwise: a denied flow is dropped with
+// DropPolicy; a network no Policy shows stays invisible (DropNoService). An
+// allowed From's identity blocks are copied into To, so backends of To can
+// answer without state. Policies are checked when a flow starts (and when
+// it is moved to another backend) on the client's server and, for flows
+// that cross servers, on every packet at the backend's server; a flow
+// between two containers of one server outlives a removed Allow until its
+// conntrack entry expires.
 //
 // # Maps
 //
@@ -38,19 +87,24 @@
 //	endpoints            endpoint id -> network, IP, MAC, ServerIP, blocks, served ports, state, ifindex
 //	endpoint_by_ifindex  host-side veth -> endpoint id (local endpoints only)
 //	wire_blocks          (ServerIP, block base) -> endpoint id (every endpoint)
-//	ident_blocks         (network, IP, block base) -> endpoint id (every endpoint)
-//	services             (network, IP, port, proto) -> mode, active backends, failover choice, Maglev table
+//	ident_blocks         (network, IP, block base) -> endpoint id (every endpoint, and allowed networks' copies)
+//	services             (client's network, IP, port, proto) -> service's network, mode, active backends, failover choice, Maglev table
 //	maglev               table*1021+slot -> endpoint id
+//	policies             (from network, to network) -> allow or deny
 //	conntrack            LRU; CT_OUT: client's 5-tuple -> flow; CT_REV: (client, offset) -> flow
 //	offset_cursor        LRU; where an endpoint's next offset search starts
-//	drops                per-CPU counters by DropReason
-//	endpoint_stats       LRU per-CPU packet and byte counters per endpoint
+//	drops                per-CPU counters by DropReason (32 slots, room for new reasons)
+//	endpoint_stats       per-CPU packet and byte counters per local endpoint
 //
 // Apply owns settings, endpoints, endpoint_by_ifindex, wire_blocks,
-// ident_blocks, services and maglev; the programs own conntrack,
-// offset_cursor and the counters. Conntrack stores endpoint ids, offsets
-// and the client's own port, never locations: when an endpoint moves, one
-// Apply re-points its live flows.
+// ident_blocks, services, maglev, policies and the entries of
+// endpoint_stats; the programs own conntrack, offset_cursor and the counts.
+// Apply creates a zeroed endpoint_stats entry for every local endpoint and
+// deletes it when the endpoint leaves the server; the programs only add to
+// their CPU's copy, so counts are exact under concurrency and never
+// evicted, and EndpointCounters sums the CPUs. Conntrack stores endpoint
+// ids, offsets and the client's own port, never locations: when an
+// endpoint moves, one Apply re-points its live flows.
 //
 // # Lifetimes
 //
@@ -63,10 +117,27 @@
 // everything. A link pinned for an interface that went away is replaced
 // when its index is attached again.
 //
+// Without tcx (Linux before 6.6: link.AttachTCX reports
+// ebpf.ErrNotSupported), or with Config.ForceTC, the programs are attached
+// the older way: a clsact qdisc and a direct-action bpf filter on its
+// ingress (priority 1, handle 0xda, named daoli_<program>), in the network
+// namespace of the calling thread. The filter lives on the device, so it
+// outlives the process like a pinned link; attaching again replaces it
+// atomically, which is how a restarted process adopts it. Nothing is
+// pinned for it: Detach and Remove delete the filters this process
+// attached, in the namespace each was attached in (Detach of a filter
+// this process did not attach looks in the calling thread's namespace);
+// a restarted process must attach an interface again before Remove sees
+// its filter. Switching modes replaces the other mode's attachment.
+//
 // # Hazards and limits
 //
 //   - IPv4 only. IPv6 from a container is dropped; IPv4 fragments too (a
-//     wire fragment passes to the host untouched).
+//     wire fragment passes to the host untouched). Containers keep the
+//     whole MTU of the fabric (no outer header), and path MTU discovery
+//     works through routers (see ICMP errors); but the dataplane generates
+//     no frag-needed itself, so a container's MTU must not exceed its
+//     server's uplink MTU.
 //   - Block size is one cluster-wide power of two (State.BlockSize), and
 //     every wire and identity block starts at a multiple of it, so a port
 //     names its block with port &^ (size-1). Offsets 0 to len(Ports)-1 of a
@@ -87,7 +158,10 @@
 //     from a ServerIP and port in a registered wire block is believed.
 //   - At most MaxPorts served ports per endpoint, 256 Maglev tables of
 //     MaglevSize slots (a replaced table is freed one Apply later).
-//   - Only TCP, UDP and ICMP echo pass; ICMP errors are dropped.
+//   - Only TCP, UDP, ICMP echo and the ICMP errors above pass. Errors about
+//     ICMP echo are not translated.
+//   - Per-endpoint counters start at zero when an endpoint becomes local
+//     and go when it leaves the server.
 //   - A container cannot reach a service on its own IP: its kernel keeps
 //     such packets on loopback.
 //
@@ -113,5 +187,10 @@
 // The tests need root; they skip when not root and fail instead when
 // DAOLI_REQUIRE_PRIVILEGED=1. They mount private bpf filesystems and build
 // their own namespaces (internal/testbed), never touching /sys/fs/bpf or
-// the root namespace's network.
+// the root namespace's network. Unit tests run the programs over packets
+// crafted with gopacket (BPF_PROG_TEST_RUN) and check every checksum;
+// traffic tests send real TCP, UDP and ICMP between containers, over one
+// bridge or over two subnets joined by a router namespace (path MTU,
+// routing without container routes), and move a container between
+// servers under a live connection.
 package dataplane

@@ -36,6 +36,14 @@ func FuzzFromNetwork(f *testing.F) {
 	f.Add(wire.bytes(f))
 	f.Add(wire.bytes(f)[:14+20+3])
 	f.Add(arpRequest(f, macAny, serverB, serverA))
+	// ICMP errors about a wire packet and about a host flow.
+	quoted := pkt{srcMAC: macAny, dstMAC: macAny, src: serverA, dst: serverB, proto: layers.IPProtocolUDP,
+		sport: 32768 + 9, dport: 33024, payload: []byte("quoted")}
+	f.Add(icmpErr{srcMAC: macAny, dstMAC: macAny, src: serverB, dst: serverA, typ: icmpUnreach,
+		code: codeFragNeeded, rest: 1400, quote: quoted.bytes(f)[14:]}.bytes(f))
+	quoted.sport = 22
+	f.Add(icmpErr{srcMAC: macAny, dstMAC: macAny, src: serverB, dst: serverA, typ: icmpTimeExceeded,
+		quote: quoted.bytes(f)[14 : 14+28]}.bytes(f))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		in := bytes.Clone(data)
 		ret, out, ok := runFuzz(a.objs.FromNetwork, data)
@@ -72,6 +80,11 @@ func FuzzFromContainer(f *testing.F) {
 	f.Add(p.bytes(f))
 	f.Add(p.bytes(f)[:14+20+5])
 	f.Add(arpRequest(f, macC, ipC, ipGW))
+	// An ICMP error C sends about a reply it got.
+	reply := pkt{srcMAC: DefaultGatewayMAC, dstMAC: macC, src: ipS, dst: ipC, proto: layers.IPProtocolUDP,
+		sport: 53, dport: 40000, payload: []byte("quoted")}
+	f.Add(icmpErr{srcMAC: macC, dstMAC: DefaultGatewayMAC, src: ipC, dst: ipS, typ: icmpUnreach,
+		code: codePortUnreach, quote: reply.bytes(f)[14:]}.bytes(f))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		in := bytes.Clone(data)
 		ret, out, ok := runFuzz(a.objs.FromContainer, data)

@@ -39,13 +39,18 @@ type pkt struct {
 	payload        []byte
 	flags          layers.IPv4Flag
 	fragOffset     uint16
+	ttl            uint8 // 0 means 64
 }
 
 func (p pkt) bytes(t testing.TB) []byte {
 	t.Helper()
 	eth := &layers.Ethernet{SrcMAC: p.srcMAC, DstMAC: p.dstMAC, EthernetType: layers.EthernetTypeIPv4}
+	ttl := p.ttl
+	if ttl == 0 {
+		ttl = 64
+	}
 	ip := &layers.IPv4{
-		Version: 4, IHL: 5, TTL: 64, Protocol: p.proto, Id: p.ipID,
+		Version: 4, IHL: 5, TTL: ttl, Protocol: p.proto, Id: p.ipID,
 		SrcIP: p.src.AsSlice(), DstIP: p.dst.AsSlice(),
 		Flags: p.flags, FragOffset: p.fragOffset,
 	}
@@ -91,8 +96,11 @@ type seen struct {
 	src, dst       netip.Addr
 	sport, dport   uint16 // ICMP: identifier in sport
 	ipID           uint16
+	ttl            uint8
 	icmpType       uint8
 	icmpCode       uint8
+	icmpRest       uint32 // ICMP bytes 4 to 7: an error's next-hop MTU
+	payload        []byte // after the TCP, UDP or ICMP header
 }
 
 // decode parses an IPv4 packet and checks that every checksum in it is what
@@ -112,6 +120,7 @@ func decode(t testing.TB, data []byte) seen {
 	s.src, _ = netip.AddrFromSlice(ip.SrcIP)
 	s.dst, _ = netip.AddrFromSlice(ip.DstIP)
 	s.ipID = ip.Id
+	s.ttl = ip.TTL
 
 	opts := gopacket.SerializeOptions{ComputeChecksums: true}
 	recompute := func(l gopacket.SerializableLayer, payload []byte, off int) uint16 {
@@ -128,6 +137,7 @@ func decode(t testing.TB, data []byte) seen {
 	switch l4 := p.TransportLayer().(type) {
 	case *layers.TCP:
 		s.sport, s.dport = uint16(l4.SrcPort), uint16(l4.DstPort)
+		s.payload = l4.Payload
 		c := *l4
 		c.SetNetworkLayerForChecksum(ip)
 		if want := recompute(&c, l4.Payload, 16); l4.Checksum != want {
@@ -135,6 +145,7 @@ func decode(t testing.TB, data []byte) seen {
 		}
 	case *layers.UDP:
 		s.sport, s.dport = uint16(l4.SrcPort), uint16(l4.DstPort)
+		s.payload = l4.Payload
 		c := *l4
 		c.SetNetworkLayerForChecksum(ip)
 		if want := recompute(&c, l4.Payload, 6); l4.Checksum != want {
@@ -147,6 +158,8 @@ func decode(t testing.TB, data []byte) seen {
 		}
 		s.sport = icmp.Id
 		s.icmpType, s.icmpCode = icmp.TypeCode.Type(), icmp.TypeCode.Code()
+		s.icmpRest = uint32(icmp.Id)<<16 | uint32(icmp.Seq)
+		s.payload = icmp.Payload
 		c := *icmp
 		if want := recompute(&c, icmp.Payload, 2); icmp.Checksum != want {
 			t.Errorf("ICMP checksum %#04x, want %#04x", icmp.Checksum, want)

@@ -94,6 +94,10 @@ func TestRoundTrip(t *testing.T) {
 			if w.src != serverA || w.dst != serverB {
 				t.Errorf("wire addresses %s -> %s, want %s -> %s", w.src, w.dst, serverA, serverB)
 			}
+			// A and B are routers: each takes its hop off the TTL.
+			if w.ttl != 63 {
+				t.Errorf("wire TTL %d, want 63", w.ttl)
+			}
 			clientWire := w.sport
 			if clientWire < 32768 || clientWire >= 32768+256 {
 				t.Errorf("wire client port %d, want within C's wire block [32768, 33024)", clientWire)
@@ -122,6 +126,9 @@ func TestRoundTrip(t *testing.T) {
 				t.Fatalf("B from_network: verdict %d, want redirect; drops %v", ret, drops(t, b))
 			}
 			s := decode(t, in)
+			if s.ttl != 62 {
+				t.Errorf("at S: TTL %d, want 62", s.ttl)
+			}
 			wantIdent := 1024 + offset
 			if s.src != ipC || s.dst != ipS || s.sport != wantIdent || (!icmp && s.dport != tc.port) {
 				t.Errorf("at S: %s:%d -> %s:%d, want %s:%d -> %s:%d", s.src, s.sport, s.dst, s.dport, ipC, wantIdent, ipS, tc.port)
@@ -210,6 +217,7 @@ func TestFromContainer(t *testing.T) {
 		{"ICMP unreachable", with(func(p *pkt) {
 			p.proto, p.icmpType = layers.IPProtocolICMPv4, layers.ICMPv4TypeDestinationUnreachable
 		}), actShot, DropUnsupported},
+		{"TTL 1", with(func(p *pkt) { p.ttl = 1 }), actShot, DropTTL},
 		{"ARP probe", arpRequest(t, macC, netip.IPv4Unspecified(), ipC), actShot, DropARP},
 		{"ARP for itself", arpRequest(t, macC, ipC, ipC), actShot, DropARP},
 		{"ARP spoofed", arpRequest(t, macC, ipL, ipGW), actShot, DropSpoofed},
@@ -229,6 +237,9 @@ func TestFromContainer(t *testing.T) {
 			}
 			// Same server: only the identity port and the MACs change.
 			s := decode(t, out)
+			if s.ttl != 63 {
+				t.Errorf("at L: TTL %d, want 63 (one hop)", s.ttl)
+			}
 			if s.src != ipC || s.dst != ipL || s.dport != 8080 || s.sport < 1024 || s.sport >= 1024+256 {
 				t.Errorf("at L: %s:%d -> %s:%d, want %s:[1024,1280) -> %s:8080", s.src, s.sport, s.dst, s.dport, ipC, ipL)
 			}
@@ -307,6 +318,8 @@ func TestFromNetwork(t *testing.T) {
 		{"peer of another network", with(func(p *pkt) { p.sport = 33024 + 5 }), actShot, DropPolicy},
 		{"wrong protocol", with(func(p *pkt) { p.proto = layers.IPProtocolUDP }), actShot, DropNoService},
 		{"reply without conntrack", with(func(p *pkt) { p.dport = 32768 + 100 }), actShot, DropCTMiss},
+		{"TTL 1", with(func(p *pkt) { p.ttl = 1 }), actShot, DropTTL},
+		{"host TCP with TTL 1", with(func(p *pkt) { p.dport, p.ttl = 22, 1 }), actOK, 0},
 		// Ours and right.
 		{"to local backend", wireTCP.bytes(t), actRedirect, 0},
 	} {

@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"cmp"
 	"fmt"
 	"net"
 	"net/netip"
@@ -113,6 +114,26 @@ type Endpoint struct {
 	Ifindex int
 }
 
+// Policy connects two networks, or isolates one. Without a Policy for a
+// pair, endpoints reach the services of their own network and nothing else.
+//
+// A Policy with From != To shows the services of network To inside network
+// From, at their own IP and port, and Allow says whether From's clients may
+// open flows to them (a denied flow is dropped with DropPolicy; a network
+// no Policy shows stays invisible, DropNoService). Replies need no Policy
+// the other way. From's own services shadow those of To with the same IP,
+// port and protocol. A Policy with From == To and Allow false isolates the
+// endpoints of that network from each other.
+//
+// Policies are checked when a flow starts on the client's server and, for
+// flows that cross servers, on every packet at the backend's server: removing
+// an Allow stops such live flows there, while a flow between two containers
+// of one server lasts until its conntrack entry expires.
+type Policy struct {
+	From, To uint32
+	Allow    bool
+}
+
 // State is the desired content of one server's maps. Every server gets the
 // same State except for the Ifindex of its own endpoints.
 type State struct {
@@ -124,6 +145,13 @@ type State struct {
 	// Servers lists every server; each Endpoint.Server must be one of them.
 	Servers   []Server
 	Endpoints []Endpoint
+	// Policies connect networks; nil means every network is isolated.
+	// Two networks shown in one network by Allow or deny Policies must
+	// not serve the same IP, port and protocol, and the identity blocks of
+	// an allowed network's endpoints must be free in the network it
+	// reaches: identity blocks must be unique per IP across networks that
+	// talk to each other.
+	Policies []Policy
 }
 
 // serviceID names a service: a (network, IP, port, protocol). ICMP echo to
@@ -165,17 +193,9 @@ func (s State) validate() (State, error) {
 		}
 		servers[sv.IP] = true
 	}
-	type ipKey struct {
-		network uint32
-		ip      netip.Addr
-	}
 	type wireKey struct {
 		server netip.Addr
 		base   uint16
-	}
-	type identKey struct {
-		ipKey
-		base uint16
 	}
 	ids := map[uint32]bool{}
 	ifindexes := map[int]uint32{}
@@ -241,14 +261,108 @@ func (s State) validate() (State, error) {
 			modes[sid] = e.Mode
 		}
 	}
+	if err := validatePolicies(s, ident); err != nil {
+		return State{}, err
+	}
 	// A served port inside an identity block would make a new flow look
 	// like a reply.
 	for ik, id := range ident {
 		for _, port := range served[ik.ipKey] {
 			if port >= ik.base && uint32(port) < uint32(ik.base)+uint32(bs) {
-				return bad("endpoint %d: identity block %d of %s holds served port %d", id, ik.base, ik.ip, port)
+				return bad("endpoint %d: identity block %d of %s in network %d holds served port %d", id, ik.base, ik.ip, ik.network, port)
 			}
 		}
 	}
 	return s, nil
+}
+
+type ipKey struct {
+	network uint32
+	ip      netip.Addr
+}
+
+type identKey struct {
+	ipKey
+	base uint16
+}
+
+// homeServices returns the services of s by network, ICMP echo included.
+func homeServices(s State) map[uint32][]serviceID {
+	seen := map[serviceID]bool{}
+	out := map[uint32][]serviceID{}
+	for _, e := range s.Endpoints {
+		sids := []serviceID{{e.Network, e.IP, 0, protoICMP}}
+		for _, p := range e.Ports {
+			sids = append(sids, serviceID{e.Network, e.IP, p.Number, uint8(p.Proto)})
+		}
+		for _, sid := range sids {
+			if !seen[sid] {
+				seen[sid] = true
+				out[sid.network] = append(out[sid.network], sid)
+			}
+		}
+	}
+	return out
+}
+
+// sortedPolicies returns s.Policies ordered by From, then To.
+func sortedPolicies(s State) []Policy {
+	ps := slices.Clone(s.Policies)
+	slices.SortFunc(ps, func(a, b Policy) int {
+		return cmp.Or(cmp.Compare(a.From, b.From), cmp.Compare(a.To, b.To))
+	})
+	return ps
+}
+
+// validatePolicies rejects policies listed twice, two networks that bring
+// the same service into a third, and identity blocks an allowed network
+// would bring into a network that already uses them. It adds the projected
+// identity blocks to ident, so the caller checks them against served ports.
+func validatePolicies(s State, ident map[identKey]uint32) error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), ErrInvalidState)
+	}
+	homes := homeServices(s)
+	own := map[serviceID]bool{}
+	for _, sids := range homes {
+		for _, sid := range sids {
+			own[sid] = true
+		}
+	}
+	pairs := map[[2]uint32]bool{}
+	shownBy := map[serviceID]uint32{}
+	for _, p := range sortedPolicies(s) {
+		if pairs[[2]uint32{p.From, p.To}] {
+			return bad("policy %d->%d: listed twice", p.From, p.To)
+		}
+		pairs[[2]uint32{p.From, p.To}] = true
+		if p.From == p.To {
+			continue
+		}
+		for _, sid := range homes[p.To] {
+			shown := sid
+			shown.network = p.From
+			if own[shown] {
+				continue
+			}
+			if other, ok := shownBy[shown]; ok {
+				return bad("policy %d->%d: network %d already sees %s:%d/%d of network %d", p.From, p.To, p.From, sid.ip, sid.port, sid.proto, other)
+			}
+			shownBy[shown] = p.To
+		}
+		if !p.Allow {
+			continue
+		}
+		for _, e := range s.Endpoints {
+			if e.Network != p.From {
+				continue
+			}
+			ik := identKey{ipKey{p.To, e.IP}, e.IdentityBase}
+			if other, ok := ident[ik]; ok {
+				return bad("policy %d->%d: identity block %d of %s (endpoint %d) is taken in network %d by endpoint %d", p.From, p.To, e.IdentityBase, e.IP, e.ID, p.To, other)
+			}
+			ident[ik] = e.ID
+		}
+	}
+	return nil
 }

@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -19,52 +20,73 @@ import (
 	"github.com/daolinet/daoli/internal/testbed"
 )
 
-// trafficWorld is two servers in a testbed, each with a loaded and attached
-// Dataplane:
-//
-//	server A 192.0.2.1: C 10.1.0.2 (client), S2 10.1.0.9 (backup), L 10.1.0.20, R3 10.1.0.30
-//	server B 192.0.2.2: S 10.1.0.9 (master), R1 10.1.0.30, R2 10.1.0.30
-//
-// All endpoints are in network 7; S and S2 share an IP in failover mode,
-// R1-R3 share one in balance mode.
+// trafficWorld is a testbed whose servers each run a loaded and attached
+// Dataplane, and the endpoints it placed on them.
 type trafficWorld struct {
 	w          *testbed.World
-	a, b       *testbed.Server
-	dpA, dpB   *Dataplane
+	servers    []*testbed.Server
+	dps        []*Dataplane
 	containers map[uint32]*testbed.Container
 	endpoints  []Endpoint
+	policies   []Policy
+	// a, b, dpA and dpB are the first two servers and their Dataplanes.
+	a, b     *testbed.Server
+	dpA, dpB *Dataplane
+}
+
+// placed is an endpoint to create on server on (an index into Servers).
+type placed struct {
+	e  Endpoint
+	on int
 }
 
 var (
 	trafficS   = netip.MustParseAddr("10.1.0.9")
 	trafficL   = netip.MustParseAddr("10.1.0.20")
 	trafficR   = netip.MustParseAddr("10.1.0.30")
-	trafficGW  = netip.MustParseAddr("10.1.0.1")
 	wireRangeA = [2]uint16{32768, 32768 + 256} // C's wire block
 )
 
-func newTrafficWorld(t *testing.T) *trafficWorld {
-	w := testbed.New(t, 2)
-	tw := &trafficWorld{w: w, a: w.Servers[0], b: w.Servers[1], containers: map[uint32]*testbed.Container{}}
+// newTrafficWorld builds two servers in a testbed:
+//
+//	server A 192.0.2.1: C 10.1.0.2 (client), S2 10.1.0.9 (backup), L 10.1.0.20, R3 10.1.0.30
+//	server B 192.0.2.2: S 10.1.0.9 (master), R1 10.1.0.30, R2 10.1.0.30
+//
+// All endpoints are in network 7; S and S2 share an IP in failover mode,
+// R1-R3 share one in balance mode. Nobody listens on 6000/udp of S and S2
+// and 6001/udp of L.
+func newTrafficWorld(t *testing.T, cfg Config) *trafficWorld {
+	web := []Port{{8080, TCP}, {5353, UDP}, {6000, UDP}}
+	bal := []Port{{9000, TCP}}
+	return buildWorld(t, testbed.New(t, 2), cfg, []placed{
+		{Endpoint{ID: 1, Network: 7, IP: netip.MustParseAddr("10.1.0.2"), WireBase: 32768, IdentityBase: 1024}, 0},
+		{Endpoint{ID: 2, Network: 7, IP: trafficS, WireBase: 32768, IdentityBase: 1024, Ports: web, Priority: 10}, 1},
+		{Endpoint{ID: 3, Network: 7, IP: trafficS, WireBase: 33024, IdentityBase: 1280, Ports: web, Priority: 5}, 0},
+		{Endpoint{ID: 4, Network: 7, IP: trafficL, WireBase: 33280, IdentityBase: 1024, Ports: []Port{{8081, TCP}, {6001, UDP}}}, 0},
+		{Endpoint{ID: 5, Network: 7, IP: trafficR, WireBase: 33024, IdentityBase: 1024, Ports: bal, Mode: Balance}, 1},
+		{Endpoint{ID: 6, Network: 7, IP: trafficR, WireBase: 33280, IdentityBase: 1280, Ports: bal, Mode: Balance}, 1},
+		{Endpoint{ID: 7, Network: 7, IP: trafficR, WireBase: 33536, IdentityBase: 1536, Ports: bal, Mode: Balance}, 0},
+	})
+}
+
+// buildWorld creates a container per endpoint (in a /24 with gateway .1),
+// loads a Dataplane per server of w with cfg (BPFFSPath is set here),
+// attaches it and applies the State.
+func buildWorld(t *testing.T, w *testbed.World, cfg Config, eps []placed) *trafficWorld {
+	t.Helper()
+	tw := &trafficWorld{w: w, servers: w.Servers, containers: map[uint32]*testbed.Container{}}
 	bpffs := testbed.BPFFS(t)
-	add := func(e Endpoint, on *testbed.Server) {
-		c := w.AddContainer(on, netip.PrefixFrom(e.IP, 24), trafficGW)
-		e.MAC, e.Server = c.MAC, on.IP
+	for _, p := range eps {
+		e := p.e
+		gw := netip.PrefixFrom(e.IP, 24).Masked().Addr().Next()
+		c := w.AddContainer(w.Servers[p.on], netip.PrefixFrom(e.IP, 24), gw)
+		e.MAC, e.Server = c.MAC, c.Server.IP
 		tw.containers[e.ID] = c
 		tw.endpoints = append(tw.endpoints, e)
 	}
-	web := []Port{{8080, TCP}, {5353, UDP}}
-	add(Endpoint{ID: 1, Network: 7, IP: netip.MustParseAddr("10.1.0.2"), WireBase: 32768, IdentityBase: 1024}, tw.a)
-	add(Endpoint{ID: 2, Network: 7, IP: trafficS, WireBase: 32768, IdentityBase: 1024, Ports: web, Priority: 10}, tw.b)
-	add(Endpoint{ID: 3, Network: 7, IP: trafficS, WireBase: 33024, IdentityBase: 1280, Ports: web, Priority: 5}, tw.a)
-	add(Endpoint{ID: 4, Network: 7, IP: trafficL, WireBase: 33280, IdentityBase: 1024, Ports: []Port{{8081, TCP}}}, tw.a)
-	bal := []Port{{9000, TCP}}
-	add(Endpoint{ID: 5, Network: 7, IP: trafficR, WireBase: 33024, IdentityBase: 1024, Ports: bal, Mode: Balance}, tw.b)
-	add(Endpoint{ID: 6, Network: 7, IP: trafficR, WireBase: 33280, IdentityBase: 1280, Ports: bal, Mode: Balance}, tw.b)
-	add(Endpoint{ID: 7, Network: 7, IP: trafficR, WireBase: 33536, IdentityBase: 1536, Ports: bal, Mode: Balance}, tw.a)
-
-	for i, s := range []*testbed.Server{tw.a, tw.b} {
-		d, err := New(Config{BPFFSPath: fmt.Sprintf("%s/server%d", bpffs, i)})
+	for i, s := range w.Servers {
+		cfg.BPFFSPath = fmt.Sprintf("%s/server%d", bpffs, i)
+		d, err := New(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -90,11 +112,11 @@ func newTrafficWorld(t *testing.T) *trafficWorld {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if i == 0 {
-			tw.dpA = d
-		} else {
-			tw.dpB = d
-		}
+		tw.dps = append(tw.dps, d)
+	}
+	tw.a, tw.dpA = tw.servers[0], tw.dps[0]
+	if len(tw.servers) > 1 {
+		tw.b, tw.dpB = tw.servers[1], tw.dps[1]
 	}
 	tw.apply(t)
 	return tw
@@ -103,18 +125,19 @@ func newTrafficWorld(t *testing.T) *trafficWorld {
 // apply gives each server the State with its own endpoints' ifindexes.
 func (tw *trafficWorld) apply(t *testing.T) {
 	t.Helper()
-	for _, pair := range []struct {
-		s *testbed.Server
-		d *Dataplane
-	}{{tw.a, tw.dpA}, {tw.b, tw.dpB}} {
-		st := State{Servers: []Server{{IP: tw.a.IP, MAC: tw.a.MAC}, {IP: tw.b.IP, MAC: tw.b.MAC}}}
+	var servers []Server
+	for _, s := range tw.servers {
+		servers = append(servers, Server{IP: s.IP, MAC: s.MAC})
+	}
+	for i, s := range tw.servers {
+		st := State{Servers: servers, Policies: tw.policies}
 		for _, e := range tw.endpoints {
-			if c := tw.containers[e.ID]; c.Server == pair.s {
+			if c := tw.containers[e.ID]; c.Server == s {
 				e.Ifindex = c.HostIfindex
 			}
 			st.Endpoints = append(st.Endpoints, e)
 		}
-		if err := pair.d.Apply(st); err != nil {
+		if err := tw.dps[i].Apply(st); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -126,6 +149,33 @@ func (tw *trafficWorld) setState(id uint32, s EndpointState) {
 			tw.endpoints[i].State = s
 		}
 	}
+}
+
+// endpoint returns a pointer to the endpoint with id, to change it before
+// the next apply.
+func (tw *trafficWorld) endpoint(t *testing.T, id uint32) *Endpoint {
+	t.Helper()
+	for i := range tw.endpoints {
+		if tw.endpoints[i].ID == id {
+			return &tw.endpoints[i]
+		}
+	}
+	t.Fatalf("no endpoint %d", id)
+	return nil
+}
+
+// drops sums the drop counters of every server.
+func (tw *trafficWorld) drops(t *testing.T) map[DropReason]uint64 {
+	t.Helper()
+	sum := map[DropReason]uint64{}
+	for _, d := range tw.dps {
+		for r, n := range drops(t, d) {
+			if n > 0 {
+				sum[r] += n
+			}
+		}
+	}
+	return sum
 }
 
 // serveTCP answers every connection with "name remote-address".
@@ -212,6 +262,11 @@ func ask(t *testing.T, c *testbed.Container, network string, addr netip.AddrPort
 // ping sends one ICMP echo from container c to dst through a raw socket and
 // waits for the reply.
 func ping(c *testbed.Container, dst netip.Addr, id uint16) error {
+	return pingFor(c, dst, id, 3*time.Second)
+}
+
+// pingFor is ping that gives up after timeout.
+func pingFor(c *testbed.Container, dst netip.Addr, id uint16, timeout time.Duration) error {
 	var fd int
 	err := c.Do(func() (err error) {
 		fd, err = unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_ICMP)
@@ -230,7 +285,7 @@ func ping(c *testbed.Container, dst netip.Addr, id uint16) error {
 		return err
 	}
 	to := &unix.SockaddrInet4{Addr: dst.As4()}
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
 		if err := unix.Sendto(fd, buf.Bytes(), 0, to); err != nil {
 			return fmt.Errorf("send echo: %w", err)
@@ -286,17 +341,17 @@ func startCapture(t *testing.T, fabric *testbed.Namespace, port string) *capture
 	unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
 	go func() {
 		defer close(c.done)
+		buf := make([]byte, 1<<16) // big enough for a GSO frame
 		for {
 			select {
 			case <-c.stopc:
 				return
 			default:
 			}
-			b := make([]byte, 2048)
-			n, _, err := unix.Recvfrom(c.fd, b, 0)
+			n, _, err := unix.Recvfrom(c.fd, buf, 0)
 			if err == nil {
 				c.mu.Lock()
-				c.frames = append(c.frames, b[:n])
+				c.frames = append(c.frames, bytes.Clone(buf[:n]))
 				c.mu.Unlock()
 			}
 		}
@@ -320,7 +375,7 @@ func (c *capture) stop() [][]byte {
 // TestTraffic runs real TCP, UDP and ICMP between containers on two
 // servers and checks what the server sees and what the fabric carries.
 func TestTraffic(t *testing.T) {
-	tw := newTrafficWorld(t)
+	tw := newTrafficWorld(t, Config{})
 	client := tw.containers[1]
 	serveTCP(t, tw.containers[2], 8080, "S")
 	serveUDP(t, tw.containers[2], 5353, "S")
@@ -371,6 +426,18 @@ func TestTraffic(t *testing.T) {
 			t.Errorf("30 connections reached %v, want all of R1, R2, R3", seen)
 		}
 	})
+	t.Run("udp port unreachable across servers", func(t *testing.T) {
+		// Nobody listens on 6000/udp of S: its kernel's port
+		// unreachable must reach C's socket as one about C's datagram.
+		if err := udpRefused(client, netip.AddrPortFrom(trafficS, 6000)); err != nil {
+			t.Errorf("%v; drops %v", err, tw.drops(t))
+		}
+	})
+	t.Run("udp port unreachable on one server", func(t *testing.T) {
+		if err := udpRefused(client, netip.AddrPortFrom(trafficL, 6001)); err != nil {
+			t.Errorf("%v; drops %v", err, tw.drops(t))
+		}
+	})
 	t.Run("failover", func(t *testing.T) {
 		tw.setState(2, Down)
 		tw.apply(t)
@@ -386,6 +453,17 @@ func TestTraffic(t *testing.T) {
 		}
 	})
 
+	counters, err := tw.dpA.EndpointCounters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := counters[1]; c.TxPackets == 0 || c.RxPackets == 0 || c.TxBytes < 20*c.TxPackets || c.RxBytes < 20*c.RxPackets {
+		t.Errorf("C's counters %+v, want packets and bytes both ways", c)
+	}
+	if _, ok := counters[2]; ok {
+		t.Error("server A counts S, which runs on B")
+	}
+
 	frames := capt.stop()
 	var wire, inner int
 	serverNet := netip.MustParsePrefix("192.0.2.0/24")
@@ -397,6 +475,9 @@ func TestTraffic(t *testing.T) {
 		}
 		src, _ := netip.AddrFromSlice(ip.SrcIP)
 		dst, _ := netip.AddrFromSlice(ip.DstIP)
+		if dst.IsMulticast() {
+			continue // the servers' own IGMP reports, sent from 0.0.0.0
+		}
 		if !serverNet.Contains(src) || !serverNet.Contains(dst) {
 			inner++
 			t.Errorf("fabric carried %s -> %s: only ServerIPs may appear on the wire", src, dst)
@@ -410,6 +491,79 @@ func TestTraffic(t *testing.T) {
 		t.Errorf("captured %d frames on the fabric, none in C's wire block", len(frames))
 	}
 	t.Logf("fabric: %d frames, %d in C's wire block, %d with container addresses", len(frames), wire, inner)
+}
+
+// udpRefused sends a datagram from container c to addr on a connected
+// socket and expects the next read to fail with ECONNREFUSED: the ICMP port
+// unreachable found the socket.
+func udpRefused(c *testbed.Container, addr netip.AddrPort) error {
+	var conn net.Conn
+	if err := c.Do(func() (err error) {
+		conn, err = net.Dial("udp4", addr.String())
+		return err
+	}); err != nil {
+		return err
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := conn.Write([]byte("anyone?")); err != nil {
+		return fmt.Errorf("send to %s: %w", addr, err)
+	}
+	_, err := conn.Read(make([]byte, 100))
+	if !errors.Is(err, unix.ECONNREFUSED) {
+		return fmt.Errorf("read from %s: %v, want ECONNREFUSED", addr, err)
+	}
+	return nil
+}
+
+// TestUDPFailover keeps one UDP socket talking to a failover service while
+// the master goes down: the next datagram goes to the backup, the answers
+// keep coming from the address the client sent to, and the backup sees the
+// client at the same identity as the master did (the flow kept its offset).
+func TestUDPFailover(t *testing.T) {
+	tw := newTrafficWorld(t, Config{})
+	serveUDP(t, tw.containers[2], 5353, "S")
+	serveUDP(t, tw.containers[3], 5353, "S2")
+	client := tw.containers[1]
+	var pc net.PacketConn
+	if err := client.Do(func() (err error) {
+		pc, err = net.ListenPacket("udp4", client.IP.String()+":0")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	service := netip.AddrPortFrom(trafficS, 5353)
+	exchange := func() (name string, seenAs, from netip.AddrPort) {
+		t.Helper()
+		pc.SetDeadline(time.Now().Add(3 * time.Second))
+		if _, err := pc.WriteTo([]byte("hi"), net.UDPAddrFromAddrPort(service)); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 100)
+		n, addr, err := pc.ReadFrom(buf)
+		if err != nil {
+			t.Fatalf("read: %v; drops %v", err, tw.drops(t))
+		}
+		f := strings.Fields(string(buf[:n]))
+		if len(f) != 2 {
+			t.Fatalf("answer %q: want two words", buf[:n])
+		}
+		return f[0], netip.MustParseAddrPort(f[1]), addr.(*net.UDPAddr).AddrPort()
+	}
+	name, seenAs, from := exchange()
+	if name != "S" || from != service {
+		t.Fatalf("answer from %s (%s), want S (%s)", name, from, service)
+	}
+	tw.setState(2, Down)
+	tw.apply(t)
+	name2, seenAs2, from2 := exchange()
+	if name2 != "S2" || from2 != service {
+		t.Errorf("after the master went down: answer from %s (%s), want S2 (%s)", name2, from2, service)
+	}
+	if seenAs2 != seenAs {
+		t.Errorf("backup sees the client as %s, master saw %s: want the same identity", seenAs2, seenAs)
+	}
 }
 
 func inWireBlock(ip *layers.IPv4, r [2]uint16) bool {

@@ -30,6 +30,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 
 #define IP_OFF ETH_HLEN
 #define IP_ID_OFF (IP_OFF + offsetof(struct iphdr, id))
+#define IP_TTL_OFF (IP_OFF + offsetof(struct iphdr, ttl))
 #define IP_CSUM_OFF (IP_OFF + offsetof(struct iphdr, check))
 #define IP_SADDR_OFF (IP_OFF + offsetof(struct iphdr, saddr))
 #define IP_DADDR_OFF (IP_OFF + offsetof(struct iphdr, daddr))
@@ -43,7 +44,10 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 
 /* From linux/icmp.h, which drags in libc headers too. */
 #define ICMP_ECHOREPLY 0
+#define ICMP_DEST_UNREACH 3
 #define ICMP_ECHO 8
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_HLEN 8
 
 struct icmp_echo {
 	__u8 type;
@@ -64,10 +68,24 @@ struct pkt {
 	__u16 icmp_tc; /* raw type and code word */
 	__u16 l4_off;
 	__u16 csum_off;
+	__u16 end; /* end of the IPv4 packet */
 	__u8 proto;
 	__u8 icmp_type;
 	__u8 icmp_code;
 	__u8 tcp_flags;
+	__u8 ttl;
+	__u8 pad;
+};
+
+/* quote is the start of the packet an ICMP error is about, as the error
+ * quotes it: the IPv4 header (without options) and the first 8 bytes of
+ * the TCP or UDP header. */
+struct quote {
+	struct iphdr ip;
+	__be16 sport;
+	__be16 dport;
+	__be16 w2;
+	__be16 w3; /* UDP: checksum */
 };
 
 struct arp_eth {
@@ -91,18 +109,14 @@ static __always_inline int drop(__u32 reason)
 	return TC_ACT_SHOT;
 }
 
+/* count adds a packet to endpoint id's counters. The value is this CPU's
+ * own copy, so a plain add cannot race. */
 static __always_inline void count(__u32 id, __u32 len, int rx)
 {
 	struct ep_stats *s = bpf_map_lookup_elem(&endpoint_stats, &id);
 
-	if (!s) {
-		struct ep_stats zero = {};
-
-		bpf_map_update_elem(&endpoint_stats, &id, &zero, BPF_NOEXIST);
-		s = bpf_map_lookup_elem(&endpoint_stats, &id);
-		if (!s)
-			return;
-	}
+	if (!s)
+		return;
 	if (rx) {
 		s->rx_packets++;
 		s->rx_bytes += len;
@@ -121,6 +135,25 @@ static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
 static __always_inline int is_request(const struct pkt *p)
 {
 	return p->proto == IPPROTO_ICMP && p->icmp_type == ICMP_ECHO;
+}
+
+static __always_inline int is_error(const struct pkt *p)
+{
+	return p->proto == IPPROTO_ICMP &&
+	       (p->icmp_type == ICMP_DEST_UNREACH ||
+		p->icmp_type == ICMP_TIME_EXCEEDED);
+}
+
+/* policy_allows says whether clients of network from may open flows to
+ * services of network to. */
+static __always_inline int policy_allows(__u32 from, __u32 to)
+{
+	struct policy_key k = { .from = from, .to = to };
+	enum policy_verdict *v = bpf_map_lookup_elem(&policies, &k);
+
+	if (!v)
+		return from == to;
+	return *v == POLICY_ALLOW;
 }
 
 /* parse_ipv4 fills p from the IPv4 packet after the Ethernet header. It
@@ -147,6 +180,8 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p,
 	p->daddr = ip.daddr;
 	p->ip_id = ip.id;
 	p->proto = ip.protocol;
+	p->ttl = ip.ttl;
+	p->end = end;
 	p->l4_off = IP_OFF + ip.ihl * 4;
 
 	switch (ip.protocol) {
@@ -179,15 +214,18 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p,
 		if (p->l4_off + sizeof(icmp) > end ||
 		    bpf_skb_load_bytes(skb, p->l4_off, &icmp, sizeof(icmp)) < 0)
 			return -1;
+		p->icmp_type = icmp.type;
+		p->icmp_code = icmp.code;
+		p->csum_off = p->l4_off + offsetof(struct icmp_echo, checksum);
+		/* An error's ports are in its quote: see error_from_*. */
+		if (is_error(p))
+			return 0;
 		if (icmp.type != ICMP_ECHO && icmp.type != ICMP_ECHOREPLY) {
 			*reason = DROP_UNSUPPORTED;
 			return -1;
 		}
-		p->icmp_type = icmp.type;
-		p->icmp_code = icmp.code;
 		p->icmp_id = icmp.id;
 		__builtin_memcpy(&p->icmp_tc, &icmp, 2);
-		p->csum_off = p->l4_off + offsetof(struct icmp_echo, checksum);
 		if (icmp.type == ICMP_ECHO) {
 			p->sport = bpf_ntohs(icmp.id);
 			p->dport = bpf_ntohs(ip.id);
@@ -240,14 +278,38 @@ static __always_inline int set_word(struct __sk_buff *skb, const struct pkt *p,
 	return bpf_skb_store_bytes(skb, off, &to, 2, 0);
 }
 
+/* dec_ttl takes our hop off the TTL: a packet through the rewrite is
+ * routed. The caller has dropped packets with a TTL of 1 or less. */
+static __always_inline int dec_ttl(struct __sk_buff *skb, const struct pkt *p)
+{
+	__u8 from[2] = { p->ttl, p->proto }, to[2] = { p->ttl - 1, p->proto };
+	__u16 f, t;
+
+	__builtin_memcpy(&f, from, 2);
+	__builtin_memcpy(&t, to, 2);
+	return set_word(skb, p, IP_TTL_OFF, f, t, 0);
+}
+
+/* set_addrs sets the outer addresses and takes our hop off the TTL. */
+static __always_inline int set_addrs(struct __sk_buff *skb,
+				     const struct pkt *p, __u32 saddr,
+				     __u32 daddr)
+{
+	if (dec_ttl(skb, p) < 0 ||
+	    set_addr(skb, p, IP_SADDR_OFF, p->saddr, saddr) < 0 ||
+	    set_addr(skb, p, IP_DADDR_OFF, p->daddr, daddr) < 0)
+		return -1;
+	return 0;
+}
+
 /* rewrite sets the packet's addresses and ports (host order, port model
- * above) and fixes the checksums incrementally. */
+ * above), takes our hop off the TTL and fixes the checksums
+ * incrementally. */
 static __always_inline int rewrite(struct __sk_buff *skb, const struct pkt *p,
 				   __u32 saddr, __u32 daddr, __u16 sport,
 				   __u16 dport, __u8 icmp_code)
 {
-	if (set_addr(skb, p, IP_SADDR_OFF, p->saddr, saddr) < 0 ||
-	    set_addr(skb, p, IP_DADDR_OFF, p->daddr, daddr) < 0)
+	if (set_addrs(skb, p, saddr, daddr) < 0)
 		return -1;
 	if (p->proto == IPPROTO_ICMP) {
 		__u16 client = is_request(p) ? sport : dport;
@@ -507,6 +569,274 @@ static __always_inline int reply_from_backend(struct __sk_buff *skb,
 	return bpf_redirect_neigh(cfg->uplink_ifindex, NULL, 0, 0);
 }
 
+/* csum_apply returns checksum check updated by diff, a 32-bit partial sum
+ * as bpf_csum_diff returns it (RFC 1624). */
+static __always_inline __u16 csum_apply(__u16 check, __s64 diff)
+{
+	__u64 s = (__u16)~check;
+
+	s += (__u32)diff;
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return ~(__u16)s;
+}
+
+/* load_quote reads the quote of ICMP error p. It returns -1 when the quote
+ * is not a first fragment of TCP or UDP without IPv4 options. */
+static __always_inline int load_quote(struct __sk_buff *skb,
+				      const struct pkt *p, struct quote *q)
+{
+	__u32 off = p->l4_off + ICMP_HLEN;
+
+	if (off + sizeof(*q) > p->end ||
+	    bpf_skb_load_bytes(skb, off, q, sizeof(*q)) < 0)
+		return -1;
+	if (q->ip.version != 4 || q->ip.ihl != 5 ||
+	    (q->ip.frag_off & bpf_htons(0x1fff)))
+		return -1;
+	if (q->ip.protocol != IPPROTO_TCP && q->ip.protocol != IPPROTO_UDP)
+		return -1;
+	return 0;
+}
+
+/* translate_quote rewrites the quote of ICMP error p (read into q) to the
+ * given addresses and ports (host order). It fixes the quoted IPv4
+ * checksum, the quoted UDP checksum, the quoted TCP checksum when the quote
+ * reaches it, and the error's own ICMP checksum, all incrementally. */
+static __always_inline int translate_quote(struct __sk_buff *skb,
+					   const struct pkt *p,
+					   const struct quote *q, __u32 saddr,
+					   __u32 daddr, __u16 sport, __u16 dport)
+{
+	__u32 off = p->l4_off + ICMP_HLEN;
+	__u32 tcp_csum = off + sizeof(struct iphdr) +
+			 offsetof(struct tcphdr, check);
+	struct quote n = *q;
+	__s64 dip, dl4, dall;
+
+	n.ip.saddr = saddr;
+	n.ip.daddr = daddr;
+	n.sport = bpf_htons(sport);
+	n.dport = bpf_htons(dport);
+	dip = bpf_csum_diff((__be32 *)&q->ip.saddr, 8, (__be32 *)&n.ip.saddr,
+			    8, 0);
+	if (dip < 0)
+		return -1;
+	/* The L4 checksum covers the addresses (pseudo header) and ports. */
+	dl4 = bpf_csum_diff((__be32 *)&q->sport, 4, (__be32 *)&n.sport, 4,
+			    (__u32)dip);
+	if (dl4 < 0)
+		return -1;
+	n.ip.check = csum_apply(q->ip.check, dip);
+	if (q->ip.protocol == IPPROTO_UDP && q->w3) {
+		n.w3 = csum_apply(q->w3, dl4);
+		if (!n.w3)
+			n.w3 = 0xffff;
+	}
+	dall = bpf_csum_diff((__be32 *)q, sizeof(*q), (__be32 *)&n, sizeof(n),
+			     0);
+	if (dall < 0 || bpf_l3_csum_replace(skb, p->csum_off, 0, dall, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, off, &n, sizeof(n), 0) < 0)
+		return -1;
+	if (q->ip.protocol == IPPROTO_TCP && tcp_csum + 2 <= p->end) {
+		__u16 old, new;
+
+		if (bpf_skb_load_bytes(skb, tcp_csum, &old, 2) < 0)
+			return -1;
+		new = csum_apply(old, dl4);
+		if (bpf_l3_csum_replace(skb, p->csum_off, old, new, 2) < 0 ||
+		    bpf_skb_store_bytes(skb, tcp_csum, &new, 2, 0) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* error_from_container handles an ICMP error (destination unreachable or
+ * time exceeded) that container cid sends about a packet it received: the
+ * quote holds that packet as cid saw it, and leaves holding it as its
+ * sender sent it, so the sender's kernel finds its socket. It is a global
+ * function so the verifier checks it once, not on every path of
+ * from_container. */
+__attribute__((noinline)) int error_from_container(struct __sk_buff *skb,
+						   struct pkt *p, __u32 cid)
+{
+	struct server_settings *cfg = get_settings();
+	struct endpoint *x, *peer;
+	__u16 sport, dport, mask;
+	struct ident_key ik = {};
+	struct ct_entry *e;
+	struct quote q;
+	struct ct_key k;
+	__u32 pid, coff, *id;
+	int idx;
+
+	if (!p || !cfg || !cfg->block_size)
+		return drop(DROP_MALFORMED);
+	x = bpf_map_lookup_elem(&endpoints, &cid);
+	if (!x)
+		return drop(DROP_UNKNOWN_IFINDEX);
+	if (load_quote(skb, p, &q) < 0)
+		return drop(DROP_UNSUPPORTED);
+	if (q.ip.daddr != x->ip)
+		return drop(DROP_CT_MISS);
+	sport = bpf_ntohs(q.sport);
+	dport = bpf_ntohs(q.dport);
+	mask = ~(cfg->block_size - 1);
+
+	/* About a reply to one of x's own flows. */
+	k = (struct ct_key){
+		.scope = cid,
+		.saddr = x->ip,
+		.daddr = q.ip.saddr,
+		.sport = dport,
+		.dport = sport,
+		.proto = q.ip.protocol,
+		.dir = CT_OUT,
+	};
+	e = bpf_map_lookup_elem(&conntrack, &k);
+	if (e) {
+		pid = e->backend;
+		peer = bpf_map_lookup_elem(&endpoints, &pid);
+		if (!peer)
+			return drop(DROP_CT_MISS);
+		if (peer->ifindex) {
+			if (translate_quote(skb, p, &q, q.ip.saddr, x->ip,
+					    sport, x->ident_base + e->offset) < 0 ||
+			    set_addrs(skb, p, x->ip, peer->ip) < 0 ||
+			    set_macs(skb, peer->mac, cfg->gateway_mac) < 0)
+				return drop(DROP_MALFORMED);
+			count(pid, skb->len, 1);
+			return bpf_redirect_peer(peer->ifindex, 0);
+		}
+		if (!cfg->uplink_ifindex)
+			return drop(DROP_NO_UPLINK);
+		if (translate_quote(skb, p, &q, peer->server_ip, x->server_ip,
+				    peer->wire_base + e->port_index,
+				    x->wire_base + e->offset) < 0 ||
+		    set_addrs(skb, p, x->server_ip, peer->server_ip) < 0)
+			return drop(DROP_MALFORMED);
+		return bpf_redirect_neigh(cfg->uplink_ifindex, NULL, 0, 0);
+	}
+
+	/* About a request x received as a backend: the quoted source is a
+	 * client's identity. */
+	idx = port_index(x, dport, q.ip.protocol);
+	if (idx < 0)
+		return drop(DROP_CT_MISS);
+	ik.net_id = x->net_id;
+	ik.ip = q.ip.saddr;
+	ik.base = sport & mask;
+	id = bpf_map_lookup_elem(&ident_blocks, &ik);
+	if (!id)
+		return drop(DROP_CT_MISS);
+	pid = *id;
+	peer = bpf_map_lookup_elem(&endpoints, &pid);
+	if (!peer)
+		return drop(DROP_CT_MISS);
+	coff = sport - peer->ident_base;
+	if (coff < peer->nports || coff >= peer->block_size)
+		return drop(DROP_CT_MISS);
+	if (peer->ifindex) {
+		e = ct_rev(pid, coff);
+		if (!e || e->backend != cid || e->proto != q.ip.protocol)
+			return drop(DROP_CT_MISS);
+		if (translate_quote(skb, p, &q, peer->ip, x->ip,
+				    e->client_port, dport) < 0 ||
+		    set_addrs(skb, p, x->ip, peer->ip) < 0 ||
+		    set_macs(skb, peer->mac, cfg->gateway_mac) < 0)
+			return drop(DROP_MALFORMED);
+		count(pid, skb->len, 1);
+		return bpf_redirect_peer(peer->ifindex, 0);
+	}
+	if (!cfg->uplink_ifindex)
+		return drop(DROP_NO_UPLINK);
+	if (translate_quote(skb, p, &q, peer->server_ip, x->server_ip,
+			    peer->wire_base + coff, x->wire_base + idx) < 0 ||
+	    set_addrs(skb, p, x->server_ip, peer->server_ip) < 0)
+		return drop(DROP_MALFORMED);
+	return bpf_redirect_neigh(cfg->uplink_ifindex, NULL, 0, 0);
+}
+
+/* error_from_network handles an ICMP error that reaches the uplink: from a
+ * router of the fabric, from a peer server's kernel, or translated by a
+ * peer's error_from_container. When its quote is a packet a local endpoint
+ * sent over the wire, the error is translated to that endpoint's identity
+ * and put into it, coming from the peer it was talking to; otherwise it is
+ * the server's own and passes untouched. */
+__attribute__((noinline)) int error_from_network(struct __sk_buff *skb,
+						 struct pkt *p)
+{
+	struct server_settings *cfg = get_settings();
+	struct wire_key wk = {};
+	struct endpoint *ep, *peer;
+	__u16 sport, dport, mask;
+	__u32 eid, pid, off, coff, *id;
+	struct ct_entry *e;
+	struct quote q;
+
+	if (!p || !cfg || !cfg->block_size)
+		return TC_ACT_OK;
+	if (load_quote(skb, p, &q) < 0)
+		return TC_ACT_OK;
+	sport = bpf_ntohs(q.sport);
+	dport = bpf_ntohs(q.dport);
+	mask = ~(cfg->block_size - 1);
+	wk.server_ip = q.ip.saddr;
+	wk.base = sport & mask;
+	id = bpf_map_lookup_elem(&wire_blocks, &wk);
+	if (!id)
+		return TC_ACT_OK;
+	eid = *id;
+	ep = bpf_map_lookup_elem(&endpoints, &eid);
+	if (!ep || !ep->ifindex)
+		return drop(DROP_UNKNOWN_PEER);
+	if (p->ttl <= 1)
+		return drop(DROP_TTL);
+	off = sport - ep->wire_base;
+
+	if (off >= ep->nports) {
+		/* About a packet of ep's own flow at offset off. */
+		e = ct_rev(eid, off);
+		if (!e || e->proto != q.ip.protocol)
+			return drop(DROP_CT_MISS);
+		pid = e->backend;
+		peer = bpf_map_lookup_elem(&endpoints, &pid);
+		if (!peer || q.ip.daddr != peer->server_ip ||
+		    dport != (__u16)(peer->wire_base + e->port_index))
+			return drop(DROP_UNKNOWN_PEER);
+		if (translate_quote(skb, p, &q, ep->ip, peer->ip,
+				    e->client_port, e->service_port) < 0)
+			return drop(DROP_MALFORMED);
+	} else {
+		/* About a reply ep sent as a backend: the quoted destination
+		 * is its client's wire port. */
+		if (off >= MAX_PORTS || ep->ports[off].proto != q.ip.protocol)
+			return drop(DROP_NO_SERVICE);
+		wk.server_ip = q.ip.daddr;
+		wk.base = dport & mask;
+		id = bpf_map_lookup_elem(&wire_blocks, &wk);
+		if (!id)
+			return drop(DROP_UNKNOWN_PEER);
+		pid = *id;
+		peer = bpf_map_lookup_elem(&endpoints, &pid);
+		if (!peer)
+			return drop(DROP_UNKNOWN_PEER);
+		coff = dport - peer->wire_base;
+		if (coff < peer->nports)
+			return drop(DROP_UNKNOWN_PEER);
+		if (translate_quote(skb, p, &q, ep->ip, peer->ip,
+				    ep->ports[off].port,
+				    peer->ident_base + coff) < 0)
+			return drop(DROP_MALFORMED);
+	}
+	if (set_addrs(skb, p, peer->ip, ep->ip) < 0 ||
+	    set_macs(skb, ep->mac, cfg->gateway_mac) < 0)
+		return drop(DROP_MALFORMED);
+	count(eid, skb->len, 1);
+	return bpf_redirect_peer(ep->ifindex, 0);
+}
+
 SEC("tcx/ingress")
 int from_container(struct __sk_buff *skb)
 {
@@ -542,6 +872,12 @@ int from_container(struct __sk_buff *skb)
 		return drop(reason);
 	if (p.saddr != c->ip)
 		return drop(DROP_SPOOFED);
+	if (p.ttl <= 1)
+		return drop(DROP_TTL);
+	if (is_error(&p)) {
+		count(cid, skb->len, 0);
+		return error_from_container(skb, &p, cid);
+	}
 	/* Inside containers the server's port of an ICMP echo is 0. */
 	if (p.proto == IPPROTO_ICMP) {
 		if (is_request(&p))
@@ -584,6 +920,8 @@ int from_container(struct __sk_buff *skb)
 			svc = bpf_map_lookup_elem(&services, &sk);
 			if (!svc)
 				return drop(DROP_NO_SERVICE);
+			if (!policy_allows(c->net_id, svc->net_id))
+				return drop(DROP_POLICY);
 			sid = select_backend(svc, &p);
 			s = bpf_map_lookup_elem(&endpoints, &sid);
 			if (!s)
@@ -626,6 +964,8 @@ new_flow:
 	svc = bpf_map_lookup_elem(&services, &sk);
 	if (!svc)
 		return drop(DROP_NO_SERVICE);
+	if (!policy_allows(c->net_id, svc->net_id))
+		return drop(DROP_POLICY);
 	sid = select_backend(svc, &p);
 	s = bpf_map_lookup_elem(&endpoints, &sid);
 	if (!s)
@@ -668,6 +1008,8 @@ int from_network(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (parse_ipv4(skb, &p, &reason) < 0)
 		return TC_ACT_OK;
+	if (is_error(&p))
+		return error_from_network(skb, &p);
 	if (p.proto == IPPROTO_ICMP && p.icmp_code != WIRE_ICMP_CODE)
 		return TC_ACT_OK;
 
@@ -682,6 +1024,8 @@ int from_network(struct __sk_buff *skb)
 	ep = bpf_map_lookup_elem(&endpoints, &eid);
 	if (!ep || !ep->ifindex)
 		return drop(DROP_UNKNOWN_PEER);
+	if (p.ttl <= 1)
+		return drop(DROP_TTL);
 	off = p.dport - ep->wire_base;
 
 	if (p.proto == IPPROTO_ICMP ? is_request(&p) : off < ep->nports) {
@@ -708,7 +1052,7 @@ int from_network(struct __sk_buff *skb)
 		off = p.sport - peer->wire_base;
 		if (off < peer->nports)
 			return drop(DROP_UNKNOWN_PEER);
-		if (peer->net_id != ep->net_id)
+		if (!policy_allows(peer->net_id, ep->net_id))
 			return drop(DROP_POLICY);
 		if (rewrite(skb, &p, peer->ip, ep->ip, peer->ident_base + off,
 			    port, 0) < 0 ||

@@ -48,10 +48,20 @@ enum drop_reason {
 	DROP_OFFSETS_FULL = 8,    /* the client has no free offset */
 	DROP_UNKNOWN_PEER = 9,    /* wire packet from a port nobody owns */
 	DROP_CT_MISS = 10,        /* reply without conntrack */
-	DROP_POLICY = 11,         /* networks differ */
+	DROP_POLICY = 11,         /* policy denies the source network */
 	DROP_NO_UPLINK = 12,      /* no uplink attached */
 	DROP_ARP = 13,            /* ARP that is not a request we answer */
-	DROP_REASONS = 14,
+	DROP_TTL = 14,            /* TTL would reach 0 in our hop */
+	DROP_REASONS = 15,
+};
+
+/* DROP_SLOTS is the size of the drops map: room for new reasons without a
+ * new map layout. */
+#define DROP_SLOTS 32
+
+enum policy_verdict {
+	POLICY_DENY = 0,
+	POLICY_ALLOW = 1,
 };
 
 struct served_port {
@@ -104,6 +114,9 @@ struct service_key {
 	__u8 pad;
 };
 
+/* service is keyed by the network of the client that looks it up: a
+ * service of another network appears in the client's network when a policy
+ * names the pair, and net_id says whose it is. */
 struct service {
 	__u8 mode; /* enum service_mode */
 	__u8 pad[3];
@@ -111,6 +124,15 @@ struct service {
 	__u32 backend;  /* failover: the chosen endpoint */
 	__u32 table;    /* balance: index of the Maglev table */
 	__u32 digest;   /* control plane only: hash of the backend set */
+	__u32 net_id;   /* the network its backends belong to */
+};
+
+/* policy_key names a pair of networks: clients of from opening flows to
+ * services of to. The value is an enum policy_verdict. Absent means allow
+ * when from == to and deny otherwise. */
+struct policy_key {
+	__u32 from;
+	__u32 to;
 };
 
 enum ct_dir {
@@ -229,16 +251,27 @@ struct {
 } offset_cursor SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct policy_key);
+	__type(value, enum policy_verdict);
+	__uint(pinning, PIN_BY_NAME);
+} policies SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, DROP_REASONS);
+	__uint(max_entries, DROP_SLOTS);
 	__type(key, enum drop_reason);
 	__type(value, __u64);
 	__uint(pinning, PIN_BY_NAME);
 } drops SEC(".maps");
 
+/* endpoint_stats holds one entry per local endpoint, created and deleted
+ * by the control plane; the programs only add to it. Per-CPU values make
+ * the adds race-free without atomics. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH);
-	__uint(max_entries, 16384);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 4096);
 	__type(key, __u32);
 	__type(value, struct ep_stats);
 	__uint(pinning, PIN_BY_NAME);

@@ -9,6 +9,18 @@
 //	                        |
 //	container namespaces  eth0, with the container's address
 //
+// NewRouted puts the servers on two subnets, joined by a router namespace
+// that forwards between them, to show that the fabric needs no route for
+// any container:
+//
+//	fabric namespace   br0 192.0.2.0/24            br1 198.51.100.0/24
+//	                    |    |    rt0                rt1   |    |
+//	                    s0   s1 ...|                  |  ... sN  sN+1
+//	router namespace              r0 192.0.2.254     r1 198.51.100.254
+//
+// Its servers' only route off their subnet is the default route via the
+// router.
+//
 // Every name carries a random prefix, so parallel tests never clash, and
 // everything a World creates is removed in t.Cleanup, also when the test
 // fails. Nothing touches the root namespace's interfaces, addresses, routes
@@ -184,11 +196,21 @@ func (n *Namespace) Link(name string) (netlink.Link, error) {
 
 // World is a fabric, its servers and their containers.
 type World struct {
-	t       testing.TB
-	prefix  string
-	Fabric  *Namespace
+	t      testing.TB
+	prefix string
+	Fabric *Namespace
+	// Router joins the two subnets of a World built by NewRouted; its
+	// legs are r0 (192.0.2.254) and r1 (198.51.100.254). Nil for New.
+	Router  *Namespace
 	Servers []*Server
 }
+
+// The subnets of the fabric; a World built by New uses only the first.
+var (
+	Subnets = [2]netip.Prefix{netip.MustParsePrefix("192.0.2.0/24"), netip.MustParsePrefix("198.51.100.0/24")}
+	// RouterIPs are the router's addresses on Subnets.
+	RouterIPs = [2]netip.Addr{netip.MustParseAddr("192.0.2.254"), netip.MustParseAddr("198.51.100.254")}
+)
 
 // Server is a server namespace with an uplink into the fabric bridge.
 type Server struct {
@@ -207,6 +229,9 @@ type Container struct {
 	Server *Server
 	IP     netip.Addr
 	MAC    net.HardwareAddr
+	// Prefix is eth0's address with its subnet; Gateway its default route.
+	Prefix  netip.Prefix
+	Gateway netip.Addr
 	// HostIfname and HostIfindex name the host-side veth in the server's
 	// namespace.
 	HostIfname  string
@@ -220,14 +245,51 @@ func New(t testing.TB, n int) *World {
 	if n < 1 || n > 200 {
 		t.Fatalf("testbed: %d servers: want 1 to 200", n)
 	}
+	w := newWorld(t, 1)
+	for i := range n {
+		w.addServer(i, 0, byte(i+1))
+	}
+	return w
+}
+
+// NewRouted builds a fabric of two subnets joined by a router namespace,
+// with left servers on 192.0.2.0/24 (192.0.2.1, .2, ...) and right servers
+// on 198.51.100.0/24 (198.51.100.1, .2, ...), in that order in Servers.
+func NewRouted(t testing.TB, left, right int) *World {
+	t.Helper()
+	RequirePrivileged(t)
+	if left < 1 || right < 1 || left > 200 || right > 200 {
+		t.Fatalf("testbed: %d and %d servers: want 1 to 200 on each side", left, right)
+	}
+	w := newWorld(t, 2)
+	w.Router = w.namespace("rt")
+	w.Router.Run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+	for i := range 2 {
+		leg, port := fmt.Sprintf("r%d", i), fmt.Sprintf("rt%d", i)
+		w.ip("-n", w.Router.Name, "link", "add", leg, "type", "veth", "peer", "name", port, "netns", w.Fabric.Name)
+		w.ip("-n", w.Fabric.Name, "link", "set", port, "master", fmt.Sprintf("br%d", i), "up")
+		w.ip("-n", w.Router.Name, "addr", "add", netip.PrefixFrom(RouterIPs[i], Subnets[i].Bits()).String(), "dev", leg)
+		w.ip("-n", w.Router.Name, "link", "set", leg, "up")
+	}
+	for i := range left {
+		w.addServer(i, 0, byte(i+1))
+	}
+	for i := range right {
+		w.addServer(left+i, 1, byte(i+1))
+	}
+	return w
+}
+
+func newWorld(t testing.TB, bridges int) *World {
+	t.Helper()
 	var b [3]byte
 	rand.Read(b[:])
 	w := &World{t: t, prefix: "dl" + hex.EncodeToString(b[:])}
 	w.Fabric = w.namespace("fab")
-	w.ip("-n", w.Fabric.Name, "link", "add", "br0", "type", "bridge")
-	w.ip("-n", w.Fabric.Name, "link", "set", "br0", "up")
-	for i := range n {
-		w.addServer(i)
+	for i := range bridges {
+		br := fmt.Sprintf("br%d", i)
+		w.ip("-n", w.Fabric.Name, "link", "add", br, "type", "bridge")
+		w.ip("-n", w.Fabric.Name, "link", "set", br, "up")
 	}
 	return w
 }
@@ -247,6 +309,9 @@ func (w *World) namespace(role string) *Namespace {
 	n := &Namespace{Name: w.prefix + "-" + role, t: w.t}
 	w.ip("netns", "add", n.Name)
 	w.t.Cleanup(func() {
+		if _, err := os.Stat(filepath.Join("/run/netns", n.Name)); errors.Is(err, os.ErrNotExist) {
+			return // the test destroyed it, as a dying container's runtime does
+		}
 		if out, err := exec.Command("ip", "netns", "del", n.Name).CombinedOutput(); err != nil {
 			w.t.Errorf("delete namespace %s: %v: %s", n.Name, err, out)
 		}
@@ -255,17 +320,23 @@ func (w *World) namespace(role string) *Namespace {
 	return n
 }
 
-func (w *World) addServer(i int) {
+// addServer adds server i on subnet sub with host number host.
+func (w *World) addServer(i, sub int, host byte) {
 	w.t.Helper()
+	ip := Subnets[sub].Addr().As4()
+	ip[3] = host
 	s := &Server{
 		Namespace: w.namespace(fmt.Sprintf("s%d", i)),
-		IP:        netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}),
+		IP:        netip.AddrFrom4(ip),
 	}
 	port := fmt.Sprintf("s%d", i)
 	w.ip("-n", s.Name, "link", "add", "uplink", "type", "veth", "peer", "name", port, "netns", w.Fabric.Name)
-	w.ip("-n", w.Fabric.Name, "link", "set", port, "master", "br0", "up")
-	w.ip("-n", s.Name, "addr", "add", s.IP.String()+"/24", "dev", "uplink")
+	w.ip("-n", w.Fabric.Name, "link", "set", port, "master", fmt.Sprintf("br%d", sub), "up")
+	w.ip("-n", s.Name, "addr", "add", netip.PrefixFrom(s.IP, Subnets[sub].Bits()).String(), "dev", "uplink")
 	w.ip("-n", s.Name, "link", "set", "uplink", "up")
+	if w.Router != nil {
+		w.ip("-n", s.Name, "route", "add", "default", "via", RouterIPs[sub].String(), "dev", "uplink")
+	}
 	l, err := s.Link("uplink")
 	if err != nil {
 		w.t.Fatal(err)
@@ -281,29 +352,48 @@ func (w *World) addServer(i int) {
 func (w *World) AddContainer(s *Server, addr netip.Prefix, gateway netip.Addr) *Container {
 	w.t.Helper()
 	k := s.containers
-	s.containers++
 	c := &Container{
-		Namespace:  w.namespace(fmt.Sprintf("s%sc%d", strings.TrimPrefix(s.Name, w.prefix+"-s"), k)),
-		Server:     s,
-		IP:         addr.Addr(),
-		HostIfname: fmt.Sprintf("c%d", k),
+		Namespace: w.namespace(fmt.Sprintf("s%sc%d", strings.TrimPrefix(s.Name, w.prefix+"-s"), k)),
+		IP:        addr.Addr(),
+		Prefix:    addr,
+		Gateway:   gateway,
 	}
 	mac := make(net.HardwareAddr, 6)
 	rand.Read(mac)
 	mac[0] = 0x02
 	c.MAC = mac
+	w.plug(c, s)
+	return c
+}
+
+// Move moves container c to server to, as a live migration would: it
+// deletes c's veth pair and plugs a new one from to into c's namespace,
+// with the same eth0 name, MAC, address and default route. c's sockets
+// live in its namespace and survive; its neighbour cache starts empty.
+// Detach daoli from the old host-side veth first: its ifindex goes away.
+func (w *World) Move(c *Container, to *Server) {
+	w.t.Helper()
+	w.ip("-n", c.Server.Name, "link", "del", c.HostIfname)
+	w.plug(c, to)
+}
+
+// plug connects c to s with a new veth pair.
+func (w *World) plug(c *Container, s *Server) {
+	w.t.Helper()
+	c.Server = s
+	c.HostIfname = fmt.Sprintf("c%d", s.containers)
+	s.containers++
 	w.ip("-n", s.Name, "link", "add", c.HostIfname, "type", "veth", "peer", "name", "eth0", "netns", c.Name)
-	w.ip("-n", c.Name, "link", "set", "eth0", "address", mac.String())
-	w.ip("-n", c.Name, "addr", "add", addr.String(), "dev", "eth0")
+	w.ip("-n", c.Name, "link", "set", "eth0", "address", c.MAC.String())
+	w.ip("-n", c.Name, "addr", "add", c.Prefix.String(), "dev", "eth0")
 	w.ip("-n", c.Name, "link", "set", "eth0", "up")
-	w.ip("-n", c.Name, "route", "add", "default", "via", gateway.String(), "dev", "eth0")
+	w.ip("-n", c.Name, "route", "add", "default", "via", c.Gateway.String(), "dev", "eth0")
 	w.ip("-n", s.Name, "link", "set", c.HostIfname, "up")
 	l, err := s.Link(c.HostIfname)
 	if err != nil {
 		w.t.Fatal(err)
 	}
 	c.HostIfindex = l.Attrs().Index
-	return c
 }
 
 // Namespaces lists the namespaces of this World that exist now; after
