@@ -74,7 +74,12 @@ type Agent struct {
 
 	mu       sync.Mutex   // serializes reconciles and attachments
 	attached map[int]bool // ifindexes with from_container attached
+	// reported holds interfaces whose endpoint was marked down (or whose
+	// veth went away on purpose); plumbing those being created right now,
+	// whose endpoint the registry already has: neither may be marked down
+	// for a missing interface.
 	reported map[string]bool
+	plumbing map[string]bool
 }
 
 // New checks cfg. It touches nothing.
@@ -105,7 +110,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	return &Agent{
 		cfg: cfg, log: log.With("server", cfg.Name), mc: cfg.Mapper, model: newModel(),
-		dirty: make(chan struct{}, 1), attached: map[int]bool{}, reported: map[string]bool{},
+		dirty: make(chan struct{}, 1), attached: map[int]bool{}, reported: map[string]bool{}, plumbing: map[string]bool{},
 	}, nil
 }
 
@@ -332,10 +337,14 @@ func (a *Agent) applyLoop(ctx context.Context) {
 func (a *Agent) reconcile(ctx context.Context) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.alloc.BlockSize == 0 {
-		return nil // not set up yet
+	if a.alloc.BlockSize == 0 || !a.model.ready() {
+		// Not set up yet. A restarted agent must not program the empty
+		// model it starts with: the pinned maps are right until the first
+		// snapshot says otherwise.
+		return nil
 	}
 	start := time.Now()
+	rev := a.model.rev() // read first: the state derived next is at least this new
 	st := a.model.desired(a.cfg.Name, a.alloc.BlockSize, ifindexOf)
 	local := map[int]bool{}
 	for _, e := range st.Endpoints {
@@ -351,7 +360,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		}
 	}
 	if err := a.dp.Apply(st); err != nil {
-		return fmt.Errorf("apply revision %d: %w", a.model.rev(), err)
+		return fmt.Errorf("apply revision %d: %w", rev, err)
 	}
 	for ifindex := range a.attached {
 		if !local[ifindex] {
@@ -361,7 +370,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 			delete(a.attached, ifindex)
 		}
 	}
-	a.m.observeReconcile(time.Since(start), a.model.rev(), len(st.Endpoints), len(local))
+	a.m.observeReconcile(time.Since(start), rev, len(st.Endpoints), len(local))
 	a.markMissing(ctx)
 	return nil
 }
@@ -370,7 +379,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 // their container died, perhaps while the agent was not running.
 func (a *Agent) markMissing(ctx context.Context) {
 	for _, e := range a.model.local(a.cfg.Name) {
-		if e.State != mapper.Active || e.Interface == "" || a.reported[e.Interface] {
+		if e.State != mapper.Active || e.Interface == "" || a.reported[e.Interface] || a.plumbing[e.Interface] {
 			continue
 		}
 		if ifindexOf(e.Interface) == 0 {

@@ -20,7 +20,8 @@ import (
 type Status struct {
 	Server    string                        `json:"server"`
 	IPs       []string                      `json:"ips"`
-	Revision  int64                         `json:"revision"`
+	Revision  int64                         `json:"revision"` // newest seen
+	Applied   int64                         `json:"applied"`  // programmed into the dataplane
 	Endpoints []mapper.Endpoint             `json:"endpoints"`
 	Drops     map[string]uint64             `json:"drops"`
 	Counters  map[uint32]dataplane.Counters `json:"counters"`
@@ -107,7 +108,7 @@ func decode(b []byte, v any) error {
 
 // Status reports the agent's view and its dataplane's counters.
 func (a *Agent) Status() (Status, error) {
-	s := Status{Server: a.cfg.Name, Revision: a.model.rev(), Endpoints: a.model.local(a.cfg.Name), Drops: map[string]uint64{}}
+	s := Status{Server: a.cfg.Name, Revision: a.model.rev(), Applied: a.m.applied(), Endpoints: a.model.local(a.cfg.Name), Drops: map[string]uint64{}}
 	for _, ip := range a.ips {
 		s.IPs = append(s.IPs, ip.String())
 	}

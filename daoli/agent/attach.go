@@ -50,6 +50,23 @@ func hostIfname() string {
 	return "dl" + hex.EncodeToString(b[:]) // 10 characters, under IFNAMSIZ
 }
 
+// startPlumbing picks the host-side name of a new veth and keeps the
+// missing-interface check off it until donePlumbing: the registry learns
+// of the endpoint before its veth exists.
+func (a *Agent) startPlumbing() string {
+	name := hostIfname()
+	a.mu.Lock()
+	a.plumbing[name] = true
+	a.mu.Unlock()
+	return name
+}
+
+func (a *Agent) donePlumbing(name string) {
+	a.mu.Lock()
+	delete(a.plumbing, name)
+	a.mu.Unlock()
+}
+
 func openNetns(path string) (netns.NsHandle, error) {
 	if path == "" {
 		return 0, errors.New("netns: missing; want the path of the container's network namespace")
@@ -80,7 +97,8 @@ func (a *Agent) Attach(ctx context.Context, req AttachRequest) (mapper.Endpoint,
 	if err != nil {
 		return mapper.Endpoint{}, fmt.Errorf("attach: %w", err)
 	}
-	host := hostIfname()
+	host := a.startPlumbing()
+	defer a.donePlumbing(host)
 	e, err := a.mc.CreateEndpoint(ctx, mapper.EndpointSpec{
 		Name: req.Name, Network: req.Network, IP: req.IP, MAC: req.MAC, Server: a.cfg.Name,
 		Interface: host, Ports: req.Ports, Mode: req.Mode, Priority: req.Priority,
@@ -124,7 +142,8 @@ func (a *Agent) Move(ctx context.Context, req MoveRequest) (mapper.Endpoint, err
 	if err != nil {
 		return mapper.Endpoint{}, fmt.Errorf("move: %w", err)
 	}
-	host := hostIfname()
+	host := a.startPlumbing()
+	defer a.donePlumbing(host)
 	e, err := a.mc.MoveEndpoint(ctx, req.Endpoint, a.cfg.Name, host)
 	if err != nil {
 		return mapper.Endpoint{}, fmt.Errorf("move: %w", err)

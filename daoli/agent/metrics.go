@@ -33,6 +33,12 @@ func (m *metrics) observeReconcile(d time.Duration, rev int64, endpoints, local 
 	m.revision, m.endpoints, m.localEndpoints = rev, endpoints, local
 }
 
+func (m *metrics) applied() int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.revision
+}
+
 func (a *Agent) metricsHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {

@@ -13,6 +13,7 @@ import (
 // the change log. It is safe for concurrent use.
 type model struct {
 	mu        sync.Mutex
+	loaded    bool // a snapshot was loaded: until then the model says nothing
 	revision  int64
 	networks  map[string]mapper.Network
 	servers   map[string]mapper.Server
@@ -27,6 +28,7 @@ func newModel() *model {
 func (m *model) reset(s mapper.Snapshot) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.loaded = true
 	m.revision = s.Revision
 	clear(m.networks)
 	clear(m.servers)
@@ -89,6 +91,14 @@ func (m *model) local(server string) []mapper.Endpoint {
 	}
 	slices.SortFunc(out, func(a, b mapper.Endpoint) int { return cmp.Compare(a.ID, b.ID) })
 	return out
+}
+
+// ready reports whether the model holds the registry, rather than nothing
+// yet: programming an empty model would wipe a working dataplane.
+func (m *model) ready() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.loaded
 }
 
 func (m *model) rev() int64 {
