@@ -101,6 +101,12 @@ func (d *Dataplane) Apply(s State) error {
 	err = d.updateSettings(func(v *daoliServerSettings) {
 		copy(v.GatewayMac[:], s.GatewayMAC)
 		v.BlockSize = s.BlockSize
+		v.WireFirst, v.WireLast = s.WirePorts.First, s.WirePorts.Last
+		v.LocalIpCount = uint32(len(s.LocalIPs))
+		v.LocalIps = [MaxLocalIPs]uint32{}
+		for i, ip := range s.LocalIPs {
+			v.LocalIps[i] = addr(ip)
+		}
 	})
 	if err != nil {
 		return fmt.Errorf("apply state: %w", err)

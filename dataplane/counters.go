@@ -22,6 +22,7 @@ const (
 	DropNoUplink       = DropReason(daoliDropReasonDROP_NO_UPLINK)
 	DropARP            = DropReason(daoliDropReasonDROP_ARP)
 	DropTTL            = DropReason(daoliDropReasonDROP_TTL)
+	DropStaleWire      = DropReason(daoliDropReasonDROP_STALE_WIRE)
 	dropReasons        = DropReason(daoliDropReasonDROP_REASONS)
 )
 
@@ -41,6 +42,7 @@ var dropNames = [...]string{
 	DropNoUplink:       "no_uplink",
 	DropARP:            "arp",
 	DropTTL:            "ttl",
+	DropStaleWire:      "stale_wire",
 }
 
 // String returns the reason as named in the C enum, lower case, without

@@ -58,7 +58,8 @@ const (
 	daoliDropReasonDROP_NO_UPLINK       daoliDropReason = 12
 	daoliDropReasonDROP_ARP             daoliDropReason = 13
 	daoliDropReasonDROP_TTL             daoliDropReason = 14
-	daoliDropReasonDROP_REASONS         daoliDropReason = 15
+	daoliDropReasonDROP_STALE_WIRE      daoliDropReason = 15
+	daoliDropReasonDROP_REASONS         daoliDropReason = 16
 )
 
 type daoliEndpoint struct {
@@ -118,6 +119,10 @@ type daoliServerSettings struct {
 	GatewayMac    [6]uint8
 	BlockSize     uint16
 	UplinkIfindex uint32
+	WireFirst     uint16
+	WireLast      uint16
+	LocalIpCount  uint32
+	LocalIps      [8]uint32
 }
 
 type daoliService struct {

@@ -146,7 +146,12 @@
 //     (network, IP) and clear of every port served on that (network, IP).
 //   - The server's own sockets must never use wire-block ports: reserve them
 //     with net.ipv4.ip_local_reserved_ports. from_network owns every packet
-//     to a wire block and drops what it cannot place.
+//     to a wire block and drops what it cannot place. With State.WirePorts
+//     and State.LocalIPs set, it owns the whole wire range of the server's
+//     locators: a packet to a port no block holds any more (its endpoint
+//     just moved away) is dropped as stale_wire instead of reaching the
+//     host, whose TCP would answer with a reset and end the flow that is
+//     about to follow the endpoint.
 //   - Conntrack full: the LRU evicts the oldest flows, and such a flow
 //     restarts as a new one with a new offset (TCP then gets a reset). Offset
 //     allocation fails closed: when a client has no free offset among 32

@@ -40,7 +40,9 @@ func fixture(local netip.Addr) State {
 		return other
 	}
 	return State{
-		Servers: []Server{{IP: serverA}, {IP: serverB}},
+		WirePorts: PortRange{First: 32768, Last: 36863},
+		LocalIPs:  []netip.Addr{local},
+		Servers:   []Server{{IP: serverA}, {IP: serverB}},
 		Endpoints: []Endpoint{
 			{ID: idC, Network: 7, IP: ipC, MAC: macC, Server: serverA, WireBase: 32768, IdentityBase: 1024,
 				Ifindex: ifindex(serverA, loopbackIfindex)},
@@ -319,6 +321,11 @@ func TestFromNetwork(t *testing.T) {
 		{"wrong protocol", with(func(p *pkt) { p.proto = layers.IPProtocolUDP }), actShot, DropNoService},
 		{"reply without conntrack", with(func(p *pkt) { p.dport = 32768 + 100 }), actShot, DropCTMiss},
 		{"TTL 1", with(func(p *pkt) { p.ttl = 1 }), actShot, DropTTL},
+		// A wire port no block holds (its endpoint moved away) is still
+		// ours: the host must not answer it with a reset.
+		{"stale wire port", with(func(p *pkt) { p.dport = 36000 }), actShot, DropStaleWire},
+		{"stale wire port, UDP", with(func(p *pkt) { p.proto, p.dport = layers.IPProtocolUDP, 32767+4096 }), actShot, DropStaleWire},
+		{"past the wire range", with(func(p *pkt) { p.dport = 36864 }), actOK, 0},
 		{"host TCP with TTL 1", with(func(p *pkt) { p.dport, p.ttl = 22, 1 }), actOK, 0},
 		// Ours and right.
 		{"to local backend", wireTCP.bytes(t), actRedirect, 0},

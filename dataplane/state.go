@@ -145,6 +145,13 @@ type State struct {
 	// Servers lists every server; each Endpoint.Server must be one of them.
 	Servers   []Server
 	Endpoints []Endpoint
+	// WirePorts is the cluster's wire range and LocalIPs this server's
+	// locator addresses (at most MaxLocalIPs): from_network drops every
+	// packet to a local locator in the range that no local block holds,
+	// rather than let the host answer it (a TCP reset would end a flow to
+	// an endpoint that just moved away). Zero WirePorts turns that off.
+	WirePorts PortRange
+	LocalIPs  []netip.Addr
 	// Policies connect networks; nil means every network is isolated.
 	// Two networks shown in one network by Allow or deny Policies must
 	// not serve the same IP, port and protocol, and the identity blocks of
@@ -153,6 +160,12 @@ type State struct {
 	// talk to each other.
 	Policies []Policy
 }
+
+// PortRange is an inclusive range of ports.
+type PortRange struct{ First, Last uint16 }
+
+// MaxLocalIPs is the number of locator addresses one server may have.
+const MaxLocalIPs = 8
 
 // serviceID names a service: a (network, IP, port, protocol). ICMP echo to
 // (network, IP) is the service with port 0: every endpoint of the IP serves
@@ -182,6 +195,17 @@ func (s State) validate() (State, error) {
 	}
 	if len(s.GatewayMAC) != 6 {
 		return bad("gateway MAC %s: want 6 bytes", s.GatewayMAC)
+	}
+	if s.WirePorts != (PortRange{}) && (s.WirePorts.First == 0 || s.WirePorts.First > s.WirePorts.Last) {
+		return bad("wire ports %d-%d: want 1 <= first <= last", s.WirePorts.First, s.WirePorts.Last)
+	}
+	if len(s.LocalIPs) > MaxLocalIPs {
+		return bad("%d local IPs: at most %d", len(s.LocalIPs), MaxLocalIPs)
+	}
+	for _, ip := range s.LocalIPs {
+		if !ip.Is4() {
+			return bad("local IP %s: want an IPv4 address", ip)
+		}
 	}
 	servers := map[netip.Addr]bool{}
 	for _, sv := range s.Servers {

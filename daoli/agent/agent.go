@@ -346,6 +346,8 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	start := time.Now()
 	rev := a.model.rev() // read first: the state derived next is at least this new
 	st := a.model.desired(a.cfg.Name, a.alloc.BlockSize, ifindexOf)
+	st.WirePorts = dataplane.PortRange{First: a.alloc.WirePorts.First, Last: a.alloc.WirePorts.Last}
+	st.LocalIPs = a.ips
 	local := map[int]bool{}
 	for _, e := range st.Endpoints {
 		if e.Ifindex == 0 {

@@ -988,6 +988,23 @@ new_flow:
 	return deliver_out(skb, &p, c, s, sid, &v, cfg);
 }
 
+/* owns_wire_port reports whether p is addressed to one of this server's
+ * wire ports, whether or not a block still holds it. */
+static __always_inline int owns_wire_port(const struct server_settings *cfg,
+					  const struct pkt *p)
+{
+	if (!cfg->wire_last || p->dport < cfg->wire_first ||
+	    p->dport > cfg->wire_last)
+		return 0;
+	for (__u32 i = 0; i < MAX_LOCAL_IPS; i++) {
+		if (i >= cfg->local_ip_count)
+			break;
+		if (cfg->local_ips[i] == p->daddr)
+			return 1;
+	}
+	return 0;
+}
+
 SEC("tcx/ingress")
 int from_network(struct __sk_buff *skb)
 {
@@ -1018,7 +1035,7 @@ int from_network(struct __sk_buff *skb)
 	wk.base = p.dport & mask;
 	id = bpf_map_lookup_elem(&wire_blocks, &wk);
 	if (!id)
-		return TC_ACT_OK;
+		return owns_wire_port(cfg, &p) ? drop(DROP_STALE_WIRE) : TC_ACT_OK;
 	/* From here on the packet is ours: it never reaches the host. */
 	eid = *id;
 	ep = bpf_map_lookup_elem(&endpoints, &eid);

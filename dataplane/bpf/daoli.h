@@ -52,7 +52,8 @@ enum drop_reason {
 	DROP_NO_UPLINK = 12,      /* no uplink attached */
 	DROP_ARP = 13,            /* ARP that is not a request we answer */
 	DROP_TTL = 14,            /* TTL would reach 0 in our hop */
-	DROP_REASONS = 15,
+	DROP_STALE_WIRE = 15,     /* wire port of ours that no local endpoint holds */
+	DROP_REASONS = 16,
 };
 
 /* DROP_SLOTS is the size of the drops map: room for new reasons without a
@@ -87,10 +88,20 @@ struct endpoint {
 };
 
 /* settings holds the per-server knobs; key 0 only. */
+#define MAX_LOCAL_IPS 8
+
 struct server_settings {
 	__u8 gateway_mac[6];
 	__u16 block_size; /* cluster-wide, power of two; 0 = not configured */
 	__u32 uplink_ifindex;
+	/* The wire range and this server's locators: every packet to one of
+	 * them in the range is ours, even when no block matches (the endpoint
+	 * moved away or was removed), and must not reach the host's stack,
+	 * which would answer a TCP segment with a reset. wire_last 0: unset. */
+	__u16 wire_first;
+	__u16 wire_last;
+	__u32 local_ip_count;
+	__u32 local_ips[MAX_LOCAL_IPS]; /* network order */
 };
 
 struct wire_key {
