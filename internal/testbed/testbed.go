@@ -78,18 +78,36 @@ func RequirePrivileged(t testing.TB) {
 	t.Skipf("%s; set %s=1 to make this a failure", reason, RequireEnv)
 }
 
+// TB is what a World needs of its owner: a *testing.T, or the demo's
+// cleanup stack. Fatal and Fatalf must not return.
+type TB interface {
+	Helper()
+	Cleanup(func())
+	Errorf(format string, args ...any)
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+	Logf(format string, args ...any)
+	Failed() bool
+}
+
 // BPFFS mounts a private bpf filesystem in a temporary directory and
-// unmounts it at cleanup, so tests pin nothing in the real /sys/fs/bpf.
-func BPFFS(t testing.TB) string {
+// unmounts and removes it at cleanup, so nothing is pinned in the real
+// /sys/fs/bpf.
+func BPFFS(t TB) string {
 	t.Helper()
-	dir := t.TempDir()
+	dir, err := os.MkdirTemp("", "daoli-bpffs-")
+	if err != nil {
+		t.Fatalf("make a bpffs mount point: %v", err)
+	}
 	if err := unix.Mount("bpf", dir, "bpf", 0, "mode=0700"); err != nil {
+		os.Remove(dir)
 		t.Fatalf("mount bpffs at %s: %v", dir, err)
 	}
 	t.Cleanup(func() {
 		if err := unix.Unmount(dir, unix.MNT_DETACH); err != nil {
 			t.Errorf("unmount bpffs %s: %v", dir, err)
 		}
+		os.Remove(dir)
 	})
 	return dir
 }
@@ -97,7 +115,7 @@ func BPFFS(t testing.TB) string {
 // Namespace is a network namespace created by a World.
 type Namespace struct {
 	Name string
-	t    testing.TB
+	t    TB
 }
 
 // Run runs a command inside the namespace (ip netns exec) and returns its
@@ -196,7 +214,7 @@ func (n *Namespace) Link(name string) (netlink.Link, error) {
 
 // World is a fabric, its servers and their containers.
 type World struct {
-	t      testing.TB
+	t      TB
 	prefix string
 	Fabric *Namespace
 	// Router joins the two subnets of a World built by NewRouted; its
@@ -242,6 +260,13 @@ type Container struct {
 func New(t testing.TB, n int) *World {
 	t.Helper()
 	RequirePrivileged(t)
+	return Build(t, n)
+}
+
+// Build is New for callers that are not tests, such as the demo: it does
+// not check privileges (the first ip command fails without them).
+func Build(t TB, n int) *World {
+	t.Helper()
 	if n < 1 || n > 200 {
 		t.Fatalf("testbed: %d servers: want 1 to 200", n)
 	}
@@ -280,7 +305,7 @@ func NewRouted(t testing.TB, left, right int) *World {
 	return w
 }
 
-func newWorld(t testing.TB, bridges int) *World {
+func newWorld(t TB, bridges int) *World {
 	t.Helper()
 	var b [3]byte
 	rand.Read(b[:])
