@@ -52,6 +52,7 @@ in the kernel of each server.
 		newMoveCmd(a),
 		newStatusCmd(a),
 		newAppCmd(a),
+		newDemoCmd(a),
 		newVersionCmd(a),
 	)
 	return root

@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
-# demo.sh: the main job. Until the multi-server demo lands it is the
-# registry walkthrough: networks, shared IPs, 6-tuples, a move, a restart.
+# demo.sh: the main job. Builds daoli and runs `daoli demo` (as root): a
+# three-server cluster on this machine, made of network namespaces, that
+# shows fixed identities across servers, shared IPs, failover and live
+# migration with measured numbers, then removes itself.
+#   scripts/demo.sh [--keep]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh build
-exec examples/walkthrough/walkthrough.sh "$@"
+scripts/setup.sh build demo
+mkdir -p bin
+go build -o bin/daoli ./daoli
+exec bin/daoli demo "$@"

@@ -3,6 +3,7 @@
 # nothing that is already there. Safe to run again.
 #
 #   build     Go modules (downloaded by the go command itself)
+#   demo      iproute2 for the demo's network namespaces
 #   test      iproute2 for the network-namespace tests; staticcheck
 #   generate  clang-19, llvm-19 (llvm-strip), libbpf and kernel headers,
 #             to rebuild the committed eBPF objects
@@ -19,13 +20,14 @@ need_tools=()
 for purpose in "$@"; do
 	case "$purpose" in
 	build) ;;
+	demo) apt_packages+=(iproute2) ;;
 	test)
 		apt_packages+=(iproute2)
 		need_tools+=(staticcheck)
 		;;
 	generate) apt_packages+=("$CLANG" llvm-19 libbpf-dev linux-libc-dev) ;;
 	*)
-		echo "setup.sh: unknown purpose \"$purpose\"; want build, test or generate" >&2
+		echo "setup.sh: unknown purpose \"$purpose\"; want build, demo, test or generate" >&2
 		exit 2
 		;;
 	esac

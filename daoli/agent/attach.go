@@ -106,11 +106,19 @@ func (a *Agent) Attach(ctx context.Context, req AttachRequest) (mapper.Endpoint,
 	if err != nil {
 		return mapper.Endpoint{}, fmt.Errorf("attach: %w", err)
 	}
-	if err := a.plumb(ns, host, req.Ifname, e, n, false); err != nil {
+	rollback := func(err error) (mapper.Endpoint, error) {
 		if _, derr := a.mc.DeleteEndpoint(context.WithoutCancel(ctx), e.Ref()); derr != nil {
 			err = errors.Join(err, fmt.Errorf("roll back endpoint %d: %w", e.ID, derr))
 		}
 		return mapper.Endpoint{}, fmt.Errorf("attach: %w", err)
+	}
+	v, err := a.newVeth(ns, host, e, n)
+	if err != nil {
+		return rollback(err)
+	}
+	defer v.remove()
+	if err := v.install(req.Ifname, n.Gateway, false); err != nil {
+		return rollback(err)
 	}
 	a.model.put(e)
 	if err := a.reconcile(ctx); err != nil {
@@ -144,16 +152,25 @@ func (a *Agent) Move(ctx context.Context, req MoveRequest) (mapper.Endpoint, err
 	}
 	host := a.startPlumbing()
 	defer a.donePlumbing(host)
+	// Make before break, as far as one interface allows: the new veth is
+	// ready and this server programmed before the container switches over,
+	// so packets peers send to the new location once they learn of the move
+	// find their way in.
+	v, err := a.newVeth(ns, host, d.Endpoint, n)
+	if err != nil {
+		return mapper.Endpoint{}, fmt.Errorf("move: %w", err)
+	}
+	defer v.remove()
 	e, err := a.mc.MoveEndpoint(ctx, req.Endpoint, a.cfg.Name, host)
 	if err != nil {
 		return mapper.Endpoint{}, fmt.Errorf("move: %w", err)
 	}
 	a.model.put(e)
-	if err := a.plumb(ns, host, req.Ifname, e, n, true); err != nil {
-		return e, fmt.Errorf("move: the registry has endpoint %s on %s, but plumbing failed: %w", e.Ref(), a.cfg.Name, err)
-	}
 	if err := a.reconcile(ctx); err != nil {
 		return e, fmt.Errorf("move: program the dataplane: %w", err)
+	}
+	if err := v.install(req.Ifname, n.Gateway, true); err != nil {
+		return e, fmt.Errorf("move: the registry has endpoint %s on %s, but the container could not switch over: %w", e.Ref(), a.cfg.Name, err)
 	}
 	a.log.Info("moved here", "endpoint", e.Ref(), "id", e.ID, "interface", host, "wire_block", e.Wire.String())
 	return e, nil
@@ -185,79 +202,104 @@ func (a *Agent) Detach(ctx context.Context, req DetachRequest) (mapper.Endpoint,
 	return e, nil
 }
 
-// plumb creates the veth pair host <-> ifname in ns and configures the
-// container's side as e. With replace, an existing ifname in ns (the
-// interface into the server the endpoint leaves) is deleted first;
-// otherwise it is an error. On error, what plumb created is deleted.
-func (a *Agent) plumb(ns netns.NsHandle, host, ifname string, e mapper.Endpoint, n mapper.Network, replace bool) (err error) {
+// veth is a new pair: the host side up in the server's namespace, the
+// peer in the container under a temporary name, configured with the
+// endpoint's MAC and address but not yet the container's interface.
+type veth struct {
+	h          *netlink.Handle // the container's namespace
+	host, peer string
+	installed  bool
+}
+
+// newVeth creates the pair host <-> peer and prepares the peer as e in
+// network n. On error it leaves nothing behind.
+func (a *Agent) newVeth(ns netns.NsHandle, host string, e mapper.Endpoint, n mapper.Network) (v *veth, err error) {
 	h, err := netlink.NewHandleAt(ns)
 	if err != nil {
-		return fmt.Errorf("open the container's namespace: %w", err)
+		return nil, fmt.Errorf("open the container's namespace: %w", err)
 	}
-	defer h.Close()
-	old, lookupErr := h.LinkByName(ifname)
-	if lookupErr == nil && !replace {
-		return fmt.Errorf("the container already has an interface %s", ifname)
-	}
-	peer := "dlc" + host[2:]
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host, MTU: a.uplink.Attrs().MTU}, PeerName: peer}
-	if err := netlink.LinkAdd(veth); err != nil {
-		return fmt.Errorf("create veth %s: %w", host, err)
-	}
+	v = &veth{h: h, host: host, peer: "dlc" + host[2:]}
 	defer func() {
 		if err != nil {
-			if l, lerr := netlink.LinkByName(host); lerr == nil {
-				netlink.LinkDel(l)
-			}
-			if l, lerr := h.LinkByName(peer); lerr == nil {
-				h.LinkDel(l)
-			}
+			v.remove()
 		}
 	}()
-	p, err := netlink.LinkByName(peer)
+	pair := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: host, MTU: a.uplink.Attrs().MTU}, PeerName: v.peer}
+	if err := netlink.LinkAdd(pair); err != nil {
+		return v, fmt.Errorf("create veth %s: %w", host, err)
+	}
+	p, err := netlink.LinkByName(v.peer)
 	if err != nil {
-		return fmt.Errorf("find veth peer %s: %w", peer, err)
+		return v, fmt.Errorf("find veth peer %s: %w", v.peer, err)
 	}
 	if err := netlink.LinkSetNsFd(p, int(ns)); err != nil {
-		return fmt.Errorf("move %s into the container: %w", peer, err)
+		return v, fmt.Errorf("move %s into the container: %w", v.peer, err)
 	}
 	hl, err := netlink.LinkByName(host)
 	if err != nil {
-		return fmt.Errorf("find %s: %w", host, err)
+		return v, fmt.Errorf("find %s: %w", host, err)
 	}
 	if err := netlink.LinkSetUp(hl); err != nil {
-		return fmt.Errorf("set %s up: %w", host, err)
+		return v, fmt.Errorf("set %s up: %w", host, err)
 	}
-	if lookupErr == nil { // replace: the old interface goes, then the new one takes its name
-		if err := h.LinkDel(old); err != nil {
+	c, err := h.LinkByName(v.peer)
+	if err != nil {
+		return v, fmt.Errorf("find %s in the container: %w", v.peer, err)
+	}
+	if err := h.LinkSetHardwareAddr(c, e.MAC.HardwareAddr()); err != nil {
+		return v, fmt.Errorf("container interface: set MAC %s: %w", e.MAC, err)
+	}
+	addr := &netlink.Addr{IPNet: &net.IPNet{IP: e.IP.AsSlice(), Mask: net.CIDRMask(n.Subnet.Bits(), 32)}}
+	if err := h.AddrAdd(c, addr); err != nil {
+		return v, fmt.Errorf("container interface: add address %s: %w", addr.IPNet, err)
+	}
+	return v, nil
+}
+
+// install makes the peer the container's interface ifname: with replace,
+// the interface of that name the container has (its way into the server
+// it leaves) is deleted first, so the container is without a way out
+// only for a rename, an up and a route; without replace, an existing
+// ifname is an error.
+func (v *veth) install(ifname string, gateway netip.Addr, replace bool) error {
+	old, lookupErr := v.h.LinkByName(ifname)
+	if lookupErr == nil {
+		if !replace {
+			return fmt.Errorf("the container already has an interface %s", ifname)
+		}
+		if err := v.h.LinkDel(old); err != nil {
 			return fmt.Errorf("delete the container's old %s: %w", ifname, err)
 		}
 	}
-	c, err := h.LinkByName(peer)
+	c, err := v.h.LinkByName(v.peer)
 	if err != nil {
-		return fmt.Errorf("find %s in the container: %w", peer, err)
+		return fmt.Errorf("find %s in the container: %w", v.peer, err)
 	}
-	steps := []struct {
-		what string
-		do   func() error
-	}{
-		{"rename to " + ifname, func() error { return h.LinkSetName(c, ifname) }},
-		{"set MAC " + e.MAC.String(), func() error { return h.LinkSetHardwareAddr(c, e.MAC.HardwareAddr()) }},
-		{"add address", func() error {
-			return h.AddrAdd(c, &netlink.Addr{IPNet: &net.IPNet{IP: e.IP.AsSlice(), Mask: net.CIDRMask(n.Subnet.Bits(), 32)}})
-		}},
-		{"set up", func() error { return h.LinkSetUp(c) }},
-		{"add default route via " + n.Gateway.String(), func() error {
-			return h.RouteReplace(&netlink.Route{LinkIndex: c.Attrs().Index, Gw: n.Gateway.AsSlice()})
-		}},
+	if err := v.h.LinkSetName(c, ifname); err != nil {
+		return fmt.Errorf("container interface: rename %s to %s: %w", v.peer, ifname, err)
 	}
-	for _, s := range steps {
-		if err := s.do(); err != nil {
-			return fmt.Errorf("container interface: %s: %w", s.what, err)
+	if err := v.h.LinkSetUp(c); err != nil {
+		return fmt.Errorf("container interface: set %s up: %w", ifname, err)
+	}
+	if err := v.h.RouteReplace(&netlink.Route{LinkIndex: c.Attrs().Index, Gw: gateway.AsSlice()}); err != nil {
+		return fmt.Errorf("container interface: default route via %s: %w", gateway, err)
+	}
+	if lo, err := v.h.LinkByName("lo"); err == nil {
+		v.h.LinkSetUp(lo)
+	}
+	v.installed = true
+	return nil
+}
+
+// remove deletes the pair (unless installed) and closes the handle.
+func (v *veth) remove() {
+	if !v.installed {
+		if l, err := netlink.LinkByName(v.host); err == nil {
+			netlink.LinkDel(l)
+		}
+		if l, err := v.h.LinkByName(v.peer); err == nil {
+			v.h.LinkDel(l)
 		}
 	}
-	if lo, err := h.LinkByName("lo"); err == nil {
-		h.LinkSetUp(lo)
-	}
-	return nil
+	v.h.Close()
 }
