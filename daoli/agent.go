@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/daolinet/daoli/daoli/agent"
 	"github.com/daolinet/daoli/mapper"
@@ -18,6 +19,8 @@ const envRunDir = "DAOLI_RUN_DIR"
 type agentFlags struct {
 	uplink, name, bpffs, runDir, metrics string
 	logLevel, logFormat                  string
+	healthInterval                       time.Duration
+	healthFailures                       int
 }
 
 func newAgentCmd(a *app) *cobra.Command {
@@ -52,12 +55,16 @@ returns.`,
 			if err != nil {
 				return err
 			}
+			if f.healthInterval < 0 || f.healthFailures < 1 {
+				return badFlagf("health-interval", f.healthInterval.String(), "want 0 (off) or more, with --health-failures 1 or more")
+			}
 			if f.uplink == "" {
 				return badFlagf("uplink", f.uplink, "missing; want the interface facing the physical network")
 			}
 			ag, err := agent.New(agent.Config{
 				Mapper: cl, Name: f.name, Uplink: f.uplink, BPFFS: f.bpffs,
 				RunDir: f.runDir, MetricsAddr: f.metrics, Logger: log,
+				HealthInterval: f.healthInterval, HealthFailures: f.healthFailures,
 			})
 			if err != nil {
 				return err
@@ -72,6 +79,8 @@ returns.`,
 	fl.StringVar(&f.bpffs, "bpffs", "", "where to pin the dataplane, on a bpf filesystem (default /sys/fs/bpf/daoli/NAME)")
 	fl.StringVar(&f.runDir, "run-dir", f.runDir, "directory of the agent's socket, NAME.sock (default from $"+envRunDir+")")
 	fl.StringVar(&f.metrics, "metrics", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9471")
+	fl.DurationVar(&f.healthInterval, "health-interval", 0, "check local endpoints' TCP ports this often, from inside their containers (0: off)")
+	fl.IntVar(&f.healthFailures, "health-failures", 3, "results in a row that mark an endpoint down, or back up")
 	fl.StringVar(&f.logLevel, "log-level", f.logLevel, "debug, info, warn or error")
 	fl.StringVar(&f.logFormat, "log-format", f.logFormat, "text or json (logs go to stderr)")
 	return cmd

@@ -52,6 +52,12 @@ type Config struct {
 	// Heartbeat is how often the server tells the mapper it is alive. Zero
 	// means 10 seconds.
 	Heartbeat time.Duration
+	// HealthInterval, if set, turns on TCP health checks of local
+	// endpoints' served ports at this interval (see health.go).
+	HealthInterval time.Duration
+	// HealthFailures is how many results in a row change an endpoint's
+	// state. Zero means 3.
+	HealthFailures int
 	// Retry is the first wait after a failed call to the mapper; waits
 	// double up to 5 seconds. Zero means 100 milliseconds.
 	Retry time.Duration
@@ -71,6 +77,7 @@ type Agent struct {
 	alloc  mapper.Allocation
 	dirty  chan struct{}
 	m      metrics
+	netns  *netnsBook
 
 	mu       sync.Mutex   // serializes reconciles and attachments
 	attached map[int]bool // ifindexes with from_container attached
@@ -104,12 +111,15 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.Retry == 0 {
 		cfg.Retry = 100 * time.Millisecond
 	}
+	if cfg.HealthFailures == 0 {
+		cfg.HealthFailures = 3
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Agent{
-		cfg: cfg, log: log.With("server", cfg.Name), mc: cfg.Mapper, model: newModel(),
+		cfg: cfg, log: log.With("server", cfg.Name), mc: cfg.Mapper, model: newModel(), netns: openNetnsBook(cfg.RunDir, cfg.Name),
 		dirty: make(chan struct{}, 1), attached: map[int]bool{}, reported: map[string]bool{}, plumbing: map[string]bool{},
 	}, nil
 }
@@ -159,6 +169,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	run(a.follow)
 	run(a.heartbeat)
 	run(a.watchLinks)
+	run(a.checkHealth)
 	a.log.Info("agent running", "uplink", a.cfg.Uplink, "ips", a.ips, "socket", SocketPath(a.cfg.RunDir, a.cfg.Name), "bpffs", a.cfg.BPFFS)
 
 	<-ctx.Done()

@@ -57,12 +57,14 @@ type cluster struct {
 	db     string
 	stop   func() // stops the mapper
 	agents map[string]*exec.Cmd
+	// agentArgs are added to every agent's command line.
+	agentArgs []string
 }
 
-func newCluster(t *testing.T, servers int) *cluster {
+func newCluster(t *testing.T, servers int, agentArgs ...string) *cluster {
 	t.Helper()
 	w := testbed.New(t, servers)
-	c := &cluster{t: t, w: w, bpffs: testbed.BPFFS(t), runDir: t.TempDir(), db: filepath.Join(t.TempDir(), "registry.db"), agents: map[string]*exec.Cmd{}}
+	c := &cluster{t: t, w: w, agentArgs: agentArgs, bpffs: testbed.BPFFS(t), runDir: t.TempDir(), db: filepath.Join(t.TempDir(), "registry.db"), agents: map[string]*exec.Cmd{}}
 	w.Fabric.Run("ip", "addr", "add", netip.PrefixFrom(mapperIP, 24).String(), "dev", "br0")
 	c.startMapper()
 	if _, err := c.mc.CreateNetwork(context.Background(), mapper.NetworkSpec{Name: "blue", Subnet: netip.MustParsePrefix("10.1.0.0/24")}); err != nil {
@@ -135,8 +137,9 @@ func (c *cluster) startAgent(i int) {
 	t := c.t
 	t.Helper()
 	name := c.serverName(i)
-	cmd := c.w.Servers[i].Start(bin, "agent", "--uplink", "uplink", "--name", name, "--mapper", c.addr,
-		"--bpffs", filepath.Join(c.bpffs, name), "--run-dir", c.runDir, "--log-level", "debug")
+	args := append([]string{bin, "agent", "--uplink", "uplink", "--name", name, "--mapper", c.addr,
+		"--bpffs", filepath.Join(c.bpffs, name), "--run-dir", c.runDir, "--log-level", "debug"}, c.agentArgs...)
+	cmd := c.w.Servers[i].Start(args...)
 	c.agents[name] = cmd
 	cl := c.agent(name)
 	deadline := time.Now().Add(15 * time.Second)
@@ -477,4 +480,37 @@ func TestLiveMigrationKeepsTheConnection(t *testing.T) {
 		t.Errorf("the server saw client ports %v, want one connection", ports)
 	}
 	t.Logf("%d requests over one connection across the move", len(lines))
+}
+
+// TestHealthChecks stops a container's service while the container lives
+// on: the agent's health checks mark it down, and active again once the
+// service is back.
+func TestHealthChecks(t *testing.T) {
+	c := newCluster(t, 2, "--health-interval", "50ms", "--health-failures", "2")
+	client, _ := c.container("client", 0, agent.AttachRequest{IP: netip.MustParseAddr("10.1.0.5")})
+	web, _ := c.container("web", 1, agent.AttachRequest{IP: netip.MustParseAddr("10.1.0.9"), Ports: tcpUDP8080})
+	app := serve(t, web, client, "web", "10.1.0.9:8080")
+	state := func() mapper.State {
+		return got(c.mc.Endpoint(context.Background(), "web"))(t).Endpoint.State
+	}
+	waitState := func(want mapper.State) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); state() != want; time.Sleep(20 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("web is %s, want %s", state(), want)
+			}
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // several checks pass
+	if s := state(); s != mapper.Active {
+		t.Fatalf("a healthy endpoint is %s", s)
+	}
+	app.Process.Kill()
+	app.Wait()
+	waitState(mapper.Down)
+	serve(t, web, web, "web", "10.1.0.9:8080") // answers from inside the container
+	waitState(mapper.Active)
+	if l := ask(t, client, "--to", "10.1.0.9:8080", "--count", "1"); !strings.Contains(l[0], " ok web saw") {
+		t.Errorf("after coming back up, web answered %q", l)
+	}
 }

@@ -121,6 +121,7 @@ func (a *Agent) Attach(ctx context.Context, req AttachRequest) (mapper.Endpoint,
 		return rollback(err)
 	}
 	a.model.put(e)
+	a.netns.set(e.ID, req.Netns)
 	if err := a.reconcile(ctx); err != nil {
 		return e, fmt.Errorf("attach: program the dataplane: %w", err)
 	}
@@ -172,6 +173,7 @@ func (a *Agent) Move(ctx context.Context, req MoveRequest) (mapper.Endpoint, err
 	if err := v.install(req.Ifname, n.Gateway, true); err != nil {
 		return e, fmt.Errorf("move: the registry has endpoint %s on %s, but the container could not switch over: %w", e.Ref(), a.cfg.Name, err)
 	}
+	a.netns.set(e.ID, req.Netns)
 	a.log.Info("moved here", "endpoint", e.Ref(), "id", e.ID, "interface", host, "wire_block", e.Wire.String())
 	return e, nil
 }
@@ -192,6 +194,7 @@ func (a *Agent) Detach(ctx context.Context, req DetachRequest) (mapper.Endpoint,
 	a.mu.Lock()
 	a.reported[e.Interface] = true // its veth goes away on purpose
 	a.mu.Unlock()
+	a.netns.set(e.ID, "")
 	if l, err := netlink.LinkByName(e.Interface); err == nil {
 		if err := netlink.LinkDel(l); err != nil {
 			return e, fmt.Errorf("detach: delete %s: %w", e.Interface, err)

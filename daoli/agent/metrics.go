@@ -14,6 +14,7 @@ import (
 type metrics struct {
 	watchReconnects atomic.Int64
 	markedDown      atomic.Int64
+	healthChanges   atomic.Int64
 
 	mu             sync.Mutex
 	reconciles     int64
@@ -74,6 +75,8 @@ func (a *Agent) writeMetrics(w interface{ Write([]byte) (int, error) }) {
 	p("daoli_agent_watch_reconnects_total %d", m.watchReconnects.Load())
 	head("daoli_agent_marked_down_total", "counter", "Local endpoints marked down because their interface vanished.")
 	p("daoli_agent_marked_down_total %d", m.markedDown.Load())
+	head("daoli_agent_health_changes_total", "counter", "Endpoint state changes made by health checks.")
+	p("daoli_agent_health_changes_total %d", m.healthChanges.Load())
 
 	if drops, err := a.dp.DropCounters(); err == nil {
 		head("daoli_dataplane_drops_total", "counter", "Packets the dataplane dropped, by reason.")
