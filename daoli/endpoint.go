@@ -126,11 +126,7 @@ func endpointLs(ctx context.Context, s *session, network, server string) error {
 	if err != nil {
 		return err
 	}
-	if es == nil {
-		es = []mapper.Endpoint{}
-	}
-	sortEndpoints(es)
-	return s.out.print(es, func(w io.Writer) error { return writeEndpoints(w, es) })
+	return printList(s, es, sortEndpoints, writeEndpoints)
 }
 
 func newEndpointShowCmd(a *app) *cobra.Command {
@@ -179,24 +175,17 @@ func newEndpointRmCmd(a *app) *cobra.Command {
 // references removed, or with -o json the endpoints as they were.
 func endpointRm(ctx context.Context, s *session, refs []string) error {
 	removed := []mapper.Endpoint{}
-	var errs []error
-	for _, ref := range refs {
+	err := removeEach(s, refs, func(ref string) error {
 		e, err := s.cl.DeleteEndpoint(ctx, ref)
-		if err != nil {
-			errs = append(errs, err)
-			continue
+		if err == nil {
+			removed = append(removed, e)
 		}
-		removed = append(removed, e)
-		if s.out.format == formatTable {
-			fmt.Fprintln(s.out.w, ref)
-		}
-	}
+		return err
+	})
 	if s.out.format == formatJSON {
-		if err := writeJSON(s.out.w, removed); err != nil {
-			errs = append(errs, err)
-		}
+		err = errors.Join(err, writeJSON(s.out.w, removed))
 	}
-	return errors.Join(errs...)
+	return err
 }
 
 func newEndpointMoveCmd(a *app) *cobra.Command {

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"io"
 
 	"github.com/daolinet/daoli/mapper"
@@ -86,11 +84,7 @@ func networkLs(ctx context.Context, s *session) error {
 	if err != nil {
 		return err
 	}
-	if ns == nil {
-		ns = []mapper.Network{}
-	}
-	sortNetworks(ns)
-	return s.out.print(ns, func(w io.Writer) error { return writeNetworks(w, ns) })
+	return printList(s, ns, sortNetworks, writeNetworks)
 }
 
 func newNetworkRmCmd(a *app) *cobra.Command {
@@ -108,15 +102,5 @@ func newNetworkRmCmd(a *app) *cobra.Command {
 // networkRm removes each network, going on past failures; it prints the
 // names removed (nothing with -o json: the API answers with no body).
 func networkRm(ctx context.Context, s *session, names []string) error {
-	var errs []error
-	for _, name := range names {
-		if err := s.cl.DeleteNetwork(ctx, name); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if s.out.format == formatTable {
-			fmt.Fprintln(s.out.w, name)
-		}
-	}
-	return errors.Join(errs...)
+	return removeEach(s, names, func(name string) error { return s.cl.DeleteNetwork(ctx, name) })
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -217,4 +218,30 @@ func changeSummary(c mapper.Change) string {
 			e.Ref(), e.ID, e.Network, e.IP, e.MAC, dash(joinStrings(e.Ports)), e.Mode, e.Priority, e.State, e.Server, e.Wire)
 	}
 	return "-"
+}
+
+// printList prints items sorted by sortFn, as a table by write or as JSON;
+// no items is an empty JSON array, not null.
+func printList[T any](s *session, items []T, sortFn func([]T), write func(io.Writer, []T) error) error {
+	if items == nil {
+		items = []T{}
+	}
+	sortFn(items)
+	return s.out.print(items, func(w io.Writer) error { return write(w, items) })
+}
+
+// removeEach calls rm for every name, going on past failures, and prints
+// each name removed in table output.
+func removeEach(s *session, names []string, rm func(name string) error) error {
+	var errs []error
+	for _, name := range names {
+		if err := rm(name); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if s.out.format == formatTable {
+			fmt.Fprintln(s.out.w, name)
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"io"
 
 	"github.com/daolinet/daoli/mapper"
@@ -89,11 +87,7 @@ func serverLs(ctx context.Context, s *session) error {
 	if err != nil {
 		return err
 	}
-	if ss == nil {
-		ss = []mapper.Server{}
-	}
-	sortServers(ss)
-	return s.out.print(ss, func(w io.Writer) error { return writeServers(w, ss) })
+	return printList(s, ss, sortServers, writeServers)
 }
 
 func newServerRmCmd(a *app) *cobra.Command {
@@ -111,15 +105,5 @@ func newServerRmCmd(a *app) *cobra.Command {
 // serverRm removes each server, going on past failures; it prints the
 // names removed (nothing with -o json: the API answers with no body).
 func serverRm(ctx context.Context, s *session, names []string) error {
-	var errs []error
-	for _, name := range names {
-		if err := s.cl.DeleteServer(ctx, name); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		if s.out.format == formatTable {
-			fmt.Fprintln(s.out.w, name)
-		}
-	}
-	return errors.Join(errs...)
+	return removeEach(s, names, func(name string) error { return s.cl.DeleteServer(ctx, name) })
 }
