@@ -303,11 +303,16 @@ func (a *Agent) follow(ctx context.Context) {
 				}
 				break
 			}
+			matters := false
 			for _, c := range resp.Changes {
-				a.model.apply(c)
+				matters = a.model.apply(c) || matters
 			}
 			wait = a.cfg.Retry
-			a.kick()
+			if matters {
+				a.kick()
+			} else {
+				a.m.skipped.Add(1)
+			}
 		}
 		sleep(ctx, wait)
 		wait = min(2*wait, 5*time.Second)

@@ -108,7 +108,7 @@ func decode(b []byte, v any) error {
 
 // Status reports the agent's view and its dataplane's counters.
 func (a *Agent) Status() (Status, error) {
-	s := Status{Server: a.cfg.Name, Revision: a.model.rev(), Applied: a.m.applied(), Endpoints: a.model.local(a.cfg.Name), Drops: map[string]uint64{}}
+	s := Status{Server: a.cfg.Name, Revision: a.model.rev(), Applied: a.model.current(a.m.programmed()), Endpoints: a.model.local(a.cfg.Name), Drops: map[string]uint64{}}
 	for _, ip := range a.ips {
 		s.IPs = append(s.IPs, ip.String())
 	}

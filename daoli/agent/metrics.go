@@ -15,12 +15,13 @@ type metrics struct {
 	watchReconnects atomic.Int64
 	markedDown      atomic.Int64
 	healthChanges   atomic.Int64
+	skipped         atomic.Int64 // changes that did not touch the dataplane
 
 	mu             sync.Mutex
 	reconciles     int64
 	reconcileSum   time.Duration
 	reconcileLast  time.Duration
-	revision       int64
+	revision       int64 // the model revision the last reconcile programmed
 	endpoints      int
 	localEndpoints int
 }
@@ -34,7 +35,8 @@ func (m *metrics) observeReconcile(d time.Duration, rev int64, endpoints, local 
 	m.revision, m.endpoints, m.localEndpoints = rev, endpoints, local
 }
 
-func (m *metrics) applied() int64 {
+// programmed returns the model revision the last reconcile programmed.
+func (m *metrics) programmed() int64 {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.revision
@@ -63,14 +65,16 @@ func (a *Agent) writeMetrics(w interface{ Write([]byte) (int, error) }) {
 	p("daoli_agent_reconcile_seconds_sum %g", m.reconcileSum.Seconds())
 	head("daoli_agent_reconcile_last_seconds", "gauge", "Duration of the last reconcile.")
 	p("daoli_agent_reconcile_last_seconds %g", m.reconcileLast.Seconds())
-	head("daoli_agent_applied_revision", "gauge", "Registry revision the dataplane was last programmed from.")
-	p("daoli_agent_applied_revision %d", m.revision)
 	head("daoli_agent_endpoints", "gauge", "Endpoints in the dataplane, by where they run.")
 	p(`daoli_agent_endpoints{where="local"} %d`, m.localEndpoints)
 	p(`daoli_agent_endpoints{where="remote"} %d`, m.endpoints-m.localEndpoints)
 	m.mu.Unlock()
+	head("daoli_agent_applied_revision", "gauge", "Registry revision the dataplane is current up to.")
+	p("daoli_agent_applied_revision %d", a.model.current(m.programmed()))
 	head("daoli_agent_registry_revision", "gauge", "Newest registry revision the agent has seen; the lag is this minus the applied revision.")
 	p("daoli_agent_registry_revision %d", a.model.rev())
+	head("daoli_agent_changes_skipped_total", "counter", "Registry changes that did not touch the dataplane (heartbeats), so cost no reconcile.")
+	p("daoli_agent_changes_skipped_total %d", m.skipped.Load())
 	head("daoli_agent_watch_reconnects_total", "counter", "Times the change-log watch was resumed.")
 	p("daoli_agent_watch_reconnects_total %d", m.watchReconnects.Load())
 	head("daoli_agent_marked_down_total", "counter", "Local endpoints marked down because their interface vanished.")

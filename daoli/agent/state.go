@@ -15,6 +15,7 @@ type model struct {
 	mu        sync.Mutex
 	loaded    bool // a snapshot was loaded: until then the model says nothing
 	revision  int64
+	relevant  int64 // the newest revision that changed what the dataplane holds
 	networks  map[string]mapper.Network
 	servers   map[string]mapper.Server
 	endpoints map[uint32]mapper.Endpoint
@@ -29,7 +30,7 @@ func (m *model) reset(s mapper.Snapshot) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.loaded = true
-	m.revision = s.Revision
+	m.revision, m.relevant = s.Revision, s.Revision
 	clear(m.networks)
 	clear(m.servers)
 	clear(m.endpoints)
@@ -44,14 +45,16 @@ func (m *model) reset(s mapper.Snapshot) {
 	}
 }
 
-// apply folds one change into the model. Changes must come in revision
-// order; an older one than the model's revision is ignored, so replaying
-// the log after a reconnect is harmless.
-func (m *model) apply(c mapper.Change) {
+// apply folds one change into the model and reports whether it changes
+// what the dataplane holds: a server's heartbeat (only its last-seen time)
+// does not, and must not cost every agent a reconcile. Changes must come
+// in revision order; one older than the model's revision is ignored, so
+// replaying the log after a reconnect is harmless.
+func (m *model) apply(c mapper.Change) (matters bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if c.Revision <= m.revision {
-		return
+		return false
 	}
 	m.revision = c.Revision
 	del := c.Type == "delete"
@@ -63,12 +66,30 @@ func (m *model) apply(c mapper.Change) {
 	case c.Server != nil && del:
 		delete(m.servers, c.Server.Name)
 	case c.Server != nil:
+		old, ok := m.servers[c.Server.Name]
 		m.servers[c.Server.Name] = *c.Server
+		if ok && old.MAC == c.Server.MAC && slices.Equal(old.IPs, c.Server.IPs) {
+			return false
+		}
 	case c.Endpoint != nil && del:
 		delete(m.endpoints, c.Endpoint.ID)
 	case c.Endpoint != nil:
 		m.endpoints[c.Endpoint.ID] = *c.Endpoint
 	}
+	m.relevant = c.Revision
+	return true
+}
+
+// current returns the revision up to which a dataplane programmed from
+// revision programmed is current: the model's own when no change since
+// touched the dataplane (heartbeats need no programming).
+func (m *model) current(programmed int64) int64 {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if programmed > 0 && programmed >= m.relevant {
+		return m.revision
+	}
+	return programmed
 }
 
 // put records an endpoint the agent itself just wrote, so it is programmed

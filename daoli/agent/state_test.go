@@ -1,0 +1,47 @@
+package agent
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/daolinet/daoli/mapper"
+)
+
+func TestModelApplyReportsWhatMatters(t *testing.T) {
+	m := newModel()
+	m.reset(mapper.Snapshot{Revision: 10})
+	srv := mapper.Server{Name: "s1", IPs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}, MAC: mapper.MAC{2, 0, 0, 0, 0, 1}}
+	heartbeat := srv
+	heartbeat.LastSeen = heartbeat.LastSeen.AddDate(0, 0, 1)
+	moved := srv
+	moved.IPs = []netip.Addr{netip.MustParseAddr("192.0.2.9")}
+	ep := mapper.Endpoint{ID: 1, Server: "s1"}
+	for _, tt := range []struct {
+		name   string
+		change mapper.Change
+		want   bool
+	}{
+		{"new server", mapper.Change{Revision: 11, Type: "put", Server: &srv}, true},
+		{"heartbeat", mapper.Change{Revision: 12, Type: "put", Server: &heartbeat}, false},
+		{"new locator", mapper.Change{Revision: 13, Type: "put", Server: &moved}, true},
+		{"replayed", mapper.Change{Revision: 13, Type: "put", Endpoint: &ep}, false},
+		{"endpoint", mapper.Change{Revision: 14, Type: "put", Endpoint: &ep}, true},
+		{"endpoint gone", mapper.Change{Revision: 15, Type: "delete", Endpoint: &ep}, true},
+	} {
+		if got := m.apply(tt.change); got != tt.want {
+			t.Errorf("%s: apply reports %v, want %v", tt.name, got, tt.want)
+		}
+	}
+	if m.rev() != 15 || len(m.endpoints) != 0 || m.servers["s1"].IPs[0] != moved.IPs[0] {
+		t.Errorf("model at revision %d with %d endpoints and server %+v", m.rev(), len(m.endpoints), m.servers["s1"])
+	}
+	// A dataplane programmed at 15 is current through later heartbeats,
+	// one programmed at 13 is not current past it.
+	m.apply(mapper.Change{Revision: 16, Type: "put", Server: &moved})
+	if got := m.current(15); got != 16 {
+		t.Errorf("programmed at 15, current up to %d after a heartbeat; want 16", got)
+	}
+	if got := m.current(13); got != 13 {
+		t.Errorf("programmed at 13, current up to %d; want 13", got)
+	}
+}
