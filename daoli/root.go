@@ -53,6 +53,7 @@ in the kernel of each server.
 		newStatusCmd(a),
 		newAppCmd(a),
 		newDemoCmd(a),
+		newDockerPluginCmd(a),
 		newVersionCmd(a),
 	)
 	return root

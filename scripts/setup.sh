@@ -7,6 +7,10 @@
 #   test      iproute2 for the network-namespace tests; staticcheck
 #   generate  clang-19, llvm-19 (llvm-strip), libbpf and kernel headers,
 #             to rebuild the committed eBPF objects
+#   bench     iproute2, iperf3 and iptables for benchmarks/ (make bench)
+#   docker    Debian's docker.io (dockerd 20.10, containerd, runc) for the
+#             Docker plugin's tests; they start their own dockerd, so no
+#             system one is started or needed
 #
 # Debian packages need root; Go tools go to .tools/ in the repository.
 set -euo pipefail
@@ -26,8 +30,10 @@ for purpose in "$@"; do
 		need_tools+=(staticcheck)
 		;;
 	generate) apt_packages+=("$CLANG" llvm-19 libbpf-dev linux-libc-dev) ;;
+	bench) apt_packages+=(iproute2 iperf3 iptables) ;;
+	docker) apt_packages+=(docker.io containerd runc util-linux) ;; # swarmhook's tests run their own dockerd
 	*)
-		echo "setup.sh: unknown purpose \"$purpose\"; want build, demo, test or generate" >&2
+		echo "setup.sh: unknown purpose \"$purpose\"; want build, demo, test, generate, docker or bench" >&2
 		exit 2
 		;;
 	esac

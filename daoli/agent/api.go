@@ -91,6 +91,7 @@ func (a *Agent) api() http.Handler {
 		}
 		return a.Detach(ctx, req)
 	})
+	handle("POST /v1/host-veth", a.hostVethRoute) // hostveth.go: for Docker's network plugin
 	handle("GET /v1/status", func(ctx context.Context, _ []byte) (any, error) { return a.Status() })
 	return mux
 }
