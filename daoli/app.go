@@ -20,7 +20,12 @@ import (
 // saw of the client, and a client that keeps asking and reports gaps.
 func newAppCmd(a *app) *cobra.Command {
 	cmd := groupCmd("app", "A tiny TCP/UDP/HTTP server and client to run inside containers")
-	cmd.Hidden = true
+	cmd.Long = `A tiny workload for trying daoli out, run inside container namespaces:
+"app serve" answers every request with its name and the client's address
+as it saw it; "app ask" keeps asking and prints one timestamped line per
+request, so gaps and failures show.`
+	cmd.Example = `  ip netns exec web daoli app serve --port 8080 --name web-1
+  ip netns exec client daoli app ask --to 10.1.0.5:8080 --count 0 --interval 10ms --keep`
 	cmd.AddCommand(newAppServeCmd(a), newAppAskCmd(a))
 	return cmd
 }
@@ -108,12 +113,15 @@ func newAppAskCmd(a *app) *cobra.Command {
 		keep      bool
 	)
 	cmd := &cobra.Command{
-		Use:   "ask --to IP:PORT [--proto tcp|udp|http] [--count N] [--interval D]",
+		Use:   "ask --to IP:PORT [--proto tcp|udp|http] [--count N] [--interval D] [--timeout D] [--keep]",
 		Short: "Ask a server N times, printing each answer (or error) with a timestamp",
 		Long: `Ask a server --count times (0: until interrupted), one line per attempt:
-"<unix-ms> ok <answer>" or "<unix-ms> err <error>". With --keep (tcp), one
-connection carries every request, which shows whether a connection
-survives; otherwise each request is a new connection.`,
+"<unix-ms> ok <answer>" or "<unix-ms> err <error>". Without --keep every
+request is a new connection (tcp) or a new socket (udp), so a new flow
+with a new client port. With --keep one socket carries every request,
+which shows whether a flow survives: tcp opens a new connection only
+after the old one failed, udp keeps its socket (and client port) even
+through timeouts. --proto http makes one HTTP GET per request.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return askApp(cmd.Context(), a.stdout, to, proto, count, interval, timeout, keep)
@@ -125,7 +133,7 @@ survives; otherwise each request is a new connection.`,
 	f.IntVar(&count, "count", 1, "requests to make; 0 means until interrupted")
 	f.DurationVar(&interval, "interval", 100*time.Millisecond, "time between requests")
 	f.DurationVar(&timeout, "timeout", time.Second, "time to wait for each answer")
-	f.BoolVar(&keep, "keep", false, "tcp: send every request on one connection")
+	f.BoolVar(&keep, "keep", false, "send every request on one socket: tcp reconnects only after an error, udp keeps its client port")
 	return cmd
 }
 
@@ -152,18 +160,30 @@ func askApp(ctx context.Context, w io.Writer, to, proto string, count int, inter
 			b, err := io.ReadAll(resp.Body)
 			return strings.TrimSpace(string(b)), err
 		case "udp":
-			c, err := net.DialTimeout("udp", to, timeout)
-			if err != nil {
+			if conn == nil {
+				c, err := net.DialTimeout("udp", to, timeout)
+				if err != nil {
+					return "", err
+				}
+				conn = c
+			}
+			if !keep {
+				defer func() { conn.Close(); conn = nil }()
+			}
+			conn.SetDeadline(time.Now().Add(timeout))
+			if _, err := fmt.Fprintf(conn, "request %d", i); err != nil {
 				return "", err
 			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(timeout))
-			if _, err := fmt.Fprintf(c, "request %d", i); err != nil {
-				return "", err
-			}
+			// A late answer to an earlier request may still arrive on a
+			// kept socket: read until the answer to this one.
+			want := fmt.Sprintf(": request %d", i)
 			buf := make([]byte, 2048)
-			n, err := c.Read(buf)
-			return string(buf[:n]), err
+			for {
+				n, err := conn.Read(buf)
+				if err != nil || !keep || strings.HasSuffix(string(buf[:n]), want) {
+					return string(buf[:n]), err
+				}
+			}
 		case "tcp":
 			if conn == nil {
 				c, err := net.DialTimeout("tcp", to, timeout)
