@@ -99,7 +99,7 @@ func (a *app) addMapperFlag(cmd *cobra.Command) {
 	if def == "" {
 		def = mapper.DefaultAddr
 	}
-	cmd.Flags().StringVar(&a.client.mapper, "mapper", def, "mapper address, host:port or URL (default from $"+envMapper+")")
+	cmd.Flags().StringVar(&a.client.mapper, "mapper", def, "mapper address, host:port or URL; $"+envMapper+" sets the default")
 }
 
 func newLogger(w interface{ Write([]byte) (int, error) }, level, format string) (*slog.Logger, error) {

@@ -19,11 +19,20 @@ type agentCmdFlags struct {
 	timeout        time.Duration
 }
 
-func (a *app) addAgentFlags(cmd *cobra.Command, f *agentCmdFlags, serverFlag, serverHelp string) {
-	host, _ := os.Hostname()
+// addAgentFlags adds the flag naming the agent's server (serverFlag),
+// --run-dir, --timeout and -o. With required, serverFlag has no default;
+// otherwise it defaults to this host's name.
+func (a *app) addAgentFlags(cmd *cobra.Command, f *agentCmdFlags, serverFlag, serverHelp string, required bool) {
+	def := ""
+	if !required {
+		def, _ = os.Hostname()
+	}
 	f.runDir = a.runDirDefault()
 	fl := cmd.Flags()
-	fl.StringVar(&f.server, serverFlag, host, serverHelp)
+	fl.StringVar(&f.server, serverFlag, def, serverHelp)
+	if required {
+		cmd.MarkFlagRequired(serverFlag)
+	}
 	fl.StringVar(&f.runDir, "run-dir", f.runDir, "directory of the agents' sockets (default from $"+envRunDir+")")
 	fl.DurationVar(&f.timeout, "timeout", 30*time.Second, "give up after this long")
 	a.addOutputFlag(cmd)
@@ -79,7 +88,7 @@ left behind.`,
 			return out.print(e, func(w io.Writer) error { return writeEndpoints(w, []mapper.Endpoint{e}) })
 		}),
 	}
-	a.addAgentFlags(cmd, &af, "server", "the server whose agent attaches (default: this host's name)")
+	a.addAgentFlags(cmd, &af, "server", "the server whose agent attaches (default: this host's name)", false)
 	fl := cmd.Flags()
 	fl.StringVar(&netns, "netns", "", "the container's network namespace: /proc/PID/ns/net or /run/netns/NAME (required)")
 	fl.StringVar(&ifname, "ifname", "eth0", "interface name inside the container")
@@ -110,7 +119,7 @@ func newDetachCmd(a *app) *cobra.Command {
 			})
 		}),
 	}
-	a.addAgentFlags(cmd, &af, "server", "the server the endpoint runs on (default: this host's name)")
+	a.addAgentFlags(cmd, &af, "server", "the server the endpoint runs on (default: this host's name)", false)
 	return cmd
 }
 
@@ -139,7 +148,7 @@ open; peers' flows follow as soon as their agents see the move.
 			return out.print(e, func(w io.Writer) error { return writeEndpoints(w, []mapper.Endpoint{e}) })
 		}),
 	}
-	a.addAgentFlags(cmd, &af, "to", "the server to move to (required)")
+	a.addAgentFlags(cmd, &af, "to", "the server to move to (required)", true)
 	fl := cmd.Flags()
 	fl.StringVar(&netns, "netns", "", "the container's network namespace (required)")
 	fl.StringVar(&ifname, "ifname", "eth0", "interface name inside the container")
@@ -175,6 +184,6 @@ func newStatusCmd(a *app) *cobra.Command {
 			})
 		}),
 	}
-	a.addAgentFlags(cmd, &af, "server", "the server whose agent to ask (default: this host's name)")
+	a.addAgentFlags(cmd, &af, "server", "the server whose agent to ask (default: this host's name)", false)
 	return cmd
 }

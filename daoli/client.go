@@ -29,7 +29,7 @@ func (a *app) addClientFlags(cmd *cobra.Command) {
 		def = mapper.DefaultAddr
 	}
 	f := cmd.PersistentFlags()
-	f.StringVar(&a.client.mapper, "mapper", def, "mapper address, host:port or URL (default from $"+envMapper+")")
+	f.StringVar(&a.client.mapper, "mapper", def, "mapper address, host:port or URL; $"+envMapper+" sets the default")
 	a.addOutputFlag(cmd)
 	f.DurationVar(&a.client.timeout, "timeout", 30*time.Second, "give up on the mapper after this long (0: never; watch ignores it)")
 }
