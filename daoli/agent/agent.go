@@ -78,6 +78,9 @@ type Agent struct {
 	dirty  chan struct{}
 	m      metrics
 	netns  *netnsBook
+	// ctx is Run's: background work (marking endpoints down) must outlive
+	// the API request that happened to trigger it.
+	ctx context.Context
 
 	mu       sync.Mutex   // serializes reconciles and attachments
 	attached map[int]bool // ifindexes with from_container attached
@@ -135,6 +138,7 @@ func SocketPath(runDir, name string) string {
 // Run starts the agent and serves until ctx ends. On return the dataplane
 // stays programmed and attached: traffic keeps flowing without the agent.
 func (a *Agent) Run(ctx context.Context) error {
+	a.ctx = ctx
 	if err := a.openDataplane(); err != nil {
 		return err
 	}
@@ -226,22 +230,36 @@ func (a *Agent) openDataplane() error {
 
 // setup learns the mapper's allocation, guards the wire range on this
 // server and registers the server. It waits for the mapper as long as ctx
-// allows: the dataplane is already forwarding meanwhile.
+// allows: the dataplane is already forwarding meanwhile. It runs before
+// any reconcile, so a.alloc is set once and only read afterwards.
 func (a *Agent) setup(ctx context.Context) error {
-	mac, err := mapper.ParseMAC(a.uplink.Attrs().HardwareAddr.String())
-	if err != nil {
-		return fmt.Errorf("uplink %s: %w", a.cfg.Uplink, err)
-	}
-	err = a.retry(ctx, "read the mapper's allocation", func() error {
+	var alloc mapper.Allocation
+	err := a.retry(ctx, "read the mapper's allocation", func() error {
 		var err error
-		a.alloc, err = a.mc.Allocation(ctx)
+		alloc, err = a.mc.Allocation(ctx)
 		return err
 	})
 	if err != nil {
 		return err
 	}
-	if err := guardWireRange(a.alloc.WirePorts); err != nil {
+	if err := guardWireRange(alloc.WirePorts); err != nil {
 		return err
+	}
+	a.mu.Lock()
+	a.alloc = alloc
+	a.mu.Unlock()
+	return a.register(ctx)
+}
+
+// register records the server in the registry, again after the registry
+// forgot it.
+func (a *Agent) register(ctx context.Context) error {
+	mac, err := mapper.ParseMAC(a.uplink.Attrs().HardwareAddr.String())
+	if err != nil {
+		return fmt.Errorf("uplink %s: %w", a.cfg.Uplink, err)
+	}
+	if len(a.ips) > dataplane.MaxLocalIPs {
+		return fmt.Errorf("uplink %s has %d IPv4 addresses; a server may have at most %d locators", a.cfg.Uplink, len(a.ips), dataplane.MaxLocalIPs)
 	}
 	return a.retry(ctx, "register server", func() error {
 		_, err := a.mc.RegisterServer(ctx, mapper.ServerSpec{Name: a.cfg.Name, IPs: a.ips, MAC: mac, Uplink: a.cfg.Uplink})
@@ -291,14 +309,16 @@ func (a *Agent) follow(ctx context.Context) {
 			a.kick()
 			needSnapshot = false
 		}
-		from := a.model.rev() + 1
+		// From the last revision seen, not the next: a revision's changes
+		// may have been cut off mid-way, and applying one twice is harmless.
+		from := a.model.rev()
 		for resp := range a.mc.Watch(ctx, from) {
 			if resp.Err != nil {
 				if errors.Is(resp.Err, mapper.ErrCompacted) {
 					needSnapshot = true
 				}
 				if ctx.Err() == nil {
-					a.log.Warn("watch ended; resuming", "from_revision", a.model.rev()+1, "error", resp.Err)
+					a.log.Warn("watch ended; resuming", "from_revision", a.model.rev(), "error", resp.Err)
 					a.m.watchReconnects.Add(1)
 				}
 				break
@@ -361,7 +381,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	}
 	start := time.Now()
 	rev := a.model.rev() // read first: the state derived next is at least this new
-	st := a.model.desired(a.cfg.Name, a.alloc.BlockSize, ifindexOf)
+	st := a.model.desired(a.cfg.Name, a.alloc.BlockSize, a.vethIndex)
 	st.WirePorts = dataplane.PortRange{First: a.alloc.WirePorts.First, Last: a.alloc.WirePorts.Last}
 	st.LocalIPs = a.ips
 	local := map[int]bool{}
@@ -371,8 +391,11 @@ func (a *Agent) reconcile(ctx context.Context) error {
 		}
 		local[e.Ifindex] = true
 		if !a.attached[e.Ifindex] {
+			// One interface that cannot be attached must not hold up
+			// the rest of the server.
 			if err := a.dp.AttachEndpoint(e.Ifindex); err != nil {
-				return fmt.Errorf("attach endpoint %d at ifindex %d: %w", e.ID, e.Ifindex, err)
+				a.log.Error("attach endpoint", "endpoint", e.ID, "ifindex", e.Ifindex, "error", err)
+				continue
 			}
 			a.attached[e.Ifindex] = true
 		}
@@ -400,9 +423,9 @@ func (a *Agent) markMissing(ctx context.Context) {
 		if e.State != mapper.Active || e.Interface == "" || a.reported[e.Interface] || a.plumbing[e.Interface] {
 			continue
 		}
-		if ifindexOf(e.Interface) == 0 {
+		if linkGone(e.Interface) {
 			a.reported[e.Interface] = true
-			go a.markDown(ctx, e, "interface missing")
+			go a.markDown(a.ctx, e, "interface missing")
 		}
 	}
 }
@@ -422,7 +445,11 @@ func (a *Agent) markDown(ctx context.Context, e mapper.Endpoint, why string) {
 	case errors.Is(err, mapper.ErrConflict), errors.Is(err, mapper.ErrNotFound):
 		a.log.Debug("endpoint left this server; not marking it down", "endpoint", e.Ref(), "why", why)
 	default:
+		// Let a later reconcile try again.
 		a.log.Error("mark endpoint down", "endpoint", e.Ref(), "error", err)
+		a.mu.Lock()
+		delete(a.reported, e.Interface)
+		a.mu.Unlock()
 	}
 }
 
@@ -438,7 +465,7 @@ func (a *Agent) heartbeat(ctx context.Context) {
 		if _, err := a.mc.Heartbeat(ctx, a.cfg.Name); err != nil && ctx.Err() == nil {
 			a.log.Warn("heartbeat", "error", err)
 			if errors.Is(err, mapper.ErrNotFound) {
-				a.setup(ctx) // the server was removed: register again
+				a.register(ctx) // the server was removed: register again
 			}
 		}
 	}
@@ -491,7 +518,7 @@ func (a *Agent) watchLinks(ctx context.Context) {
 						a.reported[name] = true
 						a.mu.Unlock()
 						if first {
-							go a.markDown(ctx, e, "interface deleted")
+							go a.markDown(a.ctx, e, "interface deleted")
 						}
 					}
 				}
@@ -501,10 +528,26 @@ func (a *Agent) watchLinks(ctx context.Context) {
 	}
 }
 
-func ifindexOf(name string) int {
+// vethIndex returns the ifindex of a local endpoint's interface: a veth
+// of this server that is not the uplink, or 0. The registry's interface
+// name is only a name: the agent attaches from_container to nothing else.
+func (a *Agent) vethIndex(name string) int {
 	l, err := netlink.LinkByName(name)
 	if err != nil {
 		return 0
 	}
+	if l.Type() != "veth" || l.Attrs().Index == a.uplink.Attrs().Index {
+		a.log.Warn("an endpoint names an interface that is not a veth of this server; not attaching", "interface", name, "type", l.Type())
+		return 0
+	}
 	return l.Attrs().Index
+}
+
+// linkGone reports whether the interface certainly does not exist: a
+// failed lookup for another reason (a full socket buffer) is not a
+// container's death.
+func linkGone(name string) bool {
+	_, err := netlink.LinkByName(name)
+	var nf netlink.LinkNotFoundError
+	return errors.As(err, &nf)
 }

@@ -514,3 +514,61 @@ func TestHealthChecks(t *testing.T) {
 		t.Errorf("after coming back up, web answered %q", l)
 	}
 }
+
+// TestAttachRefusals: requests the agent must refuse before changing
+// anything, and one the mapper refuses half-way; none may leave an
+// endpoint or a veth behind.
+func TestAttachRefusals(t *testing.T) {
+	c := newCluster(t, 2)
+	ctx := context.Background()
+	web, _ := c.container("web", 0, agent.AttachRequest{IP: netip.MustParseAddr("10.1.0.9"), Ports: tcpUDP8080})
+	victim := c.w.AddNamespace("victim")
+	server0 := filepath.Join("/run/netns", c.w.Servers[0].Name)
+	for _, tt := range []struct {
+		name     string
+		do       func() error
+		fragment string
+	}{
+		{"bad ifname", func() error {
+			_, err := c.agent("server-0").Attach(ctx, agent.AttachRequest{Netns: "/run/netns/" + victim.Name, Ifname: "a/b", Network: "blue", IP: netip.MustParseAddr("10.1.0.20")})
+			return err
+		}, `ifname "a/b"`},
+		{"the server's own namespace", func() error {
+			_, err := c.agent("server-0").Attach(ctx, agent.AttachRequest{Netns: server0, Network: "blue", IP: netip.MustParseAddr("10.1.0.21")})
+			return err
+		}, "the server's own network namespace"},
+		{"unknown network", func() error {
+			_, err := c.agent("server-0").Attach(ctx, agent.AttachRequest{Netns: "/run/netns/" + victim.Name, Network: "nope", IP: netip.MustParseAddr("10.1.0.22")})
+			return err
+		}, "not found"},
+		{"IP the mapper refuses", func() error {
+			_, err := c.agent("server-0").Attach(ctx, agent.AttachRequest{Netns: "/run/netns/" + victim.Name, Network: "blue", IP: netip.MustParseAddr("10.1.0.1")})
+			return err
+		}, "gateway"},
+		{"move to where it is", func() error {
+			_, err := c.agent("server-0").Move(ctx, agent.MoveRequest{Endpoint: "web", Netns: "/run/netns/" + web.Name})
+			return err
+		}, "already runs on server-0"},
+		{"move with a bad ifname", func() error {
+			_, err := c.agent("server-1").Move(ctx, agent.MoveRequest{Endpoint: "web", Netns: "/run/netns/" + web.Name, Ifname: strings.Repeat("x", 16)})
+			return err
+		}, "ifname"},
+	} {
+		if err := tt.do(); err == nil || !strings.Contains(err.Error(), tt.fragment) {
+			t.Errorf("%s: %v, want an error saying %q", tt.name, err, tt.fragment)
+		}
+	}
+	eps := got(c.mc.Endpoints(ctx, "", ""))(t)
+	if len(eps) != 1 || eps[0].Name != "web" || eps[0].Server != "server-0" {
+		t.Errorf("after the refusals the registry holds %+v, want only web on server-0", eps)
+	}
+	for i, s := range c.w.Servers {
+		out := s.Run("ip", "-o", "link", "show", "type", "veth")
+		if n := strings.Count(out, ": dl"); n != 1-i {
+			t.Errorf("server-%d has %d daoli veths after the refusals, want %d:\n%s", i, n, 1-i, out)
+		}
+	}
+	if out := victim.Run("ip", "-o", "link"); strings.Count(out, "\n") != 1 {
+		t.Errorf("the refused container has interfaces besides lo:\n%s", out)
+	}
+}

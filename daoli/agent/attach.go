@@ -8,11 +8,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
+	"strings"
+	"time"
 
 	"github.com/daolinet/daoli/mapper"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // AttachRequest attaches a container to a network through this server.
@@ -67,12 +69,18 @@ func (a *Agent) donePlumbing(name string) {
 	a.mu.Unlock()
 }
 
+// openNetns opens a container's network namespace, refusing the agent's
+// own: plumbing "a container" there would rewire the server itself.
 func openNetns(path string) (netns.NsHandle, error) {
 	if path == "" {
 		return 0, errors.New("netns: missing; want the path of the container's network namespace")
 	}
-	if _, err := os.Stat(path); err != nil {
+	var target, self unix.Stat_t
+	if err := unix.Stat(path, &target); err != nil {
 		return 0, fmt.Errorf("netns %s: %w", path, err)
+	}
+	if err := unix.Stat("/proc/self/ns/net", &self); err == nil && target.Dev == self.Dev && target.Ino == self.Ino {
+		return 0, fmt.Errorf("netns %s is the server's own network namespace, not a container's", path)
 	}
 	h, err := netns.GetFromPath(path)
 	if err != nil {
@@ -81,12 +89,34 @@ func openNetns(path string) (netns.NsHandle, error) {
 	return h, nil
 }
 
+// checkIfname checks a container interface name before anything is
+// changed: a bad one found half-way would leave a container without its
+// interface.
+func checkIfname(name string) error {
+	if name == "" || len(name) > 15 || strings.ContainsAny(name, "/: \t\n") || name == "." || name == ".." {
+		return fmt.Errorf("ifname %q: want 1 to 15 characters, without '/', ':' or spaces", name)
+	}
+	return nil
+}
+
+// mapperTimeout bounds a write to the mapper that must not be abandoned
+// half-way because the caller gave up: it runs detached from the request.
+const mapperTimeout = 10 * time.Second
+
+func detached(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), mapperTimeout)
+}
+
 // Attach registers an endpoint on this server and plumbs a veth pair into
 // the container: its side gets the endpoint's MAC, IP and a default route
-// through the network's gateway. On any error nothing is left behind.
+// through the network's gateway. On any error nothing is left behind: no
+// veth, no endpoint.
 func (a *Agent) Attach(ctx context.Context, req AttachRequest) (mapper.Endpoint, error) {
 	if req.Ifname == "" {
 		req.Ifname = "eth0"
+	}
+	if err := checkIfname(req.Ifname); err != nil {
+		return mapper.Endpoint{}, fmt.Errorf("attach: %w", err)
 	}
 	ns, err := openNetns(req.Netns)
 	if err != nil {
@@ -99,44 +129,84 @@ func (a *Agent) Attach(ctx context.Context, req AttachRequest) (mapper.Endpoint,
 	}
 	host := a.startPlumbing()
 	defer a.donePlumbing(host)
-	e, err := a.mc.CreateEndpoint(ctx, mapper.EndpointSpec{
+	mctx, cancel := detached(ctx)
+	defer cancel()
+	e, err := a.mc.CreateEndpoint(mctx, mapper.EndpointSpec{
 		Name: req.Name, Network: req.Network, IP: req.IP, MAC: req.MAC, Server: a.cfg.Name,
 		Interface: host, Ports: req.Ports, Mode: req.Mode, Priority: req.Priority,
 	})
 	if err != nil {
-		return mapper.Endpoint{}, fmt.Errorf("attach: %w", err)
-	}
-	rollback := func(err error) (mapper.Endpoint, error) {
-		if _, derr := a.mc.DeleteEndpoint(context.WithoutCancel(ctx), e.Ref()); derr != nil {
-			err = errors.Join(err, fmt.Errorf("roll back endpoint %d: %w", e.ID, derr))
+		var ae *mapper.APIError
+		if !errors.As(err, &ae) {
+			// No answer: the create may have committed. Find it by its
+			// interface, which only this call knows, and undo it.
+			err = errors.Join(err, a.undoCreate(mctx, host))
 		}
 		return mapper.Endpoint{}, fmt.Errorf("attach: %w", err)
 	}
-	v, err := a.newVeth(ns, host, e, n)
-	if err != nil {
+	var v *veth
+	rollback := func(err error) (mapper.Endpoint, error) {
+		if v != nil {
+			v.installed = false // delete it even if it was installed
+			v.remove()
+			v = nil
+		}
+		if _, derr := a.mc.DeleteEndpoint(mctx, e.Ref()); derr != nil {
+			err = errors.Join(err, fmt.Errorf("roll back endpoint %d: %w", e.ID, derr))
+		}
+		a.kick()
+		return mapper.Endpoint{}, fmt.Errorf("attach: %w", err)
+	}
+	if v, err = a.newVeth(ns, host, e, n); err != nil {
+		v = nil // newVeth cleaned up after itself
 		return rollback(err)
 	}
-	defer v.remove()
+	defer func() {
+		if v != nil {
+			v.remove()
+		}
+	}()
 	if err := v.install(req.Ifname, n.Gateway, false); err != nil {
 		return rollback(err)
 	}
 	a.model.put(e)
-	a.netns.set(e.ID, req.Netns)
 	if err := a.reconcile(ctx); err != nil {
-		return e, fmt.Errorf("attach: program the dataplane: %w", err)
+		return rollback(fmt.Errorf("program the dataplane: %w", err))
 	}
+	a.netns.set(e.ID, req.Netns)
 	a.log.Info("attached", "endpoint", e.Ref(), "id", e.ID, "ip", e.IP, "interface", host)
 	return e, nil
+}
+
+// undoCreate removes the endpoint of this server whose interface is host,
+// if the registry has one.
+func (a *Agent) undoCreate(ctx context.Context, host string) error {
+	eps, err := a.mc.Endpoints(ctx, "", a.cfg.Name)
+	if err != nil {
+		return fmt.Errorf("look for a half-made endpoint on %s: %w", host, err)
+	}
+	for _, e := range eps {
+		if e.Interface == host {
+			if _, err := a.mc.DeleteEndpoint(ctx, e.Ref()); err != nil {
+				return fmt.Errorf("remove half-made endpoint %d: %w", e.ID, err)
+			}
+		}
+	}
+	return nil
 }
 
 // Move takes over an endpoint whose container namespace is reachable from
 // this server: it gives the endpoint a wire block here, replaces the
 // container's interface by one into this server (same name, MAC, IP and
 // route), and programs the dataplane. The container's sockets stay open;
-// peers' flows are re-pointed as soon as their agents see the move.
+// peers' flows are re-pointed as soon as their agents see the move. If the
+// move cannot be completed, the endpoint is moved back.
 func (a *Agent) Move(ctx context.Context, req MoveRequest) (mapper.Endpoint, error) {
 	if req.Ifname == "" {
 		req.Ifname = "eth0"
+	}
+	if err := checkIfname(req.Ifname); err != nil {
+		return mapper.Endpoint{}, fmt.Errorf("move: %w", err)
 	}
 	ns, err := openNetns(req.Netns)
 	if err != nil {
@@ -147,7 +217,11 @@ func (a *Agent) Move(ctx context.Context, req MoveRequest) (mapper.Endpoint, err
 	if err != nil {
 		return mapper.Endpoint{}, fmt.Errorf("move: %w", err)
 	}
-	n, err := a.mc.Network(ctx, d.Endpoint.Network)
+	from := d.Endpoint
+	if from.Server == a.cfg.Name {
+		return mapper.Endpoint{}, fmt.Errorf("move: endpoint %s already runs on %s", req.Endpoint, a.cfg.Name)
+	}
+	n, err := a.mc.Network(ctx, from.Network)
 	if err != nil {
 		return mapper.Endpoint{}, fmt.Errorf("move: %w", err)
 	}
@@ -157,21 +231,30 @@ func (a *Agent) Move(ctx context.Context, req MoveRequest) (mapper.Endpoint, err
 	// ready and this server programmed before the container switches over,
 	// so packets peers send to the new location once they learn of the move
 	// find their way in.
-	v, err := a.newVeth(ns, host, d.Endpoint, n)
+	v, err := a.newVeth(ns, host, from, n)
 	if err != nil {
 		return mapper.Endpoint{}, fmt.Errorf("move: %w", err)
 	}
 	defer v.remove()
-	e, err := a.mc.MoveEndpoint(ctx, req.Endpoint, a.cfg.Name, host)
+	mctx, cancel := detached(ctx)
+	defer cancel()
+	e, err := a.mc.MoveEndpoint(mctx, req.Endpoint, a.cfg.Name, host)
 	if err != nil {
+		return mapper.Endpoint{}, fmt.Errorf("move: %w", err)
+	}
+	moveBack := func(err error) (mapper.Endpoint, error) {
+		if _, berr := a.mc.MoveEndpoint(mctx, req.Endpoint, from.Server, from.Interface); berr != nil {
+			err = errors.Join(err, fmt.Errorf("move endpoint %s back to %s: %w", req.Endpoint, from.Server, berr))
+		}
+		a.kick()
 		return mapper.Endpoint{}, fmt.Errorf("move: %w", err)
 	}
 	a.model.put(e)
 	if err := a.reconcile(ctx); err != nil {
-		return e, fmt.Errorf("move: program the dataplane: %w", err)
+		return moveBack(fmt.Errorf("program the dataplane: %w", err))
 	}
 	if err := v.install(req.Ifname, n.Gateway, true); err != nil {
-		return e, fmt.Errorf("move: the registry has endpoint %s on %s, but the container could not switch over: %w", e.Ref(), a.cfg.Name, err)
+		return moveBack(fmt.Errorf("switch the container over: %w", err))
 	}
 	a.netns.set(e.ID, req.Netns)
 	a.log.Info("moved here", "endpoint", e.Ref(), "id", e.ID, "interface", host, "wire_block", e.Wire.String())

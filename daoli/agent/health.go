@@ -26,41 +26,56 @@ import (
 // again. Endpoints marked down for another reason (their veth vanished,
 // an operator) are left alone.
 
-// netnsBook remembers each local endpoint's container namespace, in a file
-// beside the socket, so a restarted agent can still check its endpoints.
+// netnsBook remembers, per local endpoint, its container's namespace and
+// whether the health checks took it down, in a file beside the socket, so
+// a restarted agent goes on checking (and can bring back what its checks
+// took down).
 type netnsBook struct {
-	mu    sync.Mutex
-	path  string
-	paths map[uint32]string
+	mu      sync.Mutex
+	path    string
+	entries map[uint32]bookEntry
+}
+
+type bookEntry struct {
+	Netns    string `json:"netns"`
+	TookDown bool   `json:"took_down,omitempty"`
 }
 
 func openNetnsBook(runDir, name string) *netnsBook {
-	b := &netnsBook{path: filepath.Join(runDir, name+".netns.json"), paths: map[uint32]string{}}
+	b := &netnsBook{path: filepath.Join(runDir, name+".netns.json"), entries: map[uint32]bookEntry{}}
 	if data, err := os.ReadFile(b.path); err == nil {
-		json.Unmarshal(data, &b.paths)
+		json.Unmarshal(data, &b.entries)
 	}
 	return b
 }
 
-func (b *netnsBook) set(id uint32, path string) {
+// update changes id's entry with f (delete it when f leaves no netns) and
+// writes the book atomically.
+func (b *netnsBook) update(id uint32, f func(*bookEntry)) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if path == "" {
-		delete(b.paths, id)
+	e := b.entries[id]
+	f(&e)
+	if e.Netns == "" {
+		delete(b.entries, id)
 	} else {
-		b.paths[id] = path
+		b.entries[id] = e
 	}
-	data, _ := json.Marshal(b.paths)
+	data, _ := json.Marshal(b.entries)
 	tmp := b.path + ".tmp"
 	if os.WriteFile(tmp, data, 0o600) == nil {
 		os.Rename(tmp, b.path)
 	}
 }
 
-func (b *netnsBook) get(id uint32) string {
+func (b *netnsBook) set(id uint32, path string) {
+	b.update(id, func(e *bookEntry) { *e = bookEntry{Netns: path} })
+}
+
+func (b *netnsBook) get(id uint32) bookEntry {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	return b.paths[id]
+	return b.entries[id]
 }
 
 // dialInNetns connects to addr from inside the network namespace at path.
@@ -94,10 +109,7 @@ func dialInNetns(path string, addr netip.AddrPort, timeout time.Duration) error 
 }
 
 // healthState counts consecutive results per endpoint.
-type healthState struct {
-	fails, oks int
-	tookDown   bool // this checker marked it down
-}
+type healthState struct{ fails, oks int }
 
 func (a *Agent) checkHealth(ctx context.Context) {
 	if a.cfg.HealthInterval <= 0 {
@@ -114,8 +126,9 @@ func (a *Agent) checkHealth(ctx context.Context) {
 		}
 		seen := map[uint32]bool{}
 		for _, e := range a.model.local(a.cfg.Name) {
-			path := a.netns.get(e.ID)
-			if path == "" || e.Interface == "" || ifindexOf(e.Interface) == 0 {
+			book := a.netns.get(e.ID)
+			path := book.Netns
+			if path == "" || e.Interface == "" || a.vethIndex(e.Interface) == 0 {
 				continue // not attached by this agent, or its container is gone
 			}
 			seen[e.ID] = true
@@ -140,14 +153,16 @@ func (a *Agent) checkHealth(ctx context.Context) {
 			} else {
 				hs.fails, hs.oks = hs.fails+1, 0
 			}
+			// At least, not exactly, the threshold: a failed call to the
+			// mapper is tried again on the next round.
 			switch {
-			case !healthy && hs.fails == a.cfg.HealthFailures && e.State == mapper.Active:
+			case !healthy && hs.fails >= a.cfg.HealthFailures && e.State == mapper.Active:
 				if a.setState(ctx, e, mapper.Down, "health check failed "+strconv.Itoa(hs.fails)+" times") {
-					hs.tookDown = true
+					a.netns.update(e.ID, func(b *bookEntry) { b.TookDown = true })
 				}
-			case healthy && hs.oks == a.cfg.HealthFailures && e.State == mapper.Down && hs.tookDown:
+			case healthy && hs.oks >= a.cfg.HealthFailures && e.State == mapper.Down && book.TookDown:
 				if a.setState(ctx, e, mapper.Active, "health check passed "+strconv.Itoa(hs.oks)+" times") {
-					hs.tookDown = false
+					a.netns.update(e.ID, func(b *bookEntry) { b.TookDown = false })
 				}
 			}
 		}

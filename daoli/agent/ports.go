@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -14,8 +15,10 @@ import (
 // server's.
 const (
 	reservedPortsPath = "/proc/sys/net/ipv4/ip_local_reserved_ports"
-	tcpTablePath      = "/proc/net/tcp"
-	udpTablePath      = "/proc/net/udp"
+	tcpTablePath      = "/proc/thread-self/net/tcp"
+	udpTablePath      = "/proc/thread-self/net/udp"
+	tcp6TablePath     = "/proc/thread-self/net/tcp6" // dual-stack listeners ([::]) show only here
+	udp6TablePath     = "/proc/thread-self/net/udp6"
 )
 
 // guardWireRange keeps the server's own sockets out of the wire range,
@@ -24,7 +27,7 @@ const (
 // outgoing connection, and refuses to start while a local socket is bound
 // inside it, since that socket would never see a packet.
 func guardWireRange(r mapper.PortRange) error {
-	for _, table := range []string{tcpTablePath, udpTablePath} {
+	for _, table := range []string{tcpTablePath, udpTablePath, tcp6TablePath, udp6TablePath} {
 		ports, err := boundPorts(table)
 		if err != nil {
 			return err
@@ -73,6 +76,9 @@ func reserved(list string, r mapper.PortRange) bool {
 // table that accept traffic: TCP listeners, and every bound UDP socket.
 func boundPorts(path string) ([]uint16, error) {
 	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) && (path == tcp6TablePath || path == udp6TablePath) {
+		return nil, nil // a kernel without IPv6
+	}
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", path, err)
 	}
@@ -86,7 +92,7 @@ func boundPorts(path string) ([]uint16, error) {
 			continue
 		}
 		const tcpListen = "0A"
-		if path == tcpTablePath && fields[3] != tcpListen {
+		if (path == tcpTablePath || path == tcp6TablePath) && fields[3] != tcpListen {
 			continue
 		}
 		_, port, ok := strings.Cut(fields[1], ":")

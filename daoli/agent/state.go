@@ -15,14 +15,15 @@ type model struct {
 	mu        sync.Mutex
 	loaded    bool // a snapshot was loaded: until then the model says nothing
 	revision  int64
-	relevant  int64 // the newest revision that changed what the dataplane holds
+	relevant  int64           // the newest revision that changed what the dataplane holds
+	deleted   map[uint32]bool // endpoints deleted since the snapshot: put must not revive them
 	networks  map[string]mapper.Network
 	servers   map[string]mapper.Server
 	endpoints map[uint32]mapper.Endpoint
 }
 
 func newModel() *model {
-	return &model{networks: map[string]mapper.Network{}, servers: map[string]mapper.Server{}, endpoints: map[uint32]mapper.Endpoint{}}
+	return &model{networks: map[string]mapper.Network{}, servers: map[string]mapper.Server{}, endpoints: map[uint32]mapper.Endpoint{}, deleted: map[uint32]bool{}}
 }
 
 // reset replaces the model with a snapshot.
@@ -34,6 +35,7 @@ func (m *model) reset(s mapper.Snapshot) {
 	clear(m.networks)
 	clear(m.servers)
 	clear(m.endpoints)
+	clear(m.deleted)
 	for _, n := range s.Networks {
 		m.networks[n.Name] = n
 	}
@@ -48,12 +50,14 @@ func (m *model) reset(s mapper.Snapshot) {
 // apply folds one change into the model and reports whether it changes
 // what the dataplane holds: a server's heartbeat (only its last-seen time)
 // does not, and must not cost every agent a reconcile. Changes must come
-// in revision order; one older than the model's revision is ignored, so
-// replaying the log after a reconnect is harmless.
+// in revision order. Several changes share a revision when one write made
+// them (a batch of endpoints), so a change of the model's own revision is
+// applied (applying one twice changes nothing) and only older ones are
+// ignored: a watch resumed at the last revision seen loses nothing.
 func (m *model) apply(c mapper.Change) (matters bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if c.Revision <= m.revision {
+	if c.Revision < m.revision {
 		return false
 	}
 	m.revision = c.Revision
@@ -73,6 +77,7 @@ func (m *model) apply(c mapper.Change) (matters bool) {
 		}
 	case c.Endpoint != nil && del:
 		delete(m.endpoints, c.Endpoint.ID)
+		m.deleted[c.Endpoint.ID] = true
 	case c.Endpoint != nil:
 		m.endpoints[c.Endpoint.ID] = *c.Endpoint
 	}
@@ -92,11 +97,20 @@ func (m *model) current(programmed int64) int64 {
 	return programmed
 }
 
-// put records an endpoint the agent itself just wrote, so it is programmed
-// before the change log brings it back. The log's copy wins later.
+// put records an endpoint the agent itself just wrote (created here, or
+// moved here), so it is programmed before the change log brings it back.
+// When the log was faster, its copy is as new or newer and stays: a
+// deleted endpoint is not revived, and a copy that already shows the
+// write (same server and interface) is not replaced by it.
 func (m *model) put(e mapper.Endpoint) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.deleted[e.ID] {
+		return
+	}
+	if old, ok := m.endpoints[e.ID]; ok && old.Server == e.Server && old.Interface == e.Interface {
+		return
+	}
 	m.endpoints[e.ID] = e
 }
 

@@ -24,7 +24,7 @@ func TestModelApplyReportsWhatMatters(t *testing.T) {
 		{"new server", mapper.Change{Revision: 11, Type: "put", Server: &srv}, true},
 		{"heartbeat", mapper.Change{Revision: 12, Type: "put", Server: &heartbeat}, false},
 		{"new locator", mapper.Change{Revision: 13, Type: "put", Server: &moved}, true},
-		{"replayed", mapper.Change{Revision: 13, Type: "put", Endpoint: &ep}, false},
+		{"older", mapper.Change{Revision: 12, Type: "put", Endpoint: &ep}, false},
 		{"endpoint", mapper.Change{Revision: 14, Type: "put", Endpoint: &ep}, true},
 		{"endpoint gone", mapper.Change{Revision: 15, Type: "delete", Endpoint: &ep}, true},
 	} {
@@ -43,5 +43,52 @@ func TestModelApplyReportsWhatMatters(t *testing.T) {
 	}
 	if got := m.current(13); got != 13 {
 		t.Errorf("programmed at 13, current up to %d; want 13", got)
+	}
+}
+
+// TestModelBatchRevision: one write can make several changes at one
+// revision (a batch of endpoints); all of them count, and replaying the
+// revision after a reconnect changes nothing.
+func TestModelBatchRevision(t *testing.T) {
+	m := newModel()
+	m.reset(mapper.Snapshot{Revision: 3})
+	batch := []mapper.Change{
+		{Revision: 4, Type: "put", Endpoint: &mapper.Endpoint{ID: 1}},
+		{Revision: 4, Type: "put", Endpoint: &mapper.Endpoint{ID: 2}},
+		{Revision: 4, Type: "put", Endpoint: &mapper.Endpoint{ID: 3}},
+	}
+	for _, c := range append(batch, batch...) {
+		m.apply(c)
+	}
+	if len(m.endpoints) != 3 || m.rev() != 4 {
+		t.Errorf("after a batch at revision 4 (twice): %d endpoints at revision %d, want 3 at 4", len(m.endpoints), m.rev())
+	}
+}
+
+// TestModelPutDoesNotRevive: the agent's own write must not undo what the
+// change log already brought: a deletion, or a newer copy.
+func TestModelPutDoesNotRevive(t *testing.T) {
+	m := newModel()
+	m.reset(mapper.Snapshot{Revision: 1})
+	e := mapper.Endpoint{ID: 7, Server: "s1", Interface: "dl1", State: mapper.Active}
+	m.apply(mapper.Change{Revision: 2, Type: "put", Endpoint: &e})
+	m.apply(mapper.Change{Revision: 3, Type: "delete", Endpoint: &e})
+	m.put(e)
+	if _, ok := m.endpoints[7]; ok {
+		t.Error("put revived a deleted endpoint")
+	}
+	down := mapper.Endpoint{ID: 8, Server: "s1", Interface: "dl2", State: mapper.Down}
+	m.apply(mapper.Change{Revision: 4, Type: "put", Endpoint: &down})
+	created := down
+	created.State = mapper.Active
+	m.put(created)
+	if m.endpoints[8].State != mapper.Down {
+		t.Error("put replaced a newer copy from the change log")
+	}
+	moved := down
+	moved.Server, moved.Interface = "s2", "dl3"
+	m.put(moved)
+	if m.endpoints[8].Server != "s2" {
+		t.Error("put of a move the log has not shown yet was ignored")
 	}
 }
