@@ -20,6 +20,7 @@ type capture struct {
 	encap     int
 	maxFrame  int
 	stop      chan struct{}
+	once      sync.Once
 	done      chan struct{}
 	container netip.Prefix
 }
@@ -62,7 +63,13 @@ func (c *capture) read(fd int) {
 		default:
 		}
 		n, _, err := unix.Recvfrom(fd, buf, 0)
-		if err != nil || n < 34 || binary.BigEndian.Uint16(buf[12:]) != 0x0800 {
+		if err != nil {
+			if err == unix.EAGAIN || err == unix.EINTR {
+				continue // the receive timeout: look at stop again
+			}
+			return
+		}
+		if n < 34 || binary.BigEndian.Uint16(buf[12:]) != 0x0800 {
 			continue
 		}
 		ip := buf[14:n]
@@ -96,9 +103,10 @@ func (c *capture) read(fd int) {
 	}
 }
 
-// finish stops the capture and returns what it saw.
+// finish stops the capture and returns what it saw. It may be called
+// more than once.
 func (c *capture) finish() captureResult {
-	close(c.stop)
+	c.once.Do(func() { close(c.stop) })
 	select {
 	case <-c.done:
 	case <-time.After(time.Second):

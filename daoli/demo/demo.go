@@ -168,6 +168,7 @@ func storyIdentity(ctx context.Context, d *world, res *Result, cfg Config, p fun
 	if err != nil {
 		return fmt.Errorf("capture on the fabric: %w", err)
 	}
+	d.st.Cleanup(func() { capt.finish() }) // on every path out
 	conn := d.dialRetry(ctx, client, "10.1.0.10:8080")
 	defer conn.Close()
 	r := bufio.NewReader(conn)
