@@ -16,11 +16,13 @@ import (
 type dockerPluginFlags struct {
 	name, server, runDir, stateDir, dockerHost, socket string
 	logLevel, logFormat                                string
+	events                                             bool
+	reconcile                                          time.Duration
 }
 
 func newDockerPluginCmd(a *app) *cobra.Command {
 	host, _ := os.Hostname()
-	f := dockerPluginFlags{name: "daoli", server: host, runDir: a.runDirDefault(), stateDir: "/var/lib/daoli/docker-plugin", logLevel: "info", logFormat: "text"}
+	f := dockerPluginFlags{name: "daoli", server: host, runDir: a.runDirDefault(), stateDir: "/var/lib/daoli/docker-plugin", logLevel: "info", logFormat: "text", events: true, reconcile: 30 * time.Second}
 	cmd := &cobra.Command{
 		Use:   "docker-plugin [--name daoli] [--server NAME] [flags]",
 		Short: "Serve Docker's network and IPAM plugin protocol for this server",
@@ -35,8 +37,14 @@ whose agent runs (its socket is <run-dir>/<server>.sock).
 Containers that declare the same service (driver option daoli.service)
 may hold the same IP; any other request for a held address is refused.
 The plugin keeps its state in --state-dir across restarts; start it
-before dockerd (the systemd unit in swarmhook/systemd does). See
-docs/docker.md.`,
+before dockerd (the systemd unit in swarmhook/systemd does).
+
+It also follows Docker's container events: kill, die and pause mark the
+container's endpoints down at once, an unhealthy HEALTHCHECK marks them
+down and a healthy one active; every --reconcile-interval it compares
+all its endpoints with Docker's containers, and removes those no
+container holds any more (a dockerd killed mid-way never says so).
+--events=false turns that off. See docs/docker.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			log, err := newLogger(a.stderr, f.logLevel, f.logFormat)
@@ -60,6 +68,19 @@ docs/docker.md.`,
 				return err
 			}
 			defer p.Close()
+			if f.events {
+				if f.reconcile <= 0 {
+					return badFlagf("reconcile-interval", f.reconcile.String(), "want a positive duration such as 30s")
+				}
+				w, err := swarmhook.NewWatcher(swarmhook.WatcherConfig{Plugin: p, Docker: d, Interval: f.reconcile, Logger: log})
+				if err != nil {
+					return err
+				}
+				ctx, cancel := context.WithCancel(cmd.Context())
+				done := make(chan struct{})
+				go func() { defer close(done); w.Run(ctx) }()
+				defer func() { cancel(); <-done }()
+			}
 			path := f.socket
 			if path == "" {
 				path = filepath.Join(swarmhook.PluginDir, f.name+".sock")
@@ -91,6 +112,8 @@ docs/docker.md.`,
 	fl.StringVar(&f.stateDir, "state-dir", f.stateDir, "where the plugin keeps its state across restarts")
 	fl.StringVar(&f.dockerHost, "docker-host", "", "Docker API, e.g. unix:///run/docker.sock (default $DOCKER_HOST, else the default socket)")
 	fl.StringVar(&f.socket, "socket", "", "listen on this socket path instead of /run/docker/plugins/NAME.sock")
+	fl.BoolVar(&f.events, "events", f.events, "follow Docker's container events and reconcile periodically (--events=false: only the plugin protocol)")
+	fl.DurationVar(&f.reconcile, "reconcile-interval", f.reconcile, "time between full comparisons of the plugin's endpoints with Docker's containers")
 	fl.StringVar(&f.logLevel, "log-level", f.logLevel, "debug, info, warn or error")
 	fl.StringVar(&f.logFormat, "log-format", f.logFormat, "text or json (logs go to stderr)")
 	return cmd

@@ -161,6 +161,7 @@ func writeEndpointDetail(w io.Writer, d mapper.EndpointDetail) error {
 		{"IP", e.IP.String()},
 		{"MAC", e.MAC.String()},
 		{"Ports", joinStrings(e.Ports)},
+		{"Published", joinStrings(e.Published)},
 		{"Mode", string(e.Mode)},
 		{"Priority", itoa(e.Priority)},
 		{"State", string(e.State)},

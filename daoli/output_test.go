@@ -104,6 +104,7 @@ func TestTables(t *testing.T) {
 				"IP:              10.1.0.5",
 				"MAC:             02:42:0a:01:00:05",
 				"Ports:           80/tcp,53/udp",
+				"Published:       -",
 				"Mode:            balance",
 				"Priority:        0",
 				"State:           active",

@@ -54,6 +54,7 @@ in the kernel of each server.
 		newAppCmd(a),
 		newDemoCmd(a),
 		newDockerPluginCmd(a),
+		newHealthcheckCmd(a),
 		newVersionCmd(a),
 	)
 	return root

@@ -112,7 +112,13 @@ func NewAPI(reg *Registry, log *slog.Logger) *API {
 		{"DELETE /v1/endpoints/{ref}", a.deleteEndpoint},
 		{"POST /v1/endpoints/{ref}/move", a.moveEndpoint},
 		{"PUT /v1/endpoints/{ref}/state", a.setState},
+		{"PUT /v1/endpoints/{ref}/published", a.setPublished},
 		{"GET /v1/services", a.listServices},
+		{"GET " + schedPath, a.getScheduled},
+		{"POST " + schedPath, a.placeService},
+		{"POST " + schedPath + "/scale", a.scaleService},
+		{"POST " + schedPath + "/move", a.moveReplica},
+		{"DELETE " + schedPath, a.removeService},
 	}
 	for _, rt := range routes {
 		a.mux.HandleFunc(rt.pattern, a.wrap(rt.h))
@@ -302,6 +308,15 @@ func (a *API) setState(r *http.Request) (int, any, error) {
 	return http.StatusOK, e, err
 }
 
+func (a *API) setPublished(r *http.Request) (int, any, error) {
+	var req PublishedRequest
+	if err := decodeRequest(r.Body, &req); err != nil {
+		return 0, nil, err
+	}
+	e, err := a.reg.SetPublished(r.Context(), r.PathValue("ref"), req.Published)
+	return http.StatusOK, e, err
+}
+
 func (a *API) listServices(r *http.Request) (int, any, error) {
 	s, err := a.reg.Snapshot(r.Context())
 	if err != nil {
@@ -312,6 +327,73 @@ func (a *API) listServices(r *http.Request) (int, any, error) {
 		svcs = []Service{}
 	}
 	return http.StatusOK, svcs, nil
+}
+
+// schedPath is the scheduler API's service: docs/scheduler.md.
+const schedPath = "/v1/scheduler/services/{network}/{ip}/{port}"
+
+func schedKeyOf(r *http.Request, proto Protocol) (ServiceKey, error) {
+	return ServiceKeyOf(r.PathValue("network"), r.PathValue("ip"), r.PathValue("port"), proto)
+}
+
+func (a *API) getScheduled(r *http.Request) (int, any, error) {
+	k, err := schedKeyOf(r, Protocol(r.URL.Query().Get("protocol")))
+	if err != nil {
+		return 0, nil, err
+	}
+	s, err := a.reg.ScheduledService(r.Context(), k)
+	return http.StatusOK, s, err
+}
+
+func (a *API) placeService(r *http.Request) (int, any, error) {
+	var req PlaceRequest
+	if err := decodeRequest(r.Body, &req); err != nil {
+		return 0, nil, err
+	}
+	k, err := schedKeyOf(r, req.Protocol)
+	if err != nil {
+		return 0, nil, err
+	}
+	s, created, err := a.reg.PlaceService(r.Context(), k, req)
+	if created {
+		return http.StatusCreated, s, err
+	}
+	return http.StatusOK, s, err
+}
+
+func (a *API) scaleService(r *http.Request) (int, any, error) {
+	var req ScaleRequest
+	if err := decodeRequest(r.Body, &req); err != nil {
+		return 0, nil, err
+	}
+	k, err := schedKeyOf(r, req.Protocol)
+	if err != nil {
+		return 0, nil, err
+	}
+	s, err := a.reg.ScaleService(r.Context(), k, req.Replicas)
+	return http.StatusOK, s, err
+}
+
+func (a *API) moveReplica(r *http.Request) (int, any, error) {
+	var req MoveReplicaRequest
+	if err := decodeRequest(r.Body, &req); err != nil {
+		return 0, nil, err
+	}
+	k, err := schedKeyOf(r, req.Protocol)
+	if err != nil {
+		return 0, nil, err
+	}
+	s, err := a.reg.MoveReplica(r.Context(), k, req.Replica, req.To)
+	return http.StatusOK, s, err
+}
+
+func (a *API) removeService(r *http.Request) (int, any, error) {
+	k, err := schedKeyOf(r, Protocol(r.URL.Query().Get("protocol")))
+	if err != nil {
+		return 0, nil, err
+	}
+	s, err := a.reg.RemoveService(r.Context(), k)
+	return http.StatusOK, s, err
 }
 
 // watch streams the change log as newline-delimited JSON: one Change per

@@ -196,3 +196,49 @@ func TestAPIWatchResumeAndCompaction(t *testing.T) {
 		t.Errorf("watch from a compacted revision: %v (compact revision %d), want 410 ErrCompacted at %d", r.Err, r.CompactRevision, seen[5])
 	}
 }
+
+func TestAPIPublished(t *testing.T) {
+	c, srv, st := newAPI(t, 0)
+	world(t, must[*mapper.Registry](t)(mapper.New(mapper.Config{Store: st})))
+	must[mapper.Endpoint](t)(c.CreateEndpoint(ctx, web("web1", "s1")))
+	e := must[mapper.Endpoint](t)(c.SetPublished(ctx, "web1", []mapper.PublishedPort{{HostPort: 8080, Port: 80, Protocol: mapper.TCP}}))
+	if len(e.Published) != 1 {
+		t.Fatalf("answer %+v: want the published port", e)
+	}
+	d := must[mapper.EndpointDetail](t)(c.Endpoint(ctx, "web1"))
+	if len(d.Endpoint.Published) != 1 || d.Endpoint.Published[0].HostPort != 8080 {
+		t.Errorf("GET endpoint: published %v, want 8080->80/tcp", d.Endpoint.Published)
+	}
+	for _, tt := range []struct{ body, field, fragment string }{
+		{`{"published":[{"host_port":"8080","port":80,"protocol":"tcp"}]}`, "published[0].host_port", "expected a whole number"},
+		{`{"published":[{"host_port":8080,"port":80,"protocol":"tcp","host_ip":"0.0.0.0"}]}`, "published[0].host_ip", "unknown field"},
+		{`{"published":[{"host_port":8080,"port":99,"protocol":"tcp"}]}`, "published[0].port", "does not serve"},
+	} {
+		req, _ := http.NewRequest("PUT", srv.URL+"/v1/endpoints/web1/published", strings.NewReader(tt.body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e := readAPIError(t, resp)
+		if resp.StatusCode != 400 || e.Field != tt.field || !strings.Contains(e.Message, tt.fragment) {
+			t.Errorf("%s: %d field=%q %q; want 400 on %s saying %q", tt.body, resp.StatusCode, e.Field, e.Message, tt.field, tt.fragment)
+		}
+	}
+	// Clearing is an empty list; a rejected request changed nothing.
+	if d := must[mapper.EndpointDetail](t)(c.Endpoint(ctx, "web1")); len(d.Endpoint.Published) != 1 {
+		t.Errorf("after rejected requests: %v", d.Endpoint.Published)
+	}
+	if e := must[mapper.Endpoint](t)(c.SetPublished(ctx, "web1", nil)); len(e.Published) != 0 {
+		t.Errorf("after clearing: %v", e.Published)
+	}
+}
+
+func readAPIError(t *testing.T, resp *http.Response) mapper.APIError {
+	t.Helper()
+	defer resp.Body.Close()
+	var e mapper.APIError
+	if err := json.NewDecoder(resp.Body).Decode(&e); err != nil {
+		t.Fatalf("status %d: body is not an API error: %v", resp.StatusCode, err)
+	}
+	return e
+}

@@ -3,6 +3,7 @@ package mapper
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -181,6 +182,58 @@ func (c *Client) MoveEndpoint(ctx context.Context, ref, server, iface string) (E
 func (c *Client) SetEndpointState(ctx context.Context, ref string, req StateRequest) (Endpoint, error) {
 	var e Endpoint
 	return e, c.do(ctx, http.MethodPut, "/v1/endpoints/"+url.PathEscape(ref)+"/state", req, &e)
+}
+
+// SetPublished replaces the ports an endpoint publishes on its server.
+func (c *Client) SetPublished(ctx context.Context, ref string, ps []PublishedPort) (Endpoint, error) {
+	var e Endpoint
+	if ps == nil {
+		ps = []PublishedPort{}
+	}
+	return e, c.do(ctx, http.MethodPut, "/v1/endpoints/"+url.PathEscape(ref)+"/published", PublishedRequest{Published: ps}, &e)
+}
+
+func schedURL(k ServiceKey) string {
+	return "/v1/scheduler/services/" + url.PathEscape(k.Network) + "/" + k.IP.String() + "/" + strconv.Itoa(int(k.Port))
+}
+
+func protoQuery(p Protocol) string {
+	if p == "" {
+		return ""
+	}
+	return "?protocol=" + url.QueryEscape(string(p))
+}
+
+// PlaceService declares a scheduled service and places its replicas.
+func (c *Client) PlaceService(ctx context.Context, k ServiceKey, req PlaceRequest) (ScheduledService, error) {
+	var s ScheduledService
+	req.Protocol = cmp.Or(req.Protocol, k.Protocol)
+	return s, c.do(ctx, http.MethodPost, schedURL(k), req, &s)
+}
+
+// ScheduledService returns a scheduled service and its replicas.
+func (c *Client) ScheduledService(ctx context.Context, k ServiceKey) (ScheduledService, error) {
+	var s ScheduledService
+	return s, c.do(ctx, http.MethodGet, schedURL(k)+protoQuery(k.Protocol), nil, &s)
+}
+
+// ScaleService sets a scheduled service's number of replicas.
+func (c *Client) ScaleService(ctx context.Context, k ServiceKey, replicas uint16) (ScheduledService, error) {
+	var s ScheduledService
+	return s, c.do(ctx, http.MethodPost, schedURL(k)+"/scale", ScaleRequest{Protocol: k.Protocol, Replicas: replicas}, &s)
+}
+
+// MoveReplica moves one replica of a scheduled service; to empty lets the
+// mapper choose.
+func (c *Client) MoveReplica(ctx context.Context, k ServiceKey, replica, to string) (ScheduledService, error) {
+	var s ScheduledService
+	return s, c.do(ctx, http.MethodPost, schedURL(k)+"/move", MoveReplicaRequest{Protocol: k.Protocol, Replica: replica, To: to}, &s)
+}
+
+// RemoveService removes a scheduled service and its replicas.
+func (c *Client) RemoveService(ctx context.Context, k ServiceKey) (ScheduledService, error) {
+	var s ScheduledService
+	return s, c.do(ctx, http.MethodDelete, schedURL(k)+protoQuery(k.Protocol), nil, &s)
 }
 
 // Services lists the services with their backends.

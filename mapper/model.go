@@ -134,6 +134,24 @@ type Endpoint struct {
 	// Identity is the block peers see as this endpoint's client ports. It
 	// is unique among endpoints sharing (network, IP) and never changes.
 	Identity Block `json:"identity_block"`
+	// Published are ports of the endpoint's server that lead to ports it
+	// serves (docker run -p 8080:80), each unique on the server. They
+	// follow the endpoint when it moves. The dataplane does not serve
+	// them yet: they are recorded for orchestrators and operators.
+	Published []PublishedPort `json:"published,omitempty"`
+}
+
+// PublishedPort is one published port: HostPort on the endpoint's server
+// leads to Port, one of the ports the endpoint serves, over Protocol. Its
+// text form is "8080->80/tcp".
+type PublishedPort struct {
+	HostPort uint16   `json:"host_port"`
+	Port     uint16   `json:"port"`
+	Protocol Protocol `json:"protocol"`
+}
+
+func (p PublishedPort) String() string {
+	return strconv.Itoa(int(p.HostPort)) + "->" + strconv.Itoa(int(p.Port)) + "/" + string(p.Protocol)
 }
 
 // Ref is how the CLI names an endpoint: its name, else its ID.

@@ -42,6 +42,9 @@ func identityPrefix(net uint32) string {
 	return fmt.Sprintf("%sidentity/%d/", idxPrefix, net)
 }
 func identityKey(net uint32, ip netip.Addr) string { return identityPrefix(net) + ip.String() }
+func publishedKey(server string, proto Protocol, hostPort uint16) string {
+	return fmt.Sprintf("%spublished/%s/%s/%d", idxPrefix, server, proto, hostPort)
+}
 func serviceKey(net uint32, ip netip.Addr, p PortSpec) string {
 	return fmt.Sprintf("%sservice/%d/%s/%s/%d", idxPrefix, net, ip, p.Protocol, p.Port)
 }
@@ -701,33 +704,41 @@ func (r *Registry) DeleteEndpoint(ctx context.Context, ref string) (Endpoint, er
 		if e, err = resolve(t, ref); err != nil {
 			return err
 		}
-		r.freeWire(t, &e)
-		it := t.slots(identityKey(e.NetworkID, e.IP))
-		it.release(e.Identity.Base, e.Identity.Size)
-		t.putSlots(identityKey(e.NetworkID, e.IP), it)
-		for _, p := range e.Ports {
-			var si serviceIndex
-			if !t.get(serviceKey(e.NetworkID, e.IP, p), &si) {
-				continue
-			}
-			si.Endpoints = slices.DeleteFunc(si.Endpoints, func(id uint32) bool { return id == e.ID })
-			if len(si.Endpoints) == 0 {
-				t.Del(serviceKey(e.NetworkID, e.IP, p))
-			} else {
-				t.put(serviceKey(e.NetworkID, e.IP, p), si)
-			}
-		}
-		t.Del(macKey(e.NetworkID, e.MAC))
-		if e.Name != "" {
-			t.Del(nameKey(e.Name))
-		}
-		t.Del(endpointKey(e.ID))
+		r.remove(t, &e)
 		return nil
 	})
 	if err != nil {
 		return Endpoint{}, fmt.Errorf("remove endpoint %s: %w", ref, err)
 	}
 	return e, nil
+}
+
+// remove deletes endpoint e and frees its blocks, inside a transaction.
+func (r *Registry) remove(t tx, e *Endpoint) {
+	r.freeWire(t, e)
+	it := t.slots(identityKey(e.NetworkID, e.IP))
+	it.release(e.Identity.Base, e.Identity.Size)
+	t.putSlots(identityKey(e.NetworkID, e.IP), it)
+	for _, p := range e.Ports {
+		var si serviceIndex
+		if !t.get(serviceKey(e.NetworkID, e.IP, p), &si) {
+			continue
+		}
+		si.Endpoints = slices.DeleteFunc(si.Endpoints, func(id uint32) bool { return id == e.ID })
+		if len(si.Endpoints) == 0 {
+			t.Del(serviceKey(e.NetworkID, e.IP, p))
+		} else {
+			t.put(serviceKey(e.NetworkID, e.IP, p), si)
+		}
+	}
+	t.Del(macKey(e.NetworkID, e.MAC))
+	if e.Name != "" {
+		t.Del(nameKey(e.Name))
+	}
+	for _, p := range e.Published {
+		t.Del(publishedKey(e.Server, p.Protocol, p.HostPort))
+	}
+	t.Del(endpointKey(e.ID))
 }
 
 // MoveEndpoint moves an endpoint to another server. Its identity (network,
@@ -748,18 +759,102 @@ func (r *Registry) MoveEndpoint(ctx context.Context, ref, server, iface string) 
 		if e.Server == server {
 			return nil
 		}
-		r.freeWire(t, &e)
-		if e.Wire, err = r.allocWire(t, &srv, e.ID); err != nil {
-			return err
-		}
-		e.Server, e.Interface = server, iface
-		t.put(endpointKey(e.ID), e)
-		return nil
+		return r.move(t, &e, &srv, iface)
 	})
 	if err != nil {
 		return Endpoint{}, fmt.Errorf("move endpoint %s to %s: %w", ref, server, err)
 	}
 	return e, nil
+}
+
+// PublishedRequest is the body of PUT /v1/endpoints/{ref}/published.
+type PublishedRequest struct {
+	Published []PublishedPort `json:"published"`
+}
+
+// SetPublished replaces the ports an endpoint publishes on its server
+// (none: an empty list). Each must lead to a port the endpoint serves,
+// lie outside the wire range (those ports are the dataplane's), and be
+// free on the server.
+func (r *Registry) SetPublished(ctx context.Context, ref string, ps []PublishedPort) (Endpoint, error) {
+	for i, p := range ps {
+		f := fmt.Sprintf("published[%d]", i)
+		switch {
+		case p.HostPort == 0:
+			return Endpoint{}, invalid(f+".host_port", "want a port from 1 to 65535")
+		case p.Port == 0:
+			return Endpoint{}, invalid(f+".port", "want a port from 1 to 65535")
+		case p.Protocol != TCP && p.Protocol != UDP:
+			return Endpoint{}, invalid(f+".protocol", "unknown protocol %q, want tcp or udp", p.Protocol)
+		case r.wire.First <= p.HostPort && p.HostPort <= r.wire.Last:
+			return Endpoint{}, invalid(f+".host_port", "%d is inside the wire range %s, which belongs to the dataplane", p.HostPort, r.wire)
+		}
+		for j, q := range ps[:i] {
+			if q.HostPort == p.HostPort && q.Protocol == p.Protocol {
+				return Endpoint{}, invalid(f+".host_port", "%d/%s is also published[%d]", p.HostPort, p.Protocol, j)
+			}
+		}
+	}
+	var e Endpoint
+	_, err := r.update(ctx, func(t tx) error {
+		var err error
+		if e, err = resolve(t, ref); err != nil {
+			return err
+		}
+		for i, p := range ps {
+			if !slices.Contains(e.Ports, PortSpec{Port: p.Port, Protocol: p.Protocol}) {
+				return invalid(fmt.Sprintf("published[%d].port", i), "endpoint %s does not serve %d/%s (it serves %v)", ref, p.Port, p.Protocol, e.Ports)
+			}
+		}
+		for _, p := range e.Published {
+			t.Del(publishedKey(e.Server, p.Protocol, p.HostPort))
+		}
+		if err := takePublished(t, e.Server, e.ID, ps); err != nil {
+			return err
+		}
+		e.Published = slices.Clone(ps)
+		if len(e.Published) == 0 {
+			e.Published = nil
+		}
+		t.put(endpointKey(e.ID), e)
+		return nil
+	})
+	if err != nil {
+		return Endpoint{}, fmt.Errorf("publish ports of endpoint %s: %w", ref, err)
+	}
+	return e, nil
+}
+
+// takePublished records that endpoint id publishes ps on server, or names
+// the first host port another endpoint there already publishes.
+func takePublished(t tx, server string, id uint32, ps []PublishedPort) error {
+	for i, p := range ps {
+		var other uint32
+		if t.get(publishedKey(server, p.Protocol, p.HostPort), &other) && other != id {
+			return fieldErr(fmt.Sprintf("published[%d].host_port", i), ErrConflict,
+				"%d/%s on server %s is already published by endpoint %d", p.HostPort, p.Protocol, server, other)
+		}
+		t.put(publishedKey(server, p.Protocol, p.HostPort), id)
+	}
+	return nil
+}
+
+// move puts endpoint e on srv, through iface, inside a transaction.
+func (r *Registry) move(t tx, e *Endpoint, srv *Server, iface string) error {
+	var err error
+	r.freeWire(t, e)
+	if e.Wire, err = r.allocWire(t, srv, e.ID); err != nil {
+		return err
+	}
+	for _, p := range e.Published {
+		t.Del(publishedKey(e.Server, p.Protocol, p.HostPort))
+	}
+	if err := takePublished(t, srv.Name, e.ID, e.Published); err != nil {
+		return err
+	}
+	e.Server, e.Interface = srv.Name, iface
+	t.put(endpointKey(e.ID), *e)
+	return nil
 }
 
 // StateRequest changes an endpoint's state. With IfServer (and

@@ -501,3 +501,77 @@ func TestConfigValidation(t *testing.T) {
 		}
 	}
 }
+
+// TestPublished: the ports an endpoint publishes on its server are
+// checked, unique on the server, follow a move and are freed on removal.
+func TestPublished(t *testing.T) {
+	reg, _ := newRegistry(t, mapper.Config{})
+	world(t, reg)
+	spec := web("web1", "s1")
+	spec.Ports = append(spec.Ports, mapper.PortSpec{Port: 53, Protocol: mapper.UDP})
+	e1 := must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, spec))
+	must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, web("web2", "s1")))
+	must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, web("web3", "s2")))
+	pub := func(host, port uint16, proto mapper.Protocol) mapper.PublishedPort {
+		return mapper.PublishedPort{HostPort: host, Port: port, Protocol: proto}
+	}
+
+	got := must[mapper.Endpoint](t)(reg.SetPublished(ctx, "web1", []mapper.PublishedPort{pub(8080, 80, mapper.TCP), pub(5353, 53, mapper.UDP)}))
+	if d := diff([]mapper.PublishedPort{pub(8080, 80, mapper.TCP), pub(5353, 53, mapper.UDP)}, got.Published); d != "" {
+		t.Errorf("published (-want +got):\n%s", d)
+	}
+	if s := fmt.Sprint(got.Published); s != "[8080->80/tcp 5353->53/udp]" {
+		t.Errorf("text form %s", s)
+	}
+	if e := must[mapper.Endpoint](t)(reg.Endpoint(ctx, "web1")); len(e.Published) != 2 || e.Wire != e1.Wire {
+		t.Errorf("stored endpoint %+v: want 2 published ports and the same wire block", e)
+	}
+
+	tests := []struct {
+		name     string
+		ref      string
+		ps       []mapper.PublishedPort
+		sentinel error
+		field    string
+		fragment string
+	}{
+		{"host port 0", "web2", []mapper.PublishedPort{pub(0, 80, mapper.TCP)}, mapper.ErrInvalid, "published[0].host_port", "from 1 to 65535"},
+		{"port 0", "web2", []mapper.PublishedPort{pub(8081, 0, mapper.TCP)}, mapper.ErrInvalid, "published[0].port", "from 1 to 65535"},
+		{"protocol", "web2", []mapper.PublishedPort{pub(8081, 80, "sctp")}, mapper.ErrInvalid, "published[0].protocol", "sctp"},
+		{"not served", "web2", []mapper.PublishedPort{pub(8081, 81, mapper.TCP)}, mapper.ErrInvalid, "published[0].port", "does not serve 81/tcp"},
+		{"wire range", "web2", []mapper.PublishedPort{pub(16400, 80, mapper.TCP)}, mapper.ErrInvalid, "published[0].host_port", "wire range"},
+		{"twice", "web2", []mapper.PublishedPort{pub(8081, 80, mapper.TCP), pub(8081, 80, mapper.TCP)}, mapper.ErrInvalid, "published[1].host_port", "also published[0]"},
+		{"taken on the server", "web2", []mapper.PublishedPort{pub(8080, 80, mapper.TCP)}, mapper.ErrConflict, "published[0].host_port", "already published by endpoint 1"},
+		{"unknown endpoint", "nope", nil, mapper.ErrNotFound, "", "not found"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := reg.SetPublished(ctx, tt.ref, tt.ps)
+			wantErr(t, err, tt.sentinel, tt.field, tt.fragment)
+		})
+	}
+	// The same host port over another protocol, or on another server, is
+	// free.
+	must[mapper.Endpoint](t)(reg.SetPublished(ctx, "web3", []mapper.PublishedPort{pub(8080, 80, mapper.TCP)}))
+
+	// A move takes the published ports along, and is refused where they
+	// are taken.
+	_, err := reg.MoveEndpoint(ctx, "web1", "s2", "")
+	wantErr(t, err, mapper.ErrConflict, "published[0].host_port", "8080/tcp on server s2 is already published by endpoint 3")
+	must[mapper.Endpoint](t)(reg.SetPublished(ctx, "web3", nil))
+	moved := must[mapper.Endpoint](t)(reg.MoveEndpoint(ctx, "web1", "s2", ""))
+	if len(moved.Published) != 2 {
+		t.Errorf("moved endpoint publishes %v, want both ports", moved.Published)
+	}
+	// Free on s1 now, taken on s2.
+	must[mapper.Endpoint](t)(reg.SetPublished(ctx, "web2", []mapper.PublishedPort{pub(8080, 80, mapper.TCP)}))
+	_, err = reg.SetPublished(ctx, "web3", []mapper.PublishedPort{pub(8080, 80, mapper.TCP)})
+	wantErr(t, err, mapper.ErrConflict, "published[0].host_port", "already published by endpoint 1")
+
+	// Removing the endpoint frees its host ports.
+	must[mapper.Endpoint](t)(reg.DeleteEndpoint(ctx, "web1"))
+	must[mapper.Endpoint](t)(reg.SetPublished(ctx, "web3", []mapper.PublishedPort{pub(8080, 80, mapper.TCP)}))
+	if e := must[mapper.Endpoint](t)(reg.SetPublished(ctx, "web3", nil)); e.Published != nil {
+		t.Errorf("after clearing: %v", e.Published)
+	}
+}

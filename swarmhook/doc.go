@@ -5,8 +5,19 @@
 //     `docker network create -d daoli --ipam-driver daoli --subnet ...`
 //     makes a daoli network and `docker run --network ...` attaches the
 //     container through the local agent, with its IP and MAC fixed.
+//   - Watcher follows Docker's container events (start, die, kill, pause,
+//     unpause, destroy, health_status) and marks the plugin's endpoints
+//     active or down in the mapper, guarded by server and interface; it
+//     reads the stream in a goroutine of its own, resumes from the last
+//     event's time, and reconciles periodically, removing endpoints no
+//     container holds (Docker drops events for slow readers, and a dockerd
+//     killed mid-way never sends DeleteEndpoint).
 //   - Docker is the small interface over the Docker Go client the package
 //     uses; only this package imports the client (internal/layering).
+//
+// The scheduler API lives in the mapper (mapper/scheduler.go), where a
+// placement and its wire block are one transaction; managed/config.json
+// packages the plugin as a managed Docker plugin.
 //
 // Shared addresses. Docker shows a plugin no container labels, so a
 // container declares the service it serves with driver options on its

@@ -33,6 +33,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -121,19 +122,28 @@ const (
 
 // dockerEnv is one server with a mapper, an agent, the plugin and dockerd.
 type dockerEnv struct {
-	t         *testing.T
-	w         *testbed.World
-	mc        *mapper.Client
-	cli       string // docker CLI
-	sock      string // dockerd's socket
-	plugin    string // the plugin's (driver's and IPAM's) name
-	pluginCfg Config
-	running   *running // shared by the copies in()
-	runDir    string
+	t            *testing.T
+	w            *testbed.World
+	mc           *mapper.Client
+	cli          string // docker CLI
+	sock         string // dockerd's socket
+	plugin       string // the plugin's (driver's and IPAM's) name
+	fabricMapper string // the mapper's address on the fabric, as servers reach it
+	pluginCfg    Config
+	running      *running // shared by the copies in()
+	runDir       string
 }
 
-// running is the plugin being served now.
-type running struct{ stop func() }
+// running is the plugin being served now, and its watcher if one runs.
+type running struct {
+	stop func()
+	p    *Plugin
+	// drop makes the plugin answer Leave and DeleteEndpoint without doing
+	// anything: the calls a dockerd killed mid-way never makes.
+	drop        atomic.Bool
+	w           *Watcher
+	stopWatcher func()
+}
 
 // in returns e for subtest t: helpers fail t, not its parent.
 func (e *dockerEnv) in(t *testing.T) *dockerEnv {
@@ -142,7 +152,33 @@ func (e *dockerEnv) in(t *testing.T) *dockerEnv {
 	return &c
 }
 
-func (e *dockerEnv) stopPlugin() { e.running.stop() }
+func (e *dockerEnv) stopPlugin() {
+	e.stopWatcher()
+	e.running.stop()
+}
+
+// startWatcher runs a Watcher for the plugin being served.
+func (e *dockerEnv) startWatcher() *Watcher {
+	e.t.Helper()
+	e.stopWatcher()
+	w, err := NewWatcher(WatcherConfig{Plugin: e.running.p, Docker: e.pluginCfg.Docker, Interval: time.Hour, Grace: 500 * time.Millisecond})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); w.Run(ctx) }()
+	e.running.w = w
+	e.running.stopWatcher = func() { cancel(); <-done }
+	return w
+}
+
+func (e *dockerEnv) stopWatcher() {
+	if e.running.stopWatcher != nil {
+		e.running.stopWatcher()
+		e.running.stopWatcher, e.running.w = nil, nil
+	}
+}
 
 func newDockerEnv(t *testing.T) *dockerEnv {
 	t.Helper()
@@ -191,6 +227,7 @@ func newDockerEnv(t *testing.T) *dockerEnv {
 		st.Close()
 	})
 	e.mc = mapper.NewClient(local.Addr().String(), nil)
+	e.fabricMapper = fabric.Addr().String()
 
 	// The agent, in the server's namespace.
 	srv := w.Servers[0]
@@ -270,9 +307,18 @@ func (e *dockerEnv) startPlugin() {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	srv := &http.Server{Handler: p.Handler()}
+	h := p.Handler()
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if e.running.drop.Load() && (r.URL.Path == "/NetworkDriver.Leave" || r.URL.Path == "/NetworkDriver.DeleteEndpoint") {
+			w.Header().Set("Content-Type", pluginContentType)
+			w.Write([]byte("{}\n"))
+			return
+		}
+		h.ServeHTTP(w, r)
+	})}
 	go srv.Serve(l)
 	path := filepath.Join(PluginDir, e.plugin+".sock")
+	e.running.p = p
 	e.running.stop = func() {
 		srv.Close()
 		p.Close()
@@ -319,6 +365,8 @@ func removeCreatedDirs(t *testing.T, dirs ...string) {
 		}
 	})
 }
+
+func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }
 
 func tail(s string, n int) string {
 	lines := strings.Split(s, "\n")
@@ -584,6 +632,13 @@ func TestDocker(t *testing.T) {
 		}
 		e.must("rm", "-f", "after")
 	})
+
+	e.buildHealthImage()
+	t.Run("EventsKill", func(t *testing.T) { testEventsKill(t, e.in(t)) })
+	t.Run("EventsHealth", func(t *testing.T) { testEventsHealth(t, e.in(t)) })
+	t.Run("EventsLost", func(t *testing.T) { testEventsLost(t, e.in(t)) })
+	t.Run("Published", func(t *testing.T) { testPublished(t, e.in(t)) })
+	t.Run("ManagedPlugin", func(t *testing.T) { testManagedPlugin(t, e.in(t)) })
 
 	e.must("network", "rm", "net1")
 	if _, err := e.mc.Network(ctx, "net1"); !errors.Is(err, mapper.ErrNotFound) {

@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -165,7 +166,7 @@ func (p *Plugin) Handler() http.Handler {
 	route("NetworkDriver.Join", typed(p.join))
 	route("NetworkDriver.Leave", typed(p.leave))
 	route("NetworkDriver.ProgramExternalConnectivity", typed(p.programExternal))
-	route("NetworkDriver.RevokeExternalConnectivity", empty)
+	route("NetworkDriver.RevokeExternalConnectivity", typed(p.revokeExternal))
 	route("NetworkDriver.DiscoverNew", empty)
 	route("NetworkDriver.DiscoverDelete", empty)
 
@@ -420,6 +421,7 @@ func (p *Plugin) createEndpoint(ctx context.Context, req createEndpointRequest) 
 	p.st.Endpoints[req.EndpointID] = &endpointState{
 		NetworkID: req.NetworkID, Network: ns.Name, Endpoint: e.ID, Server: e.Server,
 		Interface: e.Interface, Peer: r.Peer, IP: ip, MAC: e.MAC, Service: decl.Service,
+		Created: time.Now(),
 	}
 	if err := p.st.save(p.path); err != nil {
 		delete(p.st.Endpoints, req.EndpointID)
@@ -474,6 +476,45 @@ func (p *Plugin) endpoint(id string) (endpointState, bool) {
 		return endpointState{}, false
 	}
 	return *ep, true
+}
+
+// endpoints returns a copy of the plugin's endpoints, by Docker endpoint
+// ID.
+func (p *Plugin) endpoints() map[string]endpointState {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make(map[string]endpointState, len(p.st.Endpoints))
+	for id, ep := range p.st.Endpoints {
+		out[id] = *ep
+	}
+	return out
+}
+
+// holds returns those of Docker endpoint IDs ids that the plugin holds.
+func (p *Plugin) holds(ids []string) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []string
+	for _, id := range ids {
+		if _, ok := p.st.Endpoints[id]; ok {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// setDownByDocker records whether the watcher took an endpoint down.
+func (p *Plugin) setDownByDocker(id string, v bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ep, ok := p.st.Endpoints[id]
+	if !ok || ep.DownByDocker == v {
+		return
+	}
+	ep.DownByDocker = v
+	if err := p.st.save(p.path); err != nil {
+		p.log.Error("save plugin state", "error", err)
+	}
 }
 
 func (p *Plugin) deleteEndpoint(ctx context.Context, req endpointRequest) (struct{}, error) {
@@ -557,9 +598,12 @@ func (p *Plugin) setState(ctx context.Context, ep endpointState, s mapper.State)
 	return nil
 }
 
-// programExternal records the container's published ports. The dataplane
-// does not serve them yet (docs/docker.md).
-func (p *Plugin) programExternal(_ context.Context, req externalConnectivityRequest) (struct{}, error) {
+// programExternal records the container's published ports (-p) in the
+// plugin's state and on the mapper endpoint. The dataplane does not serve
+// them yet (docs/docker.md). A host port another endpoint of this server
+// publishes fails the call, and so the container's start, as Docker's
+// own "port is already allocated" does.
+func (p *Plugin) programExternal(ctx context.Context, req externalConnectivityRequest) (struct{}, error) {
 	v, ok := req.Options[optPortMap]
 	if !ok || v == nil {
 		return struct{}{}, nil
@@ -568,15 +612,62 @@ func (p *Plugin) programExternal(_ context.Context, req externalConnectivityRequ
 	if err := remarshal(v, &pbs); err != nil {
 		return struct{}{}, fmt.Errorf("program external connectivity: %s: %w", optPortMap, err)
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if ep, ok := p.st.Endpoints[req.EndpointID]; ok {
-		ep.Published = pbs
-		if err := p.st.save(p.path); err != nil {
-			return struct{}{}, err
-		}
+	if err := p.publish(ctx, req.EndpointID, pbs); err != nil {
+		return struct{}{}, fmt.Errorf("program external connectivity: %w", err)
 	}
 	return struct{}{}, nil
+}
+
+// revokeExternal forgets the published ports.
+func (p *Plugin) revokeExternal(ctx context.Context, req externalConnectivityRequest) (struct{}, error) {
+	if err := p.publish(ctx, req.EndpointID, nil); err != nil && !errors.Is(err, mapper.ErrNotFound) {
+		return struct{}{}, fmt.Errorf("revoke external connectivity: %w", err)
+	}
+	return struct{}{}, nil
+}
+
+func (p *Plugin) publish(ctx context.Context, id string, pbs []portBinding) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	ep, ok := p.st.Endpoints[id]
+	if !ok {
+		return nil
+	}
+	ps := publishedPorts(pbs)
+	if len(ps) > 0 || len(ep.Published) > 0 {
+		if _, err := p.mc.SetPublished(ctx, strconv.FormatUint(uint64(ep.Endpoint), 10), ps); err != nil {
+			return err
+		}
+	}
+	ep.Published = pbs
+	return p.st.save(p.path)
+}
+
+// publishedPorts converts Docker's port bindings. A binding without a
+// host port (-p 80) is skipped: Docker chooses such ports only for its
+// bridge driver. Of a range (-p 8080-8090:80) the first port is taken;
+// the host IP is not recorded (a published port is server-wide).
+func publishedPorts(pbs []portBinding) []mapper.PublishedPort {
+	var out []mapper.PublishedPort
+	for _, b := range pbs {
+		var proto mapper.Protocol
+		switch b.Proto {
+		case 6:
+			proto = mapper.TCP
+		case 17:
+			proto = mapper.UDP
+		default:
+			continue
+		}
+		if b.HostPort == 0 || b.Port == 0 {
+			continue
+		}
+		pp := mapper.PublishedPort{HostPort: b.HostPort, Port: b.Port, Protocol: proto}
+		if !slices.ContainsFunc(out, func(o mapper.PublishedPort) bool { return o.HostPort == pp.HostPort && o.Protocol == pp.Protocol }) {
+			out = append(out, pp)
+		}
+	}
+	return out
 }
 
 // ---- IPAM ----

@@ -29,9 +29,16 @@ import (
 const testServer = "server-a"
 
 // fakeDocker names networks like the engine: only once they are stored.
+// Its containers and event streams are in events_test.go.
 type fakeDocker struct {
 	mu    sync.Mutex
 	names map[string]string
+	// containers are what Containers and Container answer.
+	containers map[string]Container
+	// streams receives every stream Events opens, for the test to feed.
+	streams chan *fakeStream
+	// listErr, if set, fails Containers.
+	listErr error
 }
 
 func (d *fakeDocker) NetworkName(_ context.Context, id string) (string, error) {
@@ -141,7 +148,7 @@ func newFixture(t *testing.T) *fixture {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{t: t, mc: mc, docker: &fakeDocker{names: map[string]string{}}, agent: &fakeAgent{mc: mc}}
+	f := &fixture{t: t, mc: mc, docker: newFakeDocker(), agent: &fakeAgent{mc: mc}}
 	f.cfg = Config{Mapper: mc, AgentSocket: f.agent.serve(t), StateDir: t.TempDir(), Docker: f.docker}
 	f.start()
 	t.Cleanup(func() { f.stop() })
@@ -265,7 +272,7 @@ func TestHandshake(t *testing.T) {
 	if spaces.LocalDefaultAddressSpace == "" || spaces.GlobalDefaultAddressSpace == "" {
 		t.Errorf("address spaces %+v: want both named", spaces)
 	}
-	for _, m := range []string{"NetworkDriver.DiscoverNew", "NetworkDriver.DiscoverDelete", "NetworkDriver.RevokeExternalConnectivity", "IpamDriver.ReleasePool"} {
+	for _, m := range []string{"NetworkDriver.DiscoverNew", "NetworkDriver.DiscoverDelete", "NetworkDriver.RevokeExternalConnectivity", "IpamDriver.ReleasePool"} { // revoking an unknown endpoint is fine
 		f.must(m, map[string]any{}, nil)
 	}
 }
@@ -325,7 +332,25 @@ func TestLifecycle(t *testing.T) {
 		t.Errorf("EndpointOperInfo %v", info.Value)
 	}
 	f.must("NetworkDriver.ProgramExternalConnectivity", externalConnectivityRequest{NetworkID: "n1", EndpointID: "e1aaaaaaaaaaaaaaaa",
-		Options: map[string]any{optPortMap: []map[string]any{{"Proto": 6, "Port": 80, "HostPort": 8080, "HostPortEnd": 8080}}}}, nil)
+		Options: map[string]any{optPortMap: []map[string]any{{"Proto": 6, "Port": 80, "HostPort": 8080, "HostPortEnd": 8080}, {"Proto": 17, "Port": 53}}}}, nil)
+	if got := fmt.Sprint(f.endpoints("net1")[0].Published); got != "[8080->80/tcp]" {
+		t.Errorf("after ProgramExternalConnectivity the mapper endpoint publishes %s, want [8080->80/tcp] (53/udp has no host port)", got)
+	}
+	// Another container of this server may not publish 8080/tcp too.
+	if _, _, err := f.endpoint(pool, "n1", "e2bbbbbbbbbbbbbbbb", "10.1.0.6", map[string]any{optExposedPorts: []map[string]any{{"Proto": 6, "Port": 80}}}); err != nil {
+		t.Fatal(err)
+	}
+	err = f.call("NetworkDriver.ProgramExternalConnectivity", externalConnectivityRequest{NetworkID: "n1", EndpointID: "e2bbbbbbbbbbbbbbbb",
+		Options: map[string]any{optPortMap: []map[string]any{{"Proto": 6, "Port": 80, "HostPort": 8080}}}}, nil)
+	if err == nil || !strings.Contains(err.Error(), "8080/tcp on server server-a is already published") {
+		t.Errorf("second container publishing 8080: %v, want a refusal", err)
+	}
+	f.must("NetworkDriver.DeleteEndpoint", endpointRequest{NetworkID: "n1", EndpointID: "e2bbbbbbbbbbbbbbbb"}, nil)
+	f.must("IpamDriver.ReleaseAddress", releaseAddressRequest{PoolID: pool, Address: "10.1.0.6"}, nil)
+	f.must("NetworkDriver.RevokeExternalConnectivity", externalConnectivityRequest{NetworkID: "n1", EndpointID: "e1aaaaaaaaaaaaaaaa"}, nil)
+	if got := f.endpoints("net1")[0].Published; len(got) != 0 {
+		t.Errorf("after RevokeExternalConnectivity the endpoint publishes %v", got)
+	}
 
 	f.must("NetworkDriver.Leave", endpointRequest{NetworkID: "n1", EndpointID: "e1aaaaaaaaaaaaaaaa"}, nil)
 	if s := f.endpoints("net1")[0].State; s != mapper.Down {

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/daolinet/daoli/mapper"
 )
@@ -47,6 +48,18 @@ type endpointState struct {
 	MAC       mapper.MAC    `json:"mac"`
 	Service   string        `json:"service,omitempty"`
 	Published []portBinding `json:"published,omitempty"`
+	// Created is when the plugin registered the endpoint: the watcher
+	// ignores events older than that (they are about the container's
+	// previous endpoints), and never removes an endpoint so young that
+	// Docker may not list it yet. Zero (a state file of an older plugin)
+	// counts as long ago.
+	Created time.Time `json:"created,omitzero"`
+	// DownByDocker says the watcher marked the endpoint down for what
+	// Docker reported (paused, killed, unhealthy), so that it may mark it
+	// active again when Docker reports the container well; a down the
+	// watcher did not make (the agent's health checks, an operator) is
+	// left alone.
+	DownByDocker bool `json:"down_by_docker,omitempty"`
 }
 
 func newState() *state {
