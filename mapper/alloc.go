@@ -88,5 +88,19 @@ func (s *slots) take(r PortRange, size uint16) (uint16, bool) {
 	return 0, false
 }
 
+// takeAvoiding is take, skipping blocks for which avoid is true.
+func (s *slots) takeAvoiding(r PortRange, size uint16, avoid func(Block) bool) (uint16, bool) {
+	lo := int(alignUp(uint32(r.First), uint32(size)) / uint32(size))
+	hi := int((uint32(r.Last)+1)/uint32(size)) - 1
+	for i := lo; i <= hi; i++ {
+		b := Block{Base: uint16(i * int(size)), Size: size}
+		if !s.has(i) && !avoid(b) {
+			s.set(i)
+			return b.Base, true
+		}
+	}
+	return 0, false
+}
+
 // release clears the block at base.
 func (s *slots) release(base, size uint16) { s.clear(int(base / size)) }

@@ -424,6 +424,12 @@ func (a *API) watch(w http.ResponseWriter, r *http.Request) {
 		writeError(w, toAPIError(invalid("revision", "%d is in the future (current revision %d)", rev, cur)))
 		return
 	}
+	if rev == 0 {
+		// "From the next change" is the one after the revision the header
+		// reports, decided here rather than by the store later, so no
+		// commit in between is missed.
+		rev = cur + 1
+	}
 	w.Header().Set("Content-Type", "application/x-ndjson")
 	w.Header().Set(RevisionHeader, strconv.FormatInt(cur, 10))
 	w.WriteHeader(http.StatusOK)

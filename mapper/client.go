@@ -257,7 +257,9 @@ func (c *Client) Snapshot(ctx context.Context) (Snapshot, error) {
 // Watch follows the change log from revision rev (zero: the next one). The
 // channel ends with a response whose Err is set, or when ctx ends. A
 // dropped connection is an error too: watch again from the last revision
-// seen plus one, or, on ErrCompacted, take a new Snapshot.
+// seen (changes of one write share a revision, and the stream may have
+// ended between them; apply changes idempotently), or, on ErrCompacted,
+// take a new Snapshot.
 func (c *Client) Watch(ctx context.Context, rev int64) <-chan WatchResponse {
 	out := make(chan WatchResponse, 4)
 	go func() {

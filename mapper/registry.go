@@ -42,6 +42,10 @@ func identityPrefix(net uint32) string {
 	return fmt.Sprintf("%sidentity/%d/", idxPrefix, net)
 }
 func identityKey(net uint32, ip netip.Addr) string { return identityPrefix(net) + ip.String() }
+func membersKey(net uint32, ip netip.Addr) string {
+	return fmt.Sprintf("%smembers/%d/%s", idxPrefix, net, ip)
+}
+func ifaceKey(server, iface string) string { return idxPrefix + "interface/" + server + "/" + iface }
 func publishedKey(server string, proto Protocol, hostPort uint16) string {
 	return fmt.Sprintf("%spublished/%s/%s/%d", idxPrefix, server, proto, hostPort)
 }
@@ -56,6 +60,13 @@ type serviceIndex struct {
 	Mode      Mode     `json:"mode"`
 	Endpoints []uint32 `json:"endpoints"`
 }
+
+// MaxPorts is the number of ports one endpoint may serve: what every
+// server's dataplane holds per endpoint.
+const MaxPorts = 32
+
+// MaxLocators is the number of locator addresses one server may have.
+const MaxLocators = 8
 
 // Config configures a Registry.
 type Config struct {
@@ -340,6 +351,9 @@ func (r *Registry) RegisterServer(ctx context.Context, spec ServerSpec) (Server,
 	if len(spec.IPs) == 0 {
 		return Server{}, invalid("ips", "missing; want at least one locator address")
 	}
+	if len(spec.IPs) > MaxLocators {
+		return Server{}, invalid("ips", "%d addresses; a server may have at most %d locators", len(spec.IPs), MaxLocators)
+	}
 	for i, ip := range spec.IPs {
 		f := fmt.Sprintf("ips[%d]", i)
 		switch {
@@ -479,6 +493,12 @@ func (r *Registry) check(spec *EndpointSpec) error {
 	if !spec.MAC.IsZero() && !spec.MAC.IsUnicast() {
 		return invalid("mac", "%s is a group address; want a unicast MAC", spec.MAC)
 	}
+	if len(spec.Ports) > MaxPorts {
+		return invalid("ports", "%d ports; an endpoint may serve at most %d", len(spec.Ports), MaxPorts)
+	}
+	if err := checkIfname("interface", spec.Interface); err != nil {
+		return err
+	}
 	if len(spec.Ports) >= int(r.cfg.BlockSize) {
 		return invalid("ports", "%d ports do not fit a block of %d with room for outgoing flows", len(spec.Ports), r.cfg.BlockSize)
 	}
@@ -594,6 +614,38 @@ func (r *Registry) create(t tx, spec *EndpointSpec) (Endpoint, error) {
 			return Endpoint{}, fieldErr("mac", ErrConflict, "%s is already used by endpoint %d in network %s", mac, other, n.Name)
 		}
 	}
+	if spec.Interface != "" {
+		var other uint32
+		if t.get(ifaceKey(srv.Name, spec.Interface), &other) {
+			return Endpoint{}, fieldErr("interface", ErrConflict, "%s on server %s is already endpoint %d's", spec.Interface, srv.Name, other)
+		}
+	}
+	// Identity blocks are what peers see as client ports of the endpoints
+	// sharing (network, IP), so none may hold a port one of them serves:
+	// check the new ports against the blocks held, and keep the new block
+	// clear of every port served there.
+	var members []uint32
+	t.get(membersKey(n.ID, spec.IP), &members)
+	served := map[uint16]bool{}
+	for _, p := range spec.Ports {
+		served[p.Port] = true
+	}
+	for _, m := range members {
+		var other Endpoint
+		if !t.get(endpointKey(m), &other) {
+			continue
+		}
+		for i, p := range spec.Ports {
+			if other.Identity.Contains(p.Port) {
+				return Endpoint{}, fieldErr(fmt.Sprintf("ports[%d]", i), ErrConflict,
+					"port %d lies in the identity block %s of endpoint %d, which shares %s: peers see those ports as its client ports; serve another port or use another IP",
+					p.Port, other.Identity, m, spec.IP)
+			}
+		}
+		for _, p := range other.Ports {
+			served[p.Port] = true
+		}
+	}
 	for i, p := range spec.Ports {
 		var si serviceIndex
 		if t.get(serviceKey(n.ID, spec.IP, p), &si) && si.Mode != spec.Mode {
@@ -618,7 +670,14 @@ func (r *Registry) create(t tx, spec *EndpointSpec) (Endpoint, error) {
 		return Endpoint{}, err
 	}
 	it := t.slots(identityKey(n.ID, e.IP))
-	base, ok := it.take(r.id, r.cfg.BlockSize)
+	base, ok := it.takeAvoiding(r.id, r.cfg.BlockSize, func(b Block) bool {
+		for p := range served {
+			if b.Contains(p) {
+				return true
+			}
+		}
+		return false
+	})
 	if !ok {
 		return Endpoint{}, fieldErr("ip", ErrPortSpaceFull,
 			"%d endpoints already share %s in network %s: no free identity block of %d ports in %s",
@@ -637,6 +696,10 @@ func (r *Registry) create(t tx, spec *EndpointSpec) (Endpoint, error) {
 	if e.Name != "" {
 		t.put(nameKey(e.Name), id)
 	}
+	if e.Interface != "" {
+		t.put(ifaceKey(e.Server, e.Interface), id)
+	}
+	t.put(membersKey(n.ID, e.IP), append(members, id))
 	t.put(endpointKey(id), e)
 	return e, nil
 }
@@ -735,6 +798,16 @@ func (r *Registry) remove(t tx, e *Endpoint) {
 	if e.Name != "" {
 		t.Del(nameKey(e.Name))
 	}
+	if e.Interface != "" {
+		t.Del(ifaceKey(e.Server, e.Interface))
+	}
+	var members []uint32
+	t.get(membersKey(e.NetworkID, e.IP), &members)
+	if members = slices.DeleteFunc(members, func(id uint32) bool { return id == e.ID }); len(members) == 0 {
+		t.Del(membersKey(e.NetworkID, e.IP))
+	} else {
+		t.put(membersKey(e.NetworkID, e.IP), members)
+	}
 	for _, p := range e.Published {
 		t.Del(publishedKey(e.Server, p.Protocol, p.HostPort))
 	}
@@ -744,8 +817,11 @@ func (r *Registry) remove(t tx, e *Endpoint) {
 // MoveEndpoint moves an endpoint to another server. Its identity (network,
 // IP, MAC, ports, identity block) stays; its wire block is taken on the
 // new server, and its host-side interface becomes iface. Moving to the
-// server it is on changes nothing.
+// server it is on keeps the wire block and only records the interface.
 func (r *Registry) MoveEndpoint(ctx context.Context, ref, server, iface string) (Endpoint, error) {
+	if err := checkIfname("interface", iface); err != nil {
+		return Endpoint{}, err
+	}
 	var e Endpoint
 	_, err := r.update(ctx, func(t tx) error {
 		var err error
@@ -756,7 +832,17 @@ func (r *Registry) MoveEndpoint(ctx context.Context, ref, server, iface string) 
 		if !t.get(serverKey(server), &srv) {
 			return fieldErr("server", ErrNotFound, "server %q does not exist", server)
 		}
+		if iface != "" && iface != e.Interface {
+			var other uint32
+			if t.get(ifaceKey(server, iface), &other) {
+				return fieldErr("interface", ErrConflict, "%s on server %s is already endpoint %d's", iface, server, other)
+			}
+		}
 		if e.Server == server {
+			if iface != e.Interface {
+				setIface(t, &e, server, iface)
+				t.put(endpointKey(e.ID), e)
+			}
 			return nil
 		}
 		return r.move(t, &e, &srv, iface)
@@ -852,9 +938,21 @@ func (r *Registry) move(t tx, e *Endpoint, srv *Server, iface string) error {
 	if err := takePublished(t, srv.Name, e.ID, e.Published); err != nil {
 		return err
 	}
-	e.Server, e.Interface = srv.Name, iface
+	setIface(t, e, srv.Name, iface)
+	e.Server = srv.Name
 	t.put(endpointKey(e.ID), *e)
 	return nil
+}
+
+// setIface moves e's interface index entry to (server, iface).
+func setIface(t tx, e *Endpoint, server, iface string) {
+	if e.Interface != "" {
+		t.Del(ifaceKey(e.Server, e.Interface))
+	}
+	if iface != "" {
+		t.put(ifaceKey(server, iface), e.ID)
+	}
+	e.Interface = iface
 }
 
 // StateRequest changes an endpoint's state. With IfServer (and
@@ -990,7 +1088,8 @@ type WatchResponse struct {
 // Watch sends every change from revision rev on (zero: from the next one)
 // until ctx ends or an error is sent. To follow the registry without a gap,
 // take a Snapshot and watch from its Revision+1; after a disconnect, watch
-// again from the last revision seen plus one.
+// again from the last revision seen, since changes of one write share a
+// revision and the stream may have ended between them.
 func (r *Registry) Watch(ctx context.Context, rev int64) <-chan WatchResponse {
 	out := make(chan WatchResponse, 4)
 	go func() {
@@ -1041,6 +1140,19 @@ func validName(field, s string) error {
 		if !ok {
 			return invalid(field, "%q: want letters, digits, and - _ . after the first character", s)
 		}
+	}
+	return nil
+}
+
+// checkIfname checks a host-side interface name: agents look endpoints'
+// interfaces up by it, so it must be one the kernel could hold. Empty is
+// allowed (not attached yet).
+func checkIfname(field, s string) error {
+	if s == "" {
+		return nil
+	}
+	if len(s) > 15 || s == "." || s == ".." || strings.ContainsAny(s, "/: \t\n") {
+		return invalid(field, "%q is not an interface name: want at most 15 characters, without '/', ':' or spaces", s)
 	}
 	return nil
 }

@@ -313,9 +313,9 @@ func TestMoveKeepsIdentity(t *testing.T) {
 	if _, err := reg.MoveEndpoint(ctx, "nope", "s1", ""); !errors.Is(err, mapper.ErrNotFound) {
 		t.Errorf("move of an unknown endpoint: %v, want ErrNotFound", err)
 	}
-	same := must[mapper.Endpoint](t)(reg.MoveEndpoint(ctx, "web", "s2", "ignored"))
+	same := must[mapper.Endpoint](t)(reg.MoveEndpoint(ctx, "web", "s2", "veth-new"))
 	if d := diff(after, same); d != "" {
-		t.Errorf("moving to its own server changed it (-want +got):\n%s", d)
+		t.Errorf("moving to its own server and interface changed it (-want +got):\n%s", d)
 	}
 }
 
@@ -574,4 +574,90 @@ func TestPublished(t *testing.T) {
 	if e := must[mapper.Endpoint](t)(reg.SetPublished(ctx, "web3", nil)); e.Published != nil {
 		t.Errorf("after clearing: %v", e.Published)
 	}
+}
+
+func TestServedPortsAndIdentityBlocks(t *testing.T) {
+	reg, _ := newRegistry(t, mapper.Config{})
+	world(t, reg)
+	many := web("many", "s1")
+	for p := uint16(1); len(many.Ports) <= mapper.MaxPorts; p++ {
+		many.Ports = append(many.Ports, mapper.PortSpec{Port: 1000 + p, Protocol: mapper.TCP})
+	}
+	_, err := reg.CreateEndpoint(ctx, many)
+	wantErr(t, err, mapper.ErrInvalid, "ports", "at most 32")
+
+	// web0 holds identity block 32768-33023 at 10.1.0.5: no endpoint
+	// sharing that IP may serve a port in it.
+	must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, web("web0", "s1")))
+	grpc := web("grpc", "s2")
+	grpc.Ports = []mapper.PortSpec{{Port: 32800, Protocol: mapper.TCP}}
+	_, err = reg.CreateEndpoint(ctx, grpc)
+	wantErr(t, err, mapper.ErrConflict, "ports[0]", "identity block 32768-33023 of endpoint 1")
+	// A port above the blocks held is fine, and later identity blocks at
+	// that IP steer clear of it.
+	grpc.Ports = []mapper.PortSpec{{Port: 33100, Protocol: mapper.TCP}}
+	g := must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, grpc))
+	if g.Identity.Contains(33100) {
+		t.Errorf("grpc's own identity block %v holds the port it serves", g.Identity)
+	}
+	next := must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, web("web1", "s2")))
+	if next.Identity.Contains(33100) || next.Identity.Base != 33536 {
+		t.Errorf("identity block %v: want the first block clear of the served 33100 and of those held (33536)", next.Identity)
+	}
+	// The same port elsewhere (another IP) is no conflict.
+	other := grpc
+	other.Name, other.IP, other.Ports = "other", ip("10.1.0.6"), []mapper.PortSpec{{Port: 32800, Protocol: mapper.TCP}}
+	must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, other))
+}
+
+func TestInterfaceNames(t *testing.T) {
+	reg, _ := newRegistry(t, mapper.Config{})
+	world(t, reg)
+	a := web("a", "s1")
+	a.Interface = "dlaaaa"
+	must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, a))
+	for _, tt := range []struct {
+		iface, server string
+		sentinel      error
+		fragment      string
+	}{
+		{"dlaaaa", "s1", mapper.ErrConflict, "already endpoint 1's"},
+		{"eth0/x", "s1", mapper.ErrInvalid, "not an interface name"},
+		{"averyverylongname", "s1", mapper.ErrInvalid, "at most 15"},
+	} {
+		b := web("", tt.server)
+		b.Interface = tt.iface
+		_, err := reg.CreateEndpoint(ctx, b)
+		wantErr(t, err, tt.sentinel, "interface", tt.fragment)
+	}
+	// The same name on another server is another interface.
+	b := web("b", "s2")
+	b.Interface = "dlaaaa"
+	must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, b))
+	// Moving takes the name along; the old one is free again.
+	moved := must[mapper.Endpoint](t)(reg.MoveEndpoint(ctx, "a", "s2", "dlbbbb"))
+	if moved.Interface != "dlbbbb" {
+		t.Errorf("after the move the interface is %q", moved.Interface)
+	}
+	c := web("c", "s1")
+	c.Interface = "dlaaaa"
+	must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, c))
+	// A move to the server it is on records the new interface.
+	same := must[mapper.Endpoint](t)(reg.MoveEndpoint(ctx, "c", "s1", "dlcccc"))
+	if same.Interface != "dlcccc" || same.Wire.Addr != ip("192.0.2.1") {
+		t.Errorf("same-server move: %+v, want interface dlcccc and the same wire block", same)
+	}
+	if _, err := reg.MoveEndpoint(ctx, "b", "s2", "dlbbbb"); !errors.Is(err, mapper.ErrConflict) {
+		t.Errorf("moving onto an interface another endpoint holds: %v, want a conflict", err)
+	}
+}
+
+func TestLocatorLimit(t *testing.T) {
+	reg, _ := newRegistry(t, mapper.Config{})
+	var ips []netip.Addr
+	for i := 1; i <= mapper.MaxLocators+1; i++ {
+		ips = append(ips, netip.AddrFrom4([4]byte{192, 0, 2, byte(i)}))
+	}
+	_, err := reg.RegisterServer(ctx, mapper.ServerSpec{Name: "big", IPs: ips, MAC: mac("52:54:00:00:00:01")})
+	wantErr(t, err, mapper.ErrInvalid, "ips", "at most 8")
 }

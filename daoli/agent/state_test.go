@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/daolinet/daoli/dataplane"
 	"github.com/daolinet/daoli/mapper"
 )
 
@@ -90,5 +91,16 @@ func TestModelPutDoesNotRevive(t *testing.T) {
 	m.put(moved)
 	if m.endpoints[8].Server != "s2" {
 		t.Error("put of a move the log has not shown yet was ignored")
+	}
+}
+
+// TestLimitsAgree: the registry must refuse what every dataplane would
+// reject, or one endpoint would stop every server's Apply.
+func TestLimitsAgree(t *testing.T) {
+	if mapper.MaxPorts != dataplane.MaxPorts {
+		t.Errorf("mapper.MaxPorts %d, dataplane.MaxPorts %d", mapper.MaxPorts, dataplane.MaxPorts)
+	}
+	if mapper.MaxLocators != dataplane.MaxLocalIPs {
+		t.Errorf("mapper.MaxLocators %d, dataplane.MaxLocalIPs %d", mapper.MaxLocators, dataplane.MaxLocalIPs)
 	}
 }
