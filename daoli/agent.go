@@ -3,6 +3,8 @@ package main
 import (
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"os"
 	"strings"
 	"time"
@@ -55,6 +57,14 @@ returns.`,
 			if err != nil {
 				return err
 			}
+			// A mapper that accepts connections and then hangs must not
+			// stall the agent: bound the connect and the wait for a
+			// response's headers (a watch sends them at once).
+			cl = mapper.NewClient(cl.URL(), &http.Client{Transport: &http.Transport{
+				DialContext:           (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+				ResponseHeaderTimeout: 10 * time.Second,
+				IdleConnTimeout:       time.Minute,
+			}})
 			if f.healthInterval < 0 || f.healthFailures < 1 {
 				return badFlagf("health-interval", f.healthInterval.String(), "want 0 (off) or more, with --health-failures 1 or more")
 			}
