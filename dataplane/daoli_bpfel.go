@@ -16,7 +16,7 @@ import (
 type daoliCtEntry struct {
 	_           structs.HostLayout
 	LastSeen    uint64
-	Client      uint32
+	FinOut      uint32
 	Backend     uint32
 	PortIndex   uint16
 	Offset      uint16
@@ -25,7 +25,7 @@ type daoliCtEntry struct {
 	Proto       uint8
 	Flags       uint8
 	Pad         uint16
-	Pad2        uint32
+	FinIn       uint32
 }
 
 type daoliCtKey struct {

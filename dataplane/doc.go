@@ -10,8 +10,9 @@
 // MAC, drops packets whose source MAC or IP is not the endpoint's, and
 // rewrites the rest: a new flow looks up the service (network, IP, port,
 // protocol), checks the policy of the client's and the service's networks,
-// picks a backend, takes a free offset in the client's blocks and is
-// recorded in conntrack; then the packet leaves as
+// picks a backend, takes an offset of the client's blocks that is free
+// towards that backend's port (see Offsets and conntrack) and is recorded
+// in conntrack; then the packet leaves as
 // ServerIP_A:wire_base_C+offset -> ServerIP_B:wire_base_S+port_index,
 // through the uplink (bpf_redirect_neigh). A backend on the same server gets
 // the packet directly (bpf_redirect_peer) with only the client's port
@@ -91,8 +92,8 @@
 //	services             (client's network, IP, port, proto) -> service's network, mode, active backends, failover choice, Maglev table
 //	maglev               table*1021+slot -> endpoint id
 //	policies             (from network, to network) -> allow or deny
-//	conntrack            LRU; CT_OUT: client's 5-tuple -> flow; CT_REV: (client, offset) -> flow
-//	offset_cursor        LRU; where an endpoint's next offset search starts
+//	conntrack            LRU; CT_OUT: client's 5-tuple -> flow; CT_REV: (client, backend, port index, protocol, offset) -> flow
+//	offset_cursor        LRU; where a client's next offset search towards one destination starts
 //	drops                per-CPU counters by DropReason (32 slots, room for new reasons)
 //	endpoint_stats       per-CPU packet and byte counters per local endpoint
 //
@@ -105,6 +106,83 @@
 // evicted, and EndpointCounters sums the CPUs. Conntrack stores endpoint
 // ids, offsets and the client's own port, never locations: when an
 // endpoint moves, one Apply re-points its live flows.
+//
+// # Offsets and conntrack
+//
+// A client's flow takes an offset of its blocks: it leaves as
+// ServerIP_A:wire_C+offset -> ServerIP_B:wire_S+index and reaches the
+// backend as IP_c:ident_C+offset -> IP_s:Port_s, inside the backend's own
+// namespace. An offset is therefore unique per client and destination
+// (backend, port index, protocol; ICMP echo is index 0 of its own
+// protocol), as a NAT's ports are: the same offset towards another backend
+// or port is another 5-tuple on the wire and another 4-tuple at the
+// backend. With 256-port blocks a client has 256 - len(Ports) offsets
+// towards each backend port, however many other flows it has elsewhere.
+//
+// Conntrack lives only on the client's server. CT_OUT is keyed by the
+// 5-tuple the client sent (its scope the client's id) and says where the
+// flow goes; CT_REV is keyed by (client, backend, port index, protocol,
+// offset), holds the offset and the flow's state, and is what replies find:
+// from_network knows the backend from a reply's source (wire_blocks), the
+// port index from its source port and the offset from its destination
+// port; a backend on the same server, from its identity and port. ICMP
+// errors are matched the same way through their quote. Failover
+// re-selection moves a flow's CT_REV entry: the flow keeps its offset when
+// that is free towards the new backend's port, else takes another, and
+// CT_OUT is pointed at the new entry before the old one is deleted, so the
+// old backend's packets no longer reach the client.
+//
+// A new flow searches its destination's offsets from just past the last
+// one handed out there (offset_cursor), so it meets the oldest flows
+// first, looks at up to 256 of them (a whole block at the default size)
+// and takes the first free one: without a CT_REV entry, or whose entry
+// expired. An idle flow keeps its offset:
+//
+//	TCP, established              1 h
+//	TCP, never answered           30 s (a SYN to a silent backend)
+//	TCP, one side sent FIN        2 min (half closed, as conntrack's fin_wait)
+//	TCP, both FINs or a reset     2 s (a late FIN or last ACK is resent after
+//	                              200 ms, 600 ms, 1.4 s: three chances)
+//	UDP                           30 s (conntrack's udp timeout; a later
+//	                              datagram takes the flow up again if nobody
+//	                              took its offset meanwhile)
+//	ICMP echo                     1 min
+//
+// When no offset is free, a new TCP flow may take one whose flow is over,
+// both FINs acknowledged (tracked by sequence number) or reset, for at
+// least 2 ms, as a kernel reuses a port in TIME_WAIT; the 2 s hold only
+// decides who goes first. The programs never take a busy offset: that
+// would hand one flow's replies to another. Two CPUs never take the same
+// one: a claim is a compare-and-swap of the entry's last_seen, and the
+// search looks before it inserts, because an insert into the full LRU
+// takes a node, evicting another flow, even when it then fails. A SYN on a
+// closed flow's 5-tuple opens it again on the same offset.
+//
+// The backend's TIME_WAIT would make that reuse slow: Linux draws TCP
+// timestamps per connection, so half of the new SYNs look older than the
+// last segment of the previous connection on the 4-tuple and are refused
+// (PAWS); the client's kernel resets the answer and sends its SYN again,
+// losing a round trip and TCP_TIMEOUT_MIN (8 ms at HZ=250). So when a
+// backend sent its FIN before it had
+// the client's, and both FINs are acknowledged, the dataplane ends the
+// backend's side with a reset at the sequence number it expects: the
+// backend's ACK reflected back to it (end_time_wait, bpf_clone_redirect)
+// when it closed first, or the client's last ACK sent as a reset when the
+// FINs crossed. Both sides have everything by then (both FINs
+// acknowledged) and the client's socket does not notice. A backend that
+// sets net.ipv4.tcp_rfc1337 ignores such resets, the client's too: its
+// TIME_WAIT (60 s) then refuses about half of the SYNs that reuse the
+// 4-tuple, which their clients retry with the usual SYN backoff.
+//
+// When no offset can be had, the new flow is answered, not dropped, so its
+// client fails at once instead of at its own timeout: a TCP segment gets
+// the reset a host without a listener sends (RST|ACK acknowledging a SYN,
+// or RST at the segment's ACK number), a UDP datagram an ICMP port
+// unreachable quoting it (its socket sees ECONNREFUSED), both from the
+// address the client dialled, built in place and sent back out of the
+// client's veth (bpf_redirect). ICMP echo, and packets with IPv4 options,
+// are dropped. All count as offsets_full. A TCP reset that matches no flow
+// is dropped (ct_miss) rather than given an offset.
 //
 // # Lifetimes
 //
@@ -153,12 +231,15 @@
 //     host, whose TCP would answer with a reset and end the flow that is
 //     about to follow the endpoint.
 //   - Conntrack full: the LRU evicts the oldest flows, and such a flow
-//     restarts as a new one with a new offset (TCP then gets a reset). Offset
-//     allocation fails closed: when a client has no free offset among 32
-//     probes, the new flow is dropped (offsets_full) rather than reusing a
-//     busy offset, which would deliver one flow's replies to another flow.
-//     Offsets are free again after 1 h idle for TCP (10 s after FIN or
-//     RST), 2 min for UDP and 1 min for ICMP.
+//     restarts as a new one with a new offset (TCP then gets a reset). A
+//     client has 256 - len(Ports) offsets per destination (backend, port):
+//     flows beyond that are refused (see Offsets and conntrack), and a
+//     client sending UDP from a new socket per request to one backend port
+//     (DNS) is held to about 256 per 30 s. Block sizes above 256 are
+//     searched 256 offsets at a time from the cursor.
+//   - Upgrading over the change to per-destination offsets (CT_REV keys)
+//     restarts live flows: their CT_REV entries are not found any more,
+//     so TCP flows get a reset from their backend.
 //   - The wire is trusted, as with any unencapsulated underlay: a packet
 //     from a ServerIP and port in a registered wire block is believed.
 //   - At most MaxPorts served ports per endpoint, 256 Maglev tables of

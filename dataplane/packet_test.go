@@ -36,6 +36,7 @@ type pkt struct {
 	icmpType       uint8
 	icmpCode       uint8
 	syn, fin, rst  bool
+	ackNum         uint32 // TCP acknowledgment number
 	payload        []byte
 	flags          layers.IPv4Flag
 	fragOffset     uint16
@@ -58,7 +59,7 @@ func (p pkt) bytes(t testing.TB) []byte {
 	switch p.proto {
 	case layers.IPProtocolTCP:
 		tcp := &layers.TCP{SrcPort: layers.TCPPort(p.sport), DstPort: layers.TCPPort(p.dport),
-			Seq: 1000, Window: 1024, SYN: p.syn, FIN: p.fin, RST: p.rst, ACK: !p.syn}
+			Seq: 1000, Ack: p.ackNum, Window: 1024, SYN: p.syn, FIN: p.fin, RST: p.rst, ACK: !p.syn}
 		tcp.SetNetworkLayerForChecksum(ip)
 		l4 = tcp
 	case layers.IPProtocolUDP:

@@ -319,7 +319,8 @@ func TestFromNetwork(t *testing.T) {
 		{"peer on its served port", with(func(p *pkt) { p.sport = 32768 }), actShot, DropUnknownPeer},
 		{"peer of another network", with(func(p *pkt) { p.sport = 33024 + 5 }), actShot, DropPolicy},
 		{"wrong protocol", with(func(p *pkt) { p.proto = layers.IPProtocolUDP }), actShot, DropNoService},
-		{"reply without conntrack", with(func(p *pkt) { p.dport = 32768 + 100 }), actShot, DropCTMiss},
+		{"reply without conntrack", with(func(p *pkt) { p.sport, p.dport = 32768, 32768+100 }), actShot, DropCTMiss},
+		{"reply from a port the peer does not serve", with(func(p *pkt) { p.dport = 32768 + 100 }), actShot, DropUnknownPeer},
 		{"TTL 1", with(func(p *pkt) { p.ttl = 1 }), actShot, DropTTL},
 		// A wire port no block holds (its endpoint moved away) is still
 		// ours: the host must not answer it with a reset.

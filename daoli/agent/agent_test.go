@@ -304,7 +304,7 @@ func TestAttachAndCrossServerTraffic(t *testing.T) {
 	c := newCluster(t, 2)
 	client, ce := c.container("client", 0, agent.AttachRequest{IP: netip.MustParseAddr("10.1.0.5")})
 	web, _ := c.container("web", 1, agent.AttachRequest{IP: netip.MustParseAddr("10.1.0.9"), Ports: tcpUDP8080})
-	web.Start(bin, "app", "serve", "--port", "8080", "--name", "web")
+	serve(t, web, client, "web", "10.1.0.9:8080")
 
 	// The container sees its identity: eth0 with its MAC and IP, a
 	// default route through the gateway.

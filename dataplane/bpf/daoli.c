@@ -34,8 +34,27 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define IP_CSUM_OFF (IP_OFF + offsetof(struct iphdr, check))
 #define IP_SADDR_OFF (IP_OFF + offsetof(struct iphdr, saddr))
 #define IP_DADDR_OFF (IP_OFF + offsetof(struct iphdr, daddr))
+/* The TCP checksum of a packet without IPv4 options. */
+#define TCP_CSUM_OFF (IP_OFF + 20 + offsetof(struct tcphdr, check))
 
 #define NS_PER_SEC 1000000000ULL
+#define NS_PER_MSEC 1000000ULL
+
+/* How long an idle CT_REV entry keeps its offset; ../doc.go (Conntrack)
+ * gives the reasons. */
+#define CT_TCP_ESTABLISHED (3600 * NS_PER_SEC)
+#define CT_TCP_UNREPLIED (30 * NS_PER_SEC)   /* the backend never answered */
+#define CT_TCP_HALF_CLOSED (120 * NS_PER_SEC) /* one FIN */
+#define CT_TCP_CLOSED (2 * NS_PER_SEC)       /* both FINs, or a RST */
+#define CT_TCP_REUSE (2 * NS_PER_MSEC) /* over, and needed by a new flow */
+#define CT_UDP (30 * NS_PER_SEC)
+#define CT_ICMP (60 * NS_PER_SEC)
+
+/* TCP flags, byte 13 of the header. */
+#define TH_FIN 0x01
+#define TH_SYN 0x02
+#define TH_RST 0x04
+#define TH_ACK 0x10
 
 /* From linux/if_arp.h, which drags in libc headers. */
 #define ARPHRD_ETHER 1
@@ -75,6 +94,9 @@ struct pkt {
 	__u8 tcp_flags;
 	__u8 ttl;
 	__u8 pad;
+	__u32 seq;     /* TCP, host order */
+	__u32 ack;     /* TCP, host order */
+	__u32 seg_len; /* TCP: sequence space taken (payload, SYN, FIN) */
 };
 
 /* quote is the start of the packet an ICMP error is about, as the error
@@ -100,12 +122,17 @@ struct arp_eth {
 	__be32 tpa;
 } __attribute__((packed));
 
-static __always_inline int drop(__u32 reason)
+static __always_inline void count_drop(__u32 reason)
 {
 	__u64 *n = bpf_map_lookup_elem(&drops, &reason);
 
 	if (n)
 		*n += 1;
+}
+
+static __always_inline int drop(__u32 reason)
+{
+	count_drop(reason);
 	return TC_ACT_SHOT;
 }
 
@@ -193,7 +220,12 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p,
 			return -1;
 		p->sport = bpf_ntohs(tcp.source);
 		p->dport = bpf_ntohs(tcp.dest);
-		p->tcp_flags = (tcp.fin ? 1 : 0) | (tcp.rst ? 4 : 0);
+		p->tcp_flags = ((__u8 *)&tcp)[13];
+		p->seq = bpf_ntohl(tcp.seq);
+		p->ack = bpf_ntohl(tcp.ack_seq);
+		if (p->l4_off + tcp.doff * 4 <= end)
+			p->seg_len = end - p->l4_off - tcp.doff * 4;
+		p->seg_len += tcp.syn + tcp.fin;
 		p->csum_off = p->l4_off + offsetof(struct tcphdr, check);
 		return 0;
 	}
@@ -394,64 +426,300 @@ static __always_inline int port_index(const struct endpoint *ep, __u16 port,
 	return -1;
 }
 
-static __always_inline int ct_expired(const struct ct_entry *e, __u64 now)
+/* ct_timeout is how long an idle flow in the given state keeps its
+ * offset. */
+static __always_inline __s64 ct_timeout(__u8 proto, __u8 flags)
 {
-	__u64 timeout = 60 * NS_PER_SEC;
-
-	if (e->flags & CT_CLOSING)
-		timeout = 10 * NS_PER_SEC;
-	else if (e->proto == IPPROTO_TCP)
-		timeout = 3600 * NS_PER_SEC;
-	else if (e->proto == IPPROTO_UDP)
-		timeout = 120 * NS_PER_SEC;
-	return now - e->last_seen > timeout;
+	if (proto == IPPROTO_TCP) {
+		if ((flags & CT_RST) || (flags & CT_FINS) == CT_FINS)
+			return CT_TCP_CLOSED;
+		if (flags & CT_FINS)
+			return CT_TCP_HALF_CLOSED;
+		if (!(flags & CT_REPLIED))
+			return CT_TCP_UNREPLIED;
+		return CT_TCP_ESTABLISHED;
+	}
+	if (proto == IPPROTO_UDP)
+		return CT_UDP;
+	return CT_ICMP;
 }
 
-/* alloc_offset finds a free offset in client c's blocks and records the
- * CT_REV entry v for it. An offset is free when it has no CT_REV entry or
- * its entry expired. It never takes a busy offset: that would hand one
- * flow's replies to another (fail closed). */
-static __always_inline int alloc_offset(const struct endpoint *c, __u32 cid,
-					struct ct_entry *v)
+/* NO_OFFSET: no offset noted. */
+#define NO_OFFSET 0xffffffff
+
+/* ct_over says whether a TCP flow idle for idle ns is over for good: reset,
+ * or both FINs acknowledged, at least CT_TCP_REUSE ago. Such an offset may
+ * go to a new flow before its CT_TCP_CLOSED hold ends. */
+static __always_inline int ct_over(__u8 proto, __u8 flags, __s64 idle)
 {
-	__u32 lo = c->nports, span, start, *cur, next;
-	struct ct_key k = { .scope = cid, .dir = CT_REV };
+	return proto == IPPROTO_TCP &&
+	       ((flags & CT_RST) || (flags & CT_ACKED) == CT_ACKED) &&
+	       idle >= (__s64)CT_TCP_REUSE;
+}
 
-	if (c->block_size <= lo)
+/* ct_claim records v under the CT_REV key k when k is free: absent, or its
+ * flow expired. When over is not NULL it only notes in *over (if still
+ * NO_OFFSET) the offset of a TCP flow that is over (ct_over); when it is
+ * NULL it takes such an offset too. It returns 0 when it recorded v, -1
+ * otherwise. It looks before it inserts: an insert into the full LRU
+ * takes a node, possibly evicting another flow, even when it then fails.
+ * Two CPUs never take the same entry: the one whose compare and swap of
+ * last_seen succeeds does, and the swap makes the entry look busy to the
+ * other until the update replaces it. A global function: the verifier
+ * checks it once, not once per probe. */
+__attribute__((noinline)) int ct_claim(struct ct_key *k, struct ct_entry *v,
+				       __u64 now, __u32 *over)
+{
+	struct ct_entry *old;
+	__u64 seen;
+	__s64 idle;
+
+	if (!k || !v)
 		return -1;
-	span = c->block_size - lo;
-	cur = bpf_map_lookup_elem(&offset_cursor, &cid);
-	start = cur ? *cur : 0;
-	for (__u32 i = 0; i < MAX_PROBES; i++) {
-		struct ct_entry *old;
-
-		k.dport = lo + (start + i) % span;
-		v->offset = k.dport;
-		if (bpf_map_update_elem(&conntrack, &k, v, BPF_NOEXIST) != 0) {
-			old = bpf_map_lookup_elem(&conntrack, &k);
-			if (old && !ct_expired(old, v->last_seen))
-				continue;
-			if (bpf_map_update_elem(&conntrack, &k, v, BPF_ANY) != 0)
-				continue;
+	old = bpf_map_lookup_elem(&conntrack, k);
+	if (!old) {
+		if (bpf_map_update_elem(&conntrack, k, v, BPF_NOEXIST) == 0)
+			return 0;
+		old = bpf_map_lookup_elem(&conntrack, k);
+		if (!old)
+			return -1;
+	}
+	seen = old->last_seen;
+	/* Signed: another CPU may have touched the entry after our now. */
+	idle = now - seen;
+	if (idle <= ct_timeout(old->proto, old->flags)) {
+		if (!ct_over(old->proto, old->flags, idle))
+			return -1;
+		if (over) {
+			if (*over == NO_OFFSET)
+				*over = k->sport;
+			return -1;
 		}
-		next = start + i + 1;
-		bpf_map_update_elem(&offset_cursor, &cid, &next, BPF_ANY);
-		return 0;
+	}
+	if (__sync_val_compare_and_swap(&old->last_seen, seen, now) != seen)
+		return -1;
+	if (bpf_map_update_elem(&conntrack, k, v, BPF_ANY) != 0)
+		return -1;
+	return 0;
+}
+
+/* cursor_key names the offset cursor of a client towards one destination.
+ * Two destinations that hash alike share a cursor, which only moves where
+ * their searches start. */
+static __always_inline __u32 cursor_key(const struct ct_key *k)
+{
+	__u32 h = mix(k->scope * 0x9e3779b1 ^ k->daddr);
+
+	return mix(h ^ ((__u32)k->dport << 8) ^ k->proto);
+}
+
+/* PROBE_BATCH is how many offsets one ct_probe call looks at. */
+#define PROBE_BATCH 16
+
+/* search is alloc_offset's state, shared with ct_probe. */
+struct search {
+	struct ct_key k;    /* CT_REV key, sport set per probe */
+	struct ct_entry v;  /* the flow, offset set per probe */
+	__u64 now;
+	__u32 lo;    /* first flow offset */
+	__u32 span;  /* number of flow offsets */
+	__u32 first; /* position of the first probe, modulo span */
+	__u32 n;     /* offsets left to probe */
+	__u32 over;  /* first offset of a flow that is over, or NO_OFFSET */
+	__u32 pad;
+};
+
+/* ct_probe looks at up to PROBE_BATCH offsets from s->first and returns
+ * the first it claimed, or -1. A global function, so the verifier walks
+ * PROBE_BATCH probes once instead of MAX_PROBES in every caller. */
+__attribute__((noinline)) int ct_probe(struct search *s)
+{
+	if (!s)
+		return -1;
+	for (__u32 i = 0; i < PROBE_BATCH; i++) {
+		__u32 off;
+
+		if (i >= s->n || !s->span)
+			break;
+		off = s->lo + (s->first + i) % s->span;
+		s->k.sport = off;
+		s->v.offset = off;
+		if (ct_claim(&s->k, &s->v, s->now, &s->over) == 0)
+			return off;
 	}
 	return -1;
 }
 
-static __always_inline void ct_touch(struct ct_entry *e, const struct pkt *p,
-				     __u64 now)
+/* alloc_offset finds an offset for flow v (client, backend, port_index,
+ * proto and last_seen = now set) among the flow offsets [lo, size) of
+ * client cid's blocks, records v as its CT_REV entry and returns the
+ * offset, or -1. An offset is unique per (client, backend, port index,
+ * protocol), so only flows to the same destination compete. The search
+ * starts at prefer when it is a flow offset (a flow moving to another
+ * backend keeps its offset when it is free there), else at the
+ * destination's cursor, just past its last allocation, which it advances:
+ * offsets are handed out in turn, so the search meets the oldest flows
+ * first. It looks at up to MAX_PROBES offsets (the whole block at the
+ * default size) and takes the first free one; when none is free, the
+ * first whose TCP flow is over (ct_over), as a kernel reuses a port in
+ * TIME_WAIT. It never takes a busy offset: that would hand one flow's
+ * replies to another (fail closed). A global function, verified once. */
+__attribute__((noinline)) int alloc_offset(__u32 cid, __u32 lo, __u32 size,
+					   __u32 prefer, struct ct_entry *v)
 {
-	e->last_seen = now;
-	if (p->tcp_flags)
-		e->flags |= CT_CLOSING;
+	struct search s = { .k = { .scope = cid, .dir = CT_REV },
+			    .over = NO_OFFSET };
+	int found = -1, moved = prefer >= lo && prefer < size;
+	__u32 start, next, ck, *cur;
+
+	if (!v || lo >= size || size > 32768)
+		return -1;
+	s.v = *v;
+	s.now = v->last_seen;
+	s.lo = lo;
+	s.span = size - lo;
+	s.k.daddr = v->backend;
+	s.k.dport = v->port_index;
+	s.k.proto = v->proto;
+	ck = cursor_key(&s.k);
+	if (moved) {
+		start = prefer - lo;
+	} else {
+		cur = bpf_map_lookup_elem(&offset_cursor, &ck);
+		start = cur ? *cur : 0;
+	}
+	for (__u32 done = 0; done < MAX_PROBES; done += PROBE_BATCH) {
+		if (done >= s.span)
+			break;
+		s.first = start + done;
+		s.n = s.span - done;
+		found = ct_probe(&s);
+		if (found >= 0)
+			break;
+	}
+	if (found < 0 && s.over != NO_OFFSET) {
+		s.k.sport = s.over;
+		s.v.offset = s.over;
+		if (ct_claim(&s.k, &s.v, s.now, NULL) == 0)
+			found = s.over;
+	}
+	if (found < 0)
+		return -1;
+	v->offset = found;
+	if (!moved) {
+		next = found - lo + 1;
+		bpf_map_update_elem(&offset_cursor, &ck, &next, BPF_ANY);
+	}
+	return found;
 }
 
-static __always_inline struct ct_entry *ct_rev(__u32 client, __u16 offset)
+/* NO_PREFER makes alloc_offset start at the destination's cursor. */
+#define NO_PREFER 0xffffffff
+
+/* What ct_touch asks of the caller about a closing TCP flow. */
+enum {
+	TW_NONE = 0,
+	TW_REFLECT = 1, /* send the backend a reset back (end_time_wait) */
+	TW_RESET = 2,   /* turn this, the client's last ACK, into a reset */
+};
+
+/* ct_touch records packet p of the flow whose CT_REV entry is e; in says it
+ * came from the backend. It follows the close: which side sent FIN, and
+ * which FIN the other side acknowledged (by sequence number). When the
+ * backend sent its FIN before it had the client's, the backend ends in
+ * TIME_WAIT for the flow's 4-tuple, which a new flow on the same offset
+ * would meet; ct_touch then says how to end it, once both sides are known
+ * to be done:
+ *
+ *   - TW_REFLECT on the backend's pure ACK of the client's FIN when the
+ *     client had acknowledged the backend's FIN (the backend closed first
+ *     and is in TIME_WAIT now): send the backend a reset back;
+ *   - TW_RESET on a pure ACK of the backend's FIN that the client sends
+ *     after its own FIN (the FINs crossed, or the backend resent its FIN):
+ *     the backend enters TIME_WAIT on this ACK or is in it already; send
+ *     this ACK as a reset instead, at the sequence number the backend
+ *     expects after the client's FIN. A backend that does not have that
+ *     FIN yet ignores the reset (RFC 5961) unless its socket is closed
+ *     already (an orphan in FIN_WAIT2, which nobody reads).
+ *
+ * The flow is then marked reset, so it is ended once. */
+static __always_inline int ct_touch(struct ct_entry *e, const struct pkt *p,
+				    __u64 now, int in)
 {
-	struct ct_key k = { .scope = client, .dport = offset, .dir = CT_REV };
+	__u8 f = e->flags, was = f;
+	int tw = TW_NONE, pure;
+
+	e->last_seen = now;
+	if (in)
+		f |= CT_REPLIED;
+	if (p->proto == IPPROTO_TCP) {
+		if (p->tcp_flags & TH_RST)
+			f |= CT_RST;
+		if ((p->tcp_flags & TH_FIN) && in) {
+			f |= CT_FIN_IN;
+			e->fin_in = p->seq + p->seg_len;
+			if (!(f & CT_FIN_OUT) || !(p->tcp_flags & TH_ACK) ||
+			    p->ack != e->fin_out)
+				f |= CT_TIME_WAIT;
+		} else if (p->tcp_flags & TH_FIN) {
+			f |= CT_FIN_OUT;
+			e->fin_out = p->seq + p->seg_len;
+		}
+		if (p->tcp_flags & TH_ACK) {
+			if (in && (f & CT_FIN_OUT) && p->ack == e->fin_out)
+				f |= CT_FIN_OUT_ACKED;
+			if (!in && (f & CT_FIN_IN) && p->ack == e->fin_in)
+				f |= CT_FIN_IN_ACKED;
+		}
+		pure = (p->tcp_flags & (TH_SYN | TH_FIN | TH_RST | TH_ACK)) ==
+			       TH_ACK &&
+		       p->seg_len == 0;
+		if (pure && (f & (CT_TIME_WAIT | CT_RST)) == CT_TIME_WAIT) {
+			if (in && (f & CT_ACKED) == CT_ACKED &&
+			    !(was & CT_FIN_OUT_ACKED))
+				tw = TW_REFLECT;
+			else if (!in && (f & CT_FIN_OUT) &&
+				 (f & CT_FIN_IN_ACKED))
+				tw = TW_RESET;
+			if (tw)
+				f |= CT_RST;
+		}
+	}
+	if (f != e->flags)
+		e->flags = f;
+	return tw;
+}
+
+/* ct_forget deletes the CT_REV entry of client cid's flow v, whose CT_OUT
+ * entry could not be written. */
+static __always_inline void ct_forget(__u32 cid, const struct ct_entry *v)
+{
+	struct ct_key k = {
+		.scope = cid,
+		.daddr = v->backend,
+		.sport = v->offset,
+		.dport = v->port_index,
+		.proto = v->proto,
+		.dir = CT_REV,
+	};
+
+	bpf_map_delete_elem(&conntrack, &k);
+}
+
+/* ct_rev returns the CT_REV entry of client's flow to backend's port index
+ * idx at offset. */
+static __always_inline struct ct_entry *ct_rev(__u32 client, __u32 backend,
+					       __u16 idx, __u8 proto,
+					       __u16 offset)
+{
+	struct ct_key k = {
+		.scope = client,
+		.daddr = backend,
+		.sport = offset,
+		.dport = idx,
+		.proto = proto,
+		.dir = CT_REV,
+	};
 
 	return bpf_map_lookup_elem(&conntrack, &k);
 }
@@ -526,6 +794,148 @@ static __always_inline int answer_arp(struct __sk_buff *skb,
 	return bpf_redirect(skb->ifindex, 0);
 }
 
+/* reset_flag sets RST on TCP segment p (the client's last ACK of a flow
+ * whose backend would enter TIME_WAIT on it, see ct_touch): with the
+ * sequence number the backend expects, it closes the backend's side at
+ * once. The client's side does not notice: it has sent its last ACK. */
+static __always_inline int reset_flag(struct __sk_buff *skb,
+				      const struct pkt *p)
+{
+	__u16 from, to;
+
+	if (bpf_skb_load_bytes(skb, p->l4_off + 12, &from, 2) < 0)
+		return -1;
+	to = from | bpf_htons(TH_RST);
+	return set_word(skb, p, p->l4_off + 12, from, to, 1);
+}
+
+/* csum_fold32 folds a 32-bit partial sum (as bpf_csum_diff returns it) to
+ * 16 bits, not inverted. */
+static __always_inline __u16 csum_fold32(__u64 s)
+{
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return s;
+}
+
+/* ip_header returns a fresh IPv4 header from saddr to daddr, checksum
+ * included. */
+static __always_inline int ip_header(struct iphdr *ip, __u8 tos, __u16 len,
+				     __u16 frag, __u8 proto, __u32 saddr,
+				     __u32 daddr)
+{
+	__s64 sum;
+
+	*ip = (struct iphdr){
+		.version = 4,
+		.ihl = 5,
+		.tos = tos,
+		.tot_len = bpf_htons(len),
+		.frag_off = bpf_htons(frag),
+		.ttl = 64,
+		.protocol = proto,
+		.saddr = saddr,
+		.daddr = daddr,
+	};
+	sum = bpf_csum_diff(NULL, 0, (__be32 *)ip, sizeof(*ip), 0);
+	if (sum < 0)
+		return -1;
+	ip->check = ~csum_fold32((__u32)sum);
+	return 0;
+}
+
+/* tw_frame is a TCP segment without IPv4 options, as end_time_wait reads
+ * and rewrites it; pad aligns the headers, the frame starts at eth. */
+struct tw_frame {
+	__u16 pad;
+	struct ethhdr eth;
+	struct iphdr ip;
+	struct tcphdr tcp;
+	__u8 opts[40];
+};
+
+/* end_time_wait sends the backend that sent p, its ACK of the client's FIN
+ * after closing first, a reset that ends the TIME_WAIT it now holds for
+ * the flow's 4-tuple, then leaves p as it was, to be delivered as usual.
+ *
+ * Offsets are few (one per flow to a destination at a time), so a new flow
+ * soon reuses the 4-tuple at the backend, and a TIME_WAIT there refuses
+ * the new SYN half the time: Linux randomises TCP timestamps per
+ * connection, so the SYN's looks old (PAWS). The client's kernel gets over
+ * it by resetting the backend's answer and sending the SYN again, which
+ * costs a round trip and TCP_TIMEOUT_MIN. This reset is the same one,
+ * sent while the flow closes: its sequence is p's acknowledgment number,
+ * the only one a TIME_WAIT accepts a reset at (RFC 9293 3.10.7.4; ended,
+ * as Linux does, unless the backend set net.ipv4.tcp_rfc1337). It carries
+ * no timestamp, so PAWS does not apply to it.
+ *
+ * The reset is p reflected: MACs, addresses and ports swapped, sent back
+ * out of the interface p came in on (the uplink, or the backend's veth)
+ * with bpf_clone_redirect. The TCP checksum is updated, not recomputed, so
+ * a segment whose checksum is still to be completed stays right. Only a
+ * segment without IPv4 options or payload is reflected. It returns 0 when
+ * p is as it was (reset sent or not), -1 when p could not be restored and
+ * must be dropped. A global function, verified once. */
+__attribute__((noinline)) int end_time_wait(struct __sk_buff *skb,
+					    const struct pkt *p)
+{
+	__u32 len, optlen, ifindex = skb->ifindex;
+	struct tw_frame f = {}, orig = {};
+	__u8 mac[ETH_ALEN];
+	__u16 port;
+	__s64 diff;
+
+	if (!p || p->l4_off != IP_OFF + sizeof(struct iphdr))
+		return 0;
+	if (bpf_skb_load_bytes(skb, 0, &f.eth,
+			       offsetof(struct tw_frame, opts) -
+				       offsetof(struct tw_frame, eth)) < 0)
+		return 0;
+	optlen = f.tcp.doff * 4;
+	if (optlen < sizeof(f.tcp) || p->end != p->l4_off + optlen)
+		return 0;
+	optlen -= sizeof(f.tcp);
+	if (optlen > sizeof(f.opts))
+		return 0;
+	if (optlen && bpf_skb_load_bytes(skb, TCP_CSUM_OFF + 4, f.opts,
+					 optlen) < 0)
+		return 0;
+	len = offsetof(struct tw_frame, opts) - offsetof(struct tw_frame, eth) +
+	      optlen;
+	orig = f;
+
+	__builtin_memcpy(mac, f.eth.h_dest, ETH_ALEN);
+	__builtin_memcpy(f.eth.h_dest, f.eth.h_source, ETH_ALEN);
+	__builtin_memcpy(f.eth.h_source, mac, ETH_ALEN);
+	if (ip_header(&f.ip, 0, p->end - IP_OFF, 0x4000, IPPROTO_TCP,
+		      orig.ip.daddr, orig.ip.saddr) < 0)
+		return 0;
+	port = f.tcp.source;
+	f.tcp.source = f.tcp.dest;
+	f.tcp.dest = port;
+	f.tcp.seq = orig.tcp.ack_seq;
+	f.tcp.ack_seq = 0;
+	/* Flags RST only, no window; options become NOPs. */
+	((__u8 *)&f.tcp)[13] = TH_RST;
+	f.tcp.window = 0;
+	f.tcp.urg_ptr = 0;
+	for (__u32 i = 0; i < sizeof(f.opts); i++)
+		f.opts[i] = 1;
+	/* The addresses swap in the pseudo header: its sum stays. */
+	diff = bpf_csum_diff((__be32 *)&orig.tcp, sizeof(f.tcp) + optlen,
+			     (__be32 *)&f.tcp, sizeof(f.tcp) + optlen, 0);
+	if (diff < 0)
+		return 0;
+	if (bpf_skb_store_bytes(skb, 0, &f.eth, len, 0) == 0 &&
+	    bpf_l4_csum_replace(skb, TCP_CSUM_OFF, 0, diff, 0) == 0)
+		bpf_clone_redirect(skb, ifindex, 0);
+	/* The original bytes, checksum included, make p what it was. */
+	if (bpf_skb_store_bytes(skb, 0, &orig.eth, len, 0) < 0)
+		return -1;
+	return 0;
+}
+
 /* reply_from_backend handles a packet that backend s sends to client cid's
  * identity port. It needs no state on this side: the identity block names
  * the client, the source port names s's ServerPort. */
@@ -550,10 +960,12 @@ static __always_inline int reply_from_backend(struct __sk_buff *skb,
 	if (idx < 0)
 		return drop(DROP_CT_MISS);
 	if (c->ifindex) {
-		e = ct_rev(cid, off);
-		if (!e || e->backend != sid || e->proto != p->proto)
+		e = ct_rev(cid, sid, idx, p->proto, off);
+		if (!e)
 			return drop(DROP_CT_MISS);
-		ct_touch(e, p, now);
+		if (ct_touch(e, p, now, 1) == TW_REFLECT &&
+		    end_time_wait(skb, p) < 0)
+			return drop(DROP_MALFORMED);
 		if (rewrite(skb, p, p->saddr, p->daddr, p->sport,
 			    e->client_port, 0) < 0 ||
 		    set_macs(skb, c->mac, cfg->gateway_mac) < 0)
@@ -738,8 +1150,8 @@ __attribute__((noinline)) int error_from_container(struct __sk_buff *skb,
 	if (coff < peer->nports || coff >= peer->block_size)
 		return drop(DROP_CT_MISS);
 	if (peer->ifindex) {
-		e = ct_rev(pid, coff);
-		if (!e || e->backend != cid || e->proto != q.ip.protocol)
+		e = ct_rev(pid, cid, idx, q.ip.protocol, coff);
+		if (!e)
 			return drop(DROP_CT_MISS);
 		if (translate_quote(skb, p, &q, peer->ip, x->ip,
 				    e->client_port, dport) < 0 ||
@@ -771,7 +1183,7 @@ __attribute__((noinline)) int error_from_network(struct __sk_buff *skb,
 	struct wire_key wk = {};
 	struct endpoint *ep, *peer;
 	__u16 sport, dport, mask;
-	__u32 eid, pid, off, coff, *id;
+	__u32 eid, pid, off, coff, idx, *id;
 	struct ct_entry *e;
 	struct quote q;
 
@@ -796,15 +1208,23 @@ __attribute__((noinline)) int error_from_network(struct __sk_buff *skb,
 	off = sport - ep->wire_base;
 
 	if (off >= ep->nports) {
-		/* About a packet of ep's own flow at offset off. */
-		e = ct_rev(eid, off);
-		if (!e || e->proto != q.ip.protocol)
-			return drop(DROP_CT_MISS);
-		pid = e->backend;
-		peer = bpf_map_lookup_elem(&endpoints, &pid);
-		if (!peer || q.ip.daddr != peer->server_ip ||
-		    dport != (__u16)(peer->wire_base + e->port_index))
+		/* About a packet of ep's own flow at offset off: the quoted
+		 * destination names the backend and its port index. */
+		wk.server_ip = q.ip.daddr;
+		wk.base = dport & mask;
+		id = bpf_map_lookup_elem(&wire_blocks, &wk);
+		if (!id)
 			return drop(DROP_UNKNOWN_PEER);
+		pid = *id;
+		peer = bpf_map_lookup_elem(&endpoints, &pid);
+		if (!peer)
+			return drop(DROP_UNKNOWN_PEER);
+		idx = dport - peer->wire_base;
+		if (idx >= peer->nports)
+			return drop(DROP_UNKNOWN_PEER);
+		e = ct_rev(eid, pid, idx, q.ip.protocol, off);
+		if (!e)
+			return drop(DROP_CT_MISS);
 		if (translate_quote(skb, p, &q, ep->ip, peer->ip,
 				    e->client_port, e->service_port) < 0)
 			return drop(DROP_MALFORMED);
@@ -835,6 +1255,169 @@ __attribute__((noinline)) int error_from_network(struct __sk_buff *skb,
 		return drop(DROP_MALFORMED);
 	count(eid, skb->len, 1);
 	return bpf_redirect_peer(ep->ifindex, 0);
+}
+
+/* A frame the programs build: pad puts the IPv4 header on a 4-byte
+ * boundary, so every header is naturally aligned; the frame starts at
+ * eth. */
+struct rst_frame {
+	__u16 pad;
+	struct ethhdr eth;
+	struct iphdr ip;
+	struct tcphdr tcp;
+};
+
+#define FRAME_LEN(f) (sizeof(f) - offsetof(typeof(f), eth))
+_Static_assert(offsetof(struct rst_frame, tcp) ==
+		       offsetof(struct rst_frame, eth) + ETH_HLEN + 20,
+	       "rst_frame has holes");
+
+/* reset_tcp turns TCP segment p, which its client sent, into the reset a
+ * host without a listener would answer (RFC 9293 3.10.7.1): from the
+ * address and port it was sent to, RST|ACK acknowledging a SYN (or
+ * whatever the segment occupied), or RST with the segment's ACK number as
+ * sequence. The TCP checksum is updated, not recomputed, so a segment
+ * whose checksum is still to be completed (CHECKSUM_PARTIAL, as a
+ * container's own segments are) stays consistent: the part covering the
+ * bytes is applied only when the checksum is complete, the pseudo header's
+ * length in both cases. */
+static __always_inline int reset_tcp(struct __sk_buff *skb,
+				     const struct pkt *p)
+{
+	struct {
+		__u32 saddr;
+		__u32 daddr;
+		__u8 zero;
+		__u8 proto;
+		__be16 len;
+	} ph;
+	__u32 l4len = p->end - p->l4_off, used;
+	struct rst_frame f;
+	struct tcphdr th, h;
+	__u8 mac[ETH_ALEN];
+	__s64 sum;
+
+	if (bpf_skb_load_bytes(skb, 0, &f.eth, sizeof(f.eth)) < 0 ||
+	    bpf_skb_load_bytes(skb, p->l4_off, &th, sizeof(th)) < 0)
+		return TC_ACT_SHOT;
+	if (th.rst || th.doff < 5 || th.doff * 4 > l4len)
+		return TC_ACT_SHOT;
+	used = l4len - th.doff * 4 + th.syn + th.fin;
+
+	__builtin_memcpy(mac, f.eth.h_dest, ETH_ALEN);
+	__builtin_memcpy(f.eth.h_dest, f.eth.h_source, ETH_ALEN);
+	__builtin_memcpy(f.eth.h_source, mac, ETH_ALEN);
+	if (ip_header(&f.ip, 0, sizeof(f.ip) + sizeof(f.tcp), 0x4000,
+		      IPPROTO_TCP, p->daddr, p->saddr) < 0)
+		return TC_ACT_SHOT;
+	h = (struct tcphdr){
+		.source = th.dest,
+		.dest = th.source,
+		.doff = 5,
+		.rst = 1,
+	};
+	if (th.ack) {
+		h.seq = th.ack_seq;
+	} else {
+		h.ack_seq = bpf_htonl(bpf_ntohl(th.seq) + used);
+		h.ack = 1;
+	}
+	/* A complete checksum C = ~(P + D) covers the pseudo header P and
+	 * the old header and payload D. The diff P + H - ~C = P + H + C
+	 * makes it ~(P + H) for the new header H; the length in the pseudo
+	 * header follows separately. */
+	ph.saddr = p->saddr;
+	ph.daddr = p->daddr;
+	ph.zero = 0;
+	ph.proto = IPPROTO_TCP;
+	ph.len = bpf_htons(l4len);
+	sum = bpf_csum_diff(NULL, 0, (__be32 *)&ph, sizeof(ph), 0);
+	if (sum < 0)
+		return TC_ACT_SHOT;
+	sum = bpf_csum_diff(NULL, 0, (__be32 *)&h, sizeof(h), (__u32)sum);
+	if (sum < 0)
+		return TC_ACT_SHOT;
+	f.tcp = h;
+	f.tcp.check = th.check;
+	if (bpf_skb_store_bytes(skb, 0, &f.eth, FRAME_LEN(f), 0) < 0 ||
+	    bpf_skb_change_tail(skb, FRAME_LEN(f), 0) < 0 ||
+	    bpf_l4_csum_replace(skb, TCP_CSUM_OFF, 0,
+				csum_fold32((__u32)sum + (__u64)th.check),
+				0) < 0 ||
+	    bpf_l4_csum_replace(skb, TCP_CSUM_OFF, bpf_htons(l4len),
+				bpf_htons(sizeof(f.tcp)),
+				BPF_F_PSEUDO_HDR | 2) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+struct unreach_frame {
+	__u16 pad;
+	struct ethhdr eth;
+	struct iphdr ip;
+	struct icmp_echo icmp; /* type, code, checksum and 4 unused bytes */
+	struct quote q;
+};
+
+_Static_assert(offsetof(struct unreach_frame, q) ==
+		       offsetof(struct unreach_frame, eth) + ETH_HLEN + 20 +
+			       ICMP_HLEN,
+	       "unreach_frame has holes");
+
+/* unreach_udp turns UDP datagram p, which its client sent, into the ICMP
+ * port unreachable a host without a listener would answer, quoting the
+ * datagram's IPv4 header and first 8 bytes, so the client's socket sees
+ * ECONNREFUSED. */
+static __always_inline int unreach_udp(struct __sk_buff *skb,
+				       const struct pkt *p)
+{
+	struct unreach_frame f = {};
+	__u8 mac[ETH_ALEN];
+	__s64 sum;
+
+	if (bpf_skb_load_bytes(skb, 0, &f.eth, sizeof(f.eth)) < 0 ||
+	    bpf_skb_load_bytes(skb, IP_OFF, &f.q, sizeof(f.q)) < 0)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(mac, f.eth.h_dest, ETH_ALEN);
+	__builtin_memcpy(f.eth.h_dest, f.eth.h_source, ETH_ALEN);
+	__builtin_memcpy(f.eth.h_source, mac, ETH_ALEN);
+	if (ip_header(&f.ip, 0xc0, FRAME_LEN(f) - ETH_HLEN, 0, IPPROTO_ICMP,
+		      p->daddr, p->saddr) < 0)
+		return TC_ACT_SHOT;
+	f.icmp.type = ICMP_DEST_UNREACH;
+	f.icmp.code = 3; /* port unreachable */
+	sum = bpf_csum_diff(NULL, 0, (__be32 *)&f.icmp,
+			    sizeof(f.icmp) + sizeof(f.q), 0);
+	if (sum < 0)
+		return TC_ACT_SHOT;
+	f.icmp.checksum = ~csum_fold32((__u32)sum);
+	if (bpf_skb_change_tail(skb, FRAME_LEN(f), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, 0, &f.eth, FRAME_LEN(f), 0) < 0)
+		return TC_ACT_SHOT;
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+/* reject answers packet p of client cid when its new flow found no free
+ * offset, so the client fails at once instead of waiting for its own
+ * timeout: TCP gets a reset, UDP a port unreachable, both from the address
+ * the client sent to and put back into the client. Anything else (ICMP
+ * echo, a reset, IPv4 options) is dropped. Every case counts as
+ * offsets_full. A global function, verified once. */
+__attribute__((noinline)) int reject(struct __sk_buff *skb, struct pkt *p,
+				     __u32 cid)
+{
+	int ret = TC_ACT_SHOT;
+
+	count_drop(DROP_OFFSETS_FULL);
+	if (!p || p->l4_off != IP_OFF + sizeof(struct iphdr))
+		return TC_ACT_SHOT;
+	if (p->proto == IPPROTO_TCP)
+		ret = reset_tcp(skb, p);
+	else if (p->proto == IPPROTO_UDP)
+		ret = unreach_udp(skb, p);
+	if (ret == TC_ACT_REDIRECT)
+		count(cid, skb->len, 1);
+	return ret;
 }
 
 SEC("tcx/ingress")
@@ -899,18 +1482,39 @@ int from_container(struct __sk_buff *skb)
 	};
 	e = bpf_map_lookup_elem(&conntrack, &k);
 	if (e) {
-		struct ct_entry *rev = ct_rev(cid, e->offset);
+		struct ct_key rk = {
+			.scope = cid,
+			.daddr = e->backend,
+			.sport = e->offset,
+			.dport = e->port_index,
+			.proto = p.proto,
+			.dir = CT_REV,
+		};
+		struct ct_entry *rev = bpf_map_lookup_elem(&conntrack, &rk);
 
 		/* The offset is the flow's; losing its CT_REV entry to the
-		 * LRU means another flow may hold it now. */
+		 * LRU, or to a new flow once this one was over, means another
+		 * flow may hold it now. */
 		if (!rev || rev->client_port != e->client_port ||
-		    rev->service_port != e->service_port ||
-		    rev->proto != e->proto)
+		    rev->service_port != e->service_port)
 			goto new_flow;
+		/* A SYN starts the connection again: the client reuses its
+		 * port, or resends its SYN after resetting the answer of a
+		 * backend that still held the 4-tuple in TIME_WAIT (the
+		 * backend's TIME_WAIT ends with that reset, and the client's
+		 * kernel resends the SYN within milliseconds). Either way the
+		 * flow is open again, on the same offset. */
+		if (p.proto == IPPROTO_TCP &&
+		    (p.tcp_flags & (TH_SYN | TH_ACK)) == TH_SYN &&
+		    rev->flags)
+			rev->flags = 0;
 		sid = e->backend;
 		s = bpf_map_lookup_elem(&endpoints, &sid);
 		if (!s || s->state != ENDPOINT_ACTIVE) {
-			/* The backend is gone: re-select, keep the offset. */
+			/* The backend is gone: re-select. The flow keeps its
+			 * offset when it is free at the new backend (port),
+			 * else takes another; the new CT_REV entry is written
+			 * before CT_OUT points at it, and the old one goes. */
 			sk = (struct service_key){
 				.net_id = c->net_id,
 				.ip = p.daddr,
@@ -929,13 +1533,29 @@ int from_container(struct __sk_buff *skb)
 			idx = port_index(s, p.dport, p.proto);
 			if (idx < 0)
 				return drop(DROP_NO_BACKEND);
-			e->backend = sid;
-			e->port_index = idx;
-			rev->backend = sid;
-			rev->port_index = idx;
+			/* Chosen again (the service is not updated yet). */
+			if (sid == e->backend && idx == e->port_index)
+				goto keep;
+			v = *rev;
+			v.last_seen = now;
+			v.backend = sid;
+			v.port_index = idx;
+			v.flags = 0;
+			ct_touch(&v, &p, now, 0);
+			if (alloc_offset(cid, c->nports, c->block_size,
+					 e->offset, &v) < 0)
+				return reject(skb, &p, cid);
+			if (bpf_map_update_elem(&conntrack, &k, &v, BPF_ANY) < 0) {
+				ct_forget(cid, &v);
+				return drop(DROP_OFFSETS_FULL);
+			}
+			bpf_map_delete_elem(&conntrack, &rk);
+			return deliver_out(skb, &p, c, s, sid, &v, cfg);
 		}
-		ct_touch(e, &p, now);
-		ct_touch(rev, &p, now);
+keep:
+		if (ct_touch(rev, &p, now, 0) == TW_RESET &&
+		    reset_flag(skb, &p) < 0)
+			return drop(DROP_MALFORMED);
 		return deliver_out(skb, &p, c, s, sid, e, cfg);
 	}
 
@@ -955,6 +1575,9 @@ int from_container(struct __sk_buff *skb)
 	}
 
 new_flow:
+	/* A reset of no flow we know has nothing to end. */
+	if (p.proto == IPPROTO_TCP && (p.tcp_flags & TH_RST))
+		return drop(DROP_CT_MISS);
 	sk = (struct service_key){
 		.net_id = c->net_id,
 		.ip = p.daddr,
@@ -975,16 +1598,18 @@ new_flow:
 		return drop(DROP_NO_BACKEND);
 
 	v.last_seen = now;
-	v.client = cid;
 	v.backend = sid;
 	v.port_index = idx;
 	v.client_port = p.sport;
 	v.service_port = p.dport;
 	v.proto = p.proto;
-	if (alloc_offset(c, cid, &v) < 0)
+	ct_touch(&v, &p, now, 0);
+	if (alloc_offset(cid, c->nports, c->block_size, NO_PREFER, &v) < 0)
+		return reject(skb, &p, cid);
+	if (bpf_map_update_elem(&conntrack, &k, &v, BPF_ANY) < 0) {
+		ct_forget(cid, &v);
 		return drop(DROP_OFFSETS_FULL);
-	if (bpf_map_update_elem(&conntrack, &k, &v, BPF_ANY) < 0)
-		return drop(DROP_OFFSETS_FULL);
+	}
 	return deliver_out(skb, &p, c, s, sid, &v, cfg);
 }
 
@@ -1010,7 +1635,7 @@ int from_network(struct __sk_buff *skb)
 {
 	struct server_settings *cfg = get_settings();
 	struct endpoint *ep, *peer;
-	__u32 eid, pid, off, reason;
+	__u32 eid, pid, off, idx, reason;
 	struct ct_entry *e;
 	struct wire_key wk = {};
 	struct ethhdr eth;
@@ -1079,16 +1704,26 @@ int from_network(struct __sk_buff *skb)
 		return bpf_redirect_peer(ep->ifindex, 0);
 	}
 
-	/* A backend answering ep's own flow at offset off. */
-	e = ct_rev(eid, off);
-	if (!e || e->proto != p.proto)
-		return drop(DROP_CT_MISS);
-	pid = e->backend;
-	peer = bpf_map_lookup_elem(&endpoints, &pid);
-	if (!peer || p.saddr != peer->server_ip ||
-	    p.sport != (__u16)(peer->wire_base + e->port_index))
+	/* A backend answering ep's own flow at offset off: the source names
+	 * the backend and its port index. */
+	wk.server_ip = p.saddr;
+	wk.base = p.sport & mask;
+	id = bpf_map_lookup_elem(&wire_blocks, &wk);
+	if (!id)
 		return drop(DROP_UNKNOWN_PEER);
-	ct_touch(e, &p, bpf_ktime_get_ns());
+	pid = *id;
+	peer = bpf_map_lookup_elem(&endpoints, &pid);
+	if (!peer)
+		return drop(DROP_UNKNOWN_PEER);
+	idx = p.sport - peer->wire_base;
+	if (p.proto == IPPROTO_ICMP ? idx != 0 : idx >= peer->nports)
+		return drop(DROP_UNKNOWN_PEER);
+	e = ct_rev(eid, pid, idx, p.proto, off);
+	if (!e)
+		return drop(DROP_CT_MISS);
+	if (ct_touch(e, &p, bpf_ktime_get_ns(), 1) == TW_REFLECT &&
+	    end_time_wait(skb, &p) < 0)
+		return drop(DROP_MALFORMED);
 	if (rewrite(skb, &p, peer->ip, ep->ip, e->service_port, e->client_port,
 		    0) < 0 ||
 	    set_macs(skb, ep->mac, cfg->gateway_mac) < 0)

@@ -18,8 +18,9 @@
 #define MAGLEV_SIZE 1021
 /* MAX_TABLES is the number of Maglev tables the maglev map holds. */
 #define MAX_TABLES 256
-/* MAX_PROBES bounds the search for a free offset in a client's blocks. */
-#define MAX_PROBES 32
+/* MAX_PROBES bounds the search for a free offset in a client's blocks:
+ * all of a block of the default size. */
+#define MAX_PROBES 256
 
 /* WIRE_ICMP_CODE marks an ICMP echo that carries daoli's wire ports, so the
  * host's own pings (code 0) never match a wire block by accident. */
@@ -45,7 +46,8 @@ enum drop_reason {
 	DROP_UNSUPPORTED = 5,     /* not TCP, UDP or ICMP echo */
 	DROP_NO_SERVICE = 6,      /* nobody serves the destination */
 	DROP_NO_BACKEND = 7,      /* the service has no active backend */
-	DROP_OFFSETS_FULL = 8,    /* the client has no free offset */
+	DROP_OFFSETS_FULL = 8,    /* no free offset towards the destination
+				   * (TCP and UDP are answered, see reject) */
 	DROP_UNKNOWN_PEER = 9,    /* wire packet from a port nobody owns */
 	DROP_CT_MISS = 10,        /* reply without conntrack */
 	DROP_POLICY = 11,         /* policy denies the source network */
@@ -148,34 +150,59 @@ struct policy_key {
 
 enum ct_dir {
 	CT_OUT = 0, /* client side, 5-tuple as the client sent it */
-	CT_REV = 1, /* client side, keyed by (client, offset) only */
+	CT_REV = 1, /* client side, keyed by (client, backend, port index,
+		     * protocol, offset) */
 };
 
+/* ct_key names a flow on its client's server.
+ *
+ * CT_OUT: scope = client endpoint id, saddr/daddr/sport/dport/proto = the
+ * 5-tuple as the client sent it (host-order ports).
+ *
+ * CT_REV: scope = client endpoint id, daddr = backend endpoint id, sport =
+ * the offset, dport = the backend's port index (0 for ICMP echo), proto;
+ * saddr is 0. An offset is unique per client and destination (backend,
+ * port, protocol), as a NAT's ports are: on the wire the flow is
+ * (ServerIP_A, wire_C+offset) -> (ServerIP_B, wire_S+index), and at the
+ * backend (IP_c, ident_C+offset) -> (IP_s, Port_s) inside S's own
+ * namespace, so the same offset towards another backend or port is
+ * another 5-tuple. */
 struct ct_key {
-	__u32 scope; /* client endpoint id */
+	__u32 scope;
 	__u32 saddr;
 	__u32 daddr;
 	__u16 sport;
-	__u16 dport; /* CT_REV: the offset */
+	__u16 dport;
 	__u8 proto;
 	__u8 dir;
 	__u16 pad;
 };
 
-#define CT_CLOSING 1 /* FIN or RST seen */
+/* ct_entry.flags: the TCP state as the client's server sees it. Only the
+ * CT_REV entry, which holds the offset, keeps them. */
+#define CT_FIN_OUT 0x01       /* the client sent FIN */
+#define CT_FIN_IN 0x02        /* the backend sent FIN */
+#define CT_RST 0x04           /* either side sent RST */
+#define CT_REPLIED 0x08       /* the backend has answered */
+#define CT_FIN_OUT_ACKED 0x10 /* the backend acknowledged the client's FIN */
+#define CT_FIN_IN_ACKED 0x20  /* the client acknowledged the backend's FIN */
+#define CT_TIME_WAIT 0x40     /* the backend sent FIN before it had the
+			       * client's: it will pass TIME_WAIT */
+#define CT_FINS (CT_FIN_OUT | CT_FIN_IN)
+#define CT_ACKED (CT_FIN_OUT_ACKED | CT_FIN_IN_ACKED)
 
 struct ct_entry {
 	__u64 last_seen; /* bpf_ktime_get_ns */
-	__u32 client;    /* endpoint ids, never addresses */
-	__u32 backend;
+	__u32 fin_out;   /* TCP: sequence number just past the client's FIN */
+	__u32 backend;   /* endpoint id, never an address */
 	__u16 port_index;  /* index into backend's ports */
 	__u16 offset;      /* same in wire and identity block */
 	__u16 client_port; /* the port the client's socket used */
 	__u16 service_port; /* the port the client dialled */
 	__u8 proto;
-	__u8 flags;
+	__u8 flags; /* CT_* above */
 	__u16 pad;
-	__u32 pad2;
+	__u32 fin_in; /* TCP: sequence number just past the backend's FIN */
 };
 
 struct ep_stats {
@@ -252,7 +279,9 @@ struct {
 	__uint(pinning, PIN_BY_NAME);
 } conntrack SEC(".maps");
 
-/* offset_cursor: where the next offset search of an endpoint starts. */
+/* offset_cursor: where the next offset search of a client towards one
+ * destination starts, keyed by a hash of (client, backend, port index,
+ * protocol). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
