@@ -1,6 +1,10 @@
 package dataplane
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/cilium/ebpf"
+)
 
 // DropReason says why a program dropped a packet.
 type DropReason uint32
@@ -103,4 +107,56 @@ func (d *Dataplane) EndpointCounters() (map[uint32]Counters, error) {
 		return nil, fmt.Errorf("read endpoint counters: %w", err)
 	}
 	return out, nil
+}
+
+// ctOut is CT_OUT of bpf/daoli.h: the client-side entry of a flow, keyed
+// by the 5-tuple the client sent.
+const ctOut = 0
+
+// MapFill is how full one hash map is.
+type MapFill struct {
+	Name       string
+	Entries    int
+	MaxEntries int
+}
+
+// Fill reports the entries of every hash map against its capacity, and
+// the number of flows in conntrack (one per client-side 5-tuple; each
+// flow holds two conntrack entries). It walks the maps, so its cost grows
+// with their size: call it at scrape intervals, not per packet.
+func (d *Dataplane) Fill() (fill []MapFill, flows int, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m := &d.objs.daoliMaps
+	for _, x := range []struct {
+		name string
+		m    *ebpf.Map
+	}{
+		{"conntrack", m.Conntrack}, {"endpoints", m.Endpoints}, {"endpoint_by_ifindex", m.EndpointByIfindex},
+		{"wire_blocks", m.WireBlocks}, {"ident_blocks", m.IdentBlocks}, {"services", m.Services},
+		{"policies", m.Policies}, {"offset_cursor", m.OffsetCursor},
+	} {
+		n := 0
+		it := x.m.Iterate()
+		if x.m == m.Conntrack {
+			var k daoliCtKey
+			var v daoliCtEntry
+			for it.Next(&k, &v) {
+				n++
+				if k.Dir == ctOut {
+					flows++
+				}
+			}
+		} else {
+			var k, v []byte
+			for it.Next(&k, &v) {
+				n++
+			}
+		}
+		if err := it.Err(); err != nil {
+			return nil, 0, fmt.Errorf("count %s: %w", x.name, err)
+		}
+		fill = append(fill, MapFill{Name: x.name, Entries: n, MaxEntries: int(x.m.MaxEntries())})
+	}
+	return fill, flows, nil
 }

@@ -4,12 +4,14 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -570,5 +572,63 @@ func TestAttachRefusals(t *testing.T) {
 	}
 	if out := victim.Run("ip", "-o", "link"); strings.Count(out, "\n") != 1 {
 		t.Errorf("the refused container has interfaces besides lo:\n%s", out)
+	}
+}
+
+// TestMetrics scrapes an agent's /metrics, from inside its server's
+// namespace, after some traffic.
+func TestMetrics(t *testing.T) {
+	c := newCluster(t, 2, "--metrics", "127.0.0.1:9471")
+	client, _ := c.container("client", 0, agent.AttachRequest{IP: netip.MustParseAddr("10.1.0.5")})
+	web, _ := c.container("web", 1, agent.AttachRequest{IP: netip.MustParseAddr("10.1.0.9"), Ports: tcpUDP8080})
+	serve(t, web, client, "web", "10.1.0.9:8080")
+	ask(t, client, "--to", "10.1.0.9:8080", "--proto", "udp", "--count", "3", "--interval", "1ms") // UDP flows stay in conntrack for 30 s
+	ask(t, client, "--to", "10.1.0.9:9999", "--count", "1", "--timeout", "100ms")                  // a drop
+	c.settle()
+	var body []byte
+	err := c.w.Servers[0].Do(func() error {
+		conn, err := net.DialTimeout("tcp", "127.0.0.1:9471", time.Second)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "GET /metrics HTTP/1.0\r\n\r\n")
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		body, err = io.ReadAll(conn)
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(body)
+	metric := func(name string) int64 {
+		t.Helper()
+		for l := range strings.Lines(text) {
+			if v, ok := strings.CutPrefix(strings.TrimSpace(l), name+" "); ok {
+				n, err := strconv.ParseInt(v, 10, 64)
+				if err != nil {
+					t.Fatalf("%s: %v", name, err)
+				}
+				return n
+			}
+		}
+		t.Fatalf("no %s in:\n%s", name, text)
+		return 0
+	}
+	snap := got(c.mc.Snapshot(context.Background()))(t)
+	for _, tt := range []struct {
+		name string
+		ok   func(int64) bool
+		want string
+	}{
+		{"daoli_dataplane_flows", func(v int64) bool { return v >= 3 }, "at least the 3 UDP flows"},
+		{`daoli_dataplane_map_entries{map="endpoints"}`, func(v int64) bool { return v == 2 }, "2"},
+		{`daoli_dataplane_drops_total{reason="no_service"}`, func(v int64) bool { return v >= 1 }, "at least 1"},
+		{"daoli_agent_applied_revision", func(v int64) bool { return v >= snap.Revision }, fmt.Sprint(">= ", snap.Revision)},
+		{"daoli_agent_reconciles_total", func(v int64) bool { return v > 0 }, "more than 0"},
+	} {
+		if v := metric(tt.name); !tt.ok(v) {
+			t.Errorf("%s = %d, want %s", tt.name, v, tt.want)
+		}
 	}
 }

@@ -82,6 +82,18 @@ func (a *Agent) writeMetrics(w interface{ Write([]byte) (int, error) }) {
 	head("daoli_agent_health_changes_total", "counter", "Endpoint state changes made by health checks.")
 	p("daoli_agent_health_changes_total %d", m.healthChanges.Load())
 
+	if fill, flows, err := a.dp.Fill(); err == nil {
+		head("daoli_dataplane_flows", "gauge", "Flows in conntrack whose client is on this server.")
+		p("daoli_dataplane_flows %d", flows)
+		head("daoli_dataplane_map_entries", "gauge", "Entries in each dataplane hash map.")
+		for _, f := range fill {
+			p(`daoli_dataplane_map_entries{map=%q} %d`, f.Name, f.Entries)
+		}
+		head("daoli_dataplane_map_max_entries", "gauge", "Capacity of each dataplane hash map; conntrack evicts its oldest flows when full.")
+		for _, f := range fill {
+			p(`daoli_dataplane_map_max_entries{map=%q} %d`, f.Name, f.MaxEntries)
+		}
+	}
 	if drops, err := a.dp.DropCounters(); err == nil {
 		head("daoli_dataplane_drops_total", "counter", "Packets the dataplane dropped, by reason.")
 		var reasons []string
