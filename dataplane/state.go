@@ -161,6 +161,18 @@ type State struct {
 	Policies []Policy
 }
 
+// InvalidEndpointError is the ErrInvalidState Apply returns when one
+// endpoint is at fault: a caller can leave it out and apply the rest.
+type InvalidEndpointError struct {
+	ID  uint32
+	Msg string
+}
+
+func (e *InvalidEndpointError) Error() string { return e.Msg + ": " + ErrInvalidState.Error() }
+
+// Unwrap returns ErrInvalidState.
+func (e *InvalidEndpointError) Unwrap() error { return ErrInvalidState }
+
 // PortRange is an inclusive range of ports.
 type PortRange struct{ First, Last uint16 }
 
@@ -183,6 +195,11 @@ const protoICMP = 1
 func (s State) validate() (State, error) {
 	bad := func(format string, args ...any) (State, error) {
 		return State{}, fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), ErrInvalidState)
+	}
+	// badEP names the endpoint at fault, so a caller can leave it out and
+	// program the rest.
+	badEP := func(id uint32, format string, args ...any) (State, error) {
+		return State{}, &InvalidEndpointError{ID: id, Msg: fmt.Sprintf(format, args...)}
 	}
 	if s.BlockSize == 0 {
 		s.BlockSize = DefaultBlockSize
@@ -233,54 +250,54 @@ func (s State) validate() (State, error) {
 		case e.ID == 0:
 			return bad("endpoint #%d: ID 0 is reserved", i)
 		case ids[e.ID]:
-			return bad("endpoint %d: ID used twice", e.ID)
+			return badEP(e.ID, "endpoint %d: ID used twice", e.ID)
 		case !e.IP.Is4():
-			return bad("endpoint %d: IP %s: want IPv4", e.ID, e.IP)
+			return badEP(e.ID, "endpoint %d: IP %s: want IPv4", e.ID, e.IP)
 		case len(e.MAC) != 6:
-			return bad("endpoint %d: MAC %q: want 6 bytes", e.ID, e.MAC)
+			return badEP(e.ID, "endpoint %d: MAC %q: want 6 bytes", e.ID, e.MAC)
 		case !servers[e.Server]:
-			return bad("endpoint %d: server %s is not in State.Servers", e.ID, e.Server)
+			return badEP(e.ID, "endpoint %d: server %s is not in State.Servers", e.ID, e.Server)
 		case e.WireBase == 0 || e.WireBase%bs != 0:
-			return bad("endpoint %d: wire base %d: want a nonzero multiple of the block size %d", e.ID, e.WireBase, bs)
+			return badEP(e.ID, "endpoint %d: wire base %d: want a nonzero multiple of the block size %d", e.ID, e.WireBase, bs)
 		case e.IdentityBase == 0 || e.IdentityBase%bs != 0:
-			return bad("endpoint %d: identity base %d: want a nonzero multiple of the block size %d", e.ID, e.IdentityBase, bs)
+			return badEP(e.ID, "endpoint %d: identity base %d: want a nonzero multiple of the block size %d", e.ID, e.IdentityBase, bs)
 		case len(e.Ports) > MaxPorts || len(e.Ports) >= int(bs):
-			return bad("endpoint %d: %d ports: want at most %d and fewer than the block size", e.ID, len(e.Ports), MaxPorts)
+			return badEP(e.ID, "endpoint %d: %d ports: want at most %d and fewer than the block size", e.ID, len(e.Ports), MaxPorts)
 		case e.Mode > Balance:
-			return bad("endpoint %d: mode %d: want Failover or Balance", e.ID, e.Mode)
+			return badEP(e.ID, "endpoint %d: mode %d: want Failover or Balance", e.ID, e.Mode)
 		case e.State > Down:
-			return bad("endpoint %d: state %d: want Active or Down", e.ID, e.State)
+			return badEP(e.ID, "endpoint %d: state %d: want Active or Down", e.ID, e.State)
 		case e.Ifindex < 0:
-			return bad("endpoint %d: ifindex %d: want 0 or positive", e.ID, e.Ifindex)
+			return badEP(e.ID, "endpoint %d: ifindex %d: want 0 or positive", e.ID, e.Ifindex)
 		}
 		ids[e.ID] = true
 		if e.Ifindex != 0 {
 			if other, ok := ifindexes[e.Ifindex]; ok {
-				return bad("endpoint %d: ifindex %d already used by endpoint %d", e.ID, e.Ifindex, other)
+				return badEP(e.ID, "endpoint %d: ifindex %d already used by endpoint %d", e.ID, e.Ifindex, other)
 			}
 			ifindexes[e.Ifindex] = e.ID
 		}
 		wk := wireKey{e.Server, e.WireBase}
 		if other, ok := wire[wk]; ok {
-			return bad("endpoint %d: wire block %s:%d already owned by endpoint %d", e.ID, e.Server, e.WireBase, other)
+			return badEP(e.ID, "endpoint %d: wire block %s:%d already owned by endpoint %d", e.ID, e.Server, e.WireBase, other)
 		}
 		wire[wk] = e.ID
 		ik := identKey{ipKey{e.Network, e.IP}, e.IdentityBase}
 		if other, ok := ident[ik]; ok {
-			return bad("endpoint %d: identity block %d of %s already owned by endpoint %d", e.ID, e.IdentityBase, e.IP, other)
+			return badEP(e.ID, "endpoint %d: identity block %d of %s already owned by endpoint %d", e.ID, e.IdentityBase, e.IP, other)
 		}
 		ident[ik] = e.ID
 		for j, p := range e.Ports {
 			if p.Number == 0 || (p.Proto != TCP && p.Proto != UDP) {
-				return bad("endpoint %d: port #%d %d/%s: want a nonzero TCP or UDP port", e.ID, j, p.Number, p.Proto)
+				return badEP(e.ID, "endpoint %d: port #%d %d/%s: want a nonzero TCP or UDP port", e.ID, j, p.Number, p.Proto)
 			}
 			if slices.Contains(e.Ports[:j], p) {
-				return bad("endpoint %d: port %d/%s listed twice", e.ID, p.Number, p.Proto)
+				return badEP(e.ID, "endpoint %d: port %d/%s listed twice", e.ID, p.Number, p.Proto)
 			}
 			served[ik.ipKey] = append(served[ik.ipKey], p.Number)
 			sid := serviceID{e.Network, e.IP, p.Number, uint8(p.Proto)}
 			if m, ok := modes[sid]; ok && m != e.Mode {
-				return bad("endpoint %d: mode of service %s:%d/%s disagrees with its other backends", e.ID, e.IP, p.Number, p.Proto)
+				return badEP(e.ID, "endpoint %d: mode of service %s:%d/%s disagrees with its other backends", e.ID, e.IP, p.Number, p.Proto)
 			}
 			modes[sid] = e.Mode
 		}
@@ -293,7 +310,7 @@ func (s State) validate() (State, error) {
 	for ik, id := range ident {
 		for _, port := range served[ik.ipKey] {
 			if port >= ik.base && uint32(port) < uint32(ik.base)+uint32(bs) {
-				return bad("endpoint %d: identity block %d of %s in network %d holds served port %d", id, ik.base, ik.ip, ik.network, port)
+				return badEP(id, "endpoint %d: identity block %d of %s in network %d holds served port %d", id, ik.base, ik.ip, ik.network, port)
 			}
 		}
 	}

@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"errors"
+	"net"
 	"net/netip"
 	"slices"
 	"testing"
@@ -115,5 +116,17 @@ func TestNewWithoutBPFFS(t *testing.T) {
 	_, err := New(Config{BPFFSPath: t.TempDir() + "/daoli"})
 	if !errors.Is(err, ErrNoBPFFS) {
 		t.Errorf("New on a plain directory: %v, want ErrNoBPFFS", err)
+	}
+}
+
+func TestValidateNamesTheEndpoint(t *testing.T) {
+	s := State{Servers: []Server{{IP: netip.MustParseAddr("192.0.2.1")}}, Endpoints: []Endpoint{
+		{ID: 5, Network: 1, IP: netip.MustParseAddr("10.1.0.5"), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 5},
+			Server: netip.MustParseAddr("192.0.2.1"), WireBase: 256, IdentityBase: 512, Ports: make([]Port, MaxPorts+1)},
+	}}
+	_, err := s.validate()
+	var bad *InvalidEndpointError
+	if !errors.As(err, &bad) || bad.ID != 5 || !errors.Is(err, ErrInvalidState) {
+		t.Errorf("validate: %v, want an InvalidEndpointError for endpoint 5 that is ErrInvalidState", err)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -400,9 +401,23 @@ func (a *Agent) reconcile(ctx context.Context) error {
 			a.attached[e.Ifindex] = true
 		}
 	}
-	if err := a.dp.Apply(st); err != nil {
-		return fmt.Errorf("apply revision %d: %w", rev, err)
+	// An endpoint the dataplane refuses (the registry should have refused
+	// it first) must cost only itself, not every endpoint of the server.
+	excluded := 0
+	for {
+		err := a.dp.Apply(st)
+		var bad *dataplane.InvalidEndpointError
+		if err == nil {
+			break
+		}
+		if !errors.As(err, &bad) || excluded >= len(st.Endpoints) {
+			return fmt.Errorf("apply revision %d: %w", rev, err)
+		}
+		a.log.Error("leaving out an endpoint the dataplane refuses", "endpoint", bad.ID, "error", err)
+		st.Endpoints = slices.DeleteFunc(st.Endpoints, func(e dataplane.Endpoint) bool { return e.ID == bad.ID })
+		excluded++
 	}
+	a.m.excluded.Store(int64(excluded))
 	for ifindex := range a.attached {
 		if !local[ifindex] {
 			if err := a.dp.Detach(ifindex); err != nil {

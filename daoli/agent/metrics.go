@@ -16,6 +16,7 @@ type metrics struct {
 	markedDown      atomic.Int64
 	healthChanges   atomic.Int64
 	skipped         atomic.Int64 // changes that did not touch the dataplane
+	excluded        atomic.Int64 // endpoints the last reconcile left out
 
 	mu             sync.Mutex
 	reconciles     int64
@@ -73,6 +74,8 @@ func (a *Agent) writeMetrics(w interface{ Write([]byte) (int, error) }) {
 	p("daoli_agent_applied_revision %d", a.model.current(m.programmed()))
 	head("daoli_agent_registry_revision", "gauge", "Newest registry revision the agent has seen; the lag is this minus the applied revision.")
 	p("daoli_agent_registry_revision %d", a.model.rev())
+	head("daoli_agent_excluded_endpoints", "gauge", "Endpoints the dataplane refused and the last reconcile left out (should be 0).")
+	p("daoli_agent_excluded_endpoints %d", m.excluded.Load())
 	head("daoli_agent_changes_skipped_total", "counter", "Registry changes that did not touch the dataplane (heartbeats), so cost no reconcile.")
 	p("daoli_agent_changes_skipped_total %d", m.skipped.Load())
 	head("daoli_agent_watch_reconnects_total", "counter", "Times the change-log watch was resumed.")
