@@ -3,7 +3,7 @@
 
 GO ?= go
 
-.PHONY: build demo test lint generate check-generate bench clean
+.PHONY: build demo test lint generate check-generate bench bench-quick clean
 
 build:
 	$(GO) build -o bin/daoli ./daoli
@@ -29,8 +29,21 @@ check-generate:
 	scripts/setup.sh generate
 	scripts/check-generate.sh
 
+# daoli side by side with plain routing, VXLAN and bridge + NAT, in one run
+# (as root, under 15 minutes): publishes benchmarks/README.md's table and
+# benchmarks/results.json. bench-quick is the smoke test: numbers printed,
+# nothing published.
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 3s -count 5 ./mapper/
+	scripts/setup.sh bench
+	$(GO) build -o bin/daoli ./daoli
+	$(GO) build -o bin/bench ./benchmarks/cmd/bench
+	bin/bench --daoli bin/daoli --json benchmarks/results.json --readme benchmarks/README.md
+
+bench-quick:
+	scripts/setup.sh bench
+	$(GO) build -o bin/daoli ./daoli
+	$(GO) build -o bin/bench ./benchmarks/cmd/bench
+	bin/bench --quick --daoli bin/daoli
 
 clean:
 	rm -rf bin .tools

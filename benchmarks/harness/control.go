@@ -1,0 +1,252 @@
+package harness
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/daolinet/daoli/mapper"
+)
+
+// The control plane registers endpoints of phantom servers: servers known
+// to the registry that run no agent, so every real agent programs each
+// endpoint as remote, and nothing waits for a veth.
+const (
+	cpNetwork = "cp"
+	// perPhantom is the number of endpoints placed on one phantom server:
+	// four locator addresses of 64 wire blocks each (256-port blocks in
+	// 16384-32767).
+	perPhantom = 256
+	// parallel is the number of concurrent registering clients.
+	parallel = 64
+)
+
+// revisions follows the change log and tells at which revision each
+// endpoint was written.
+type revisions struct {
+	mu   sync.Mutex
+	cond *sync.Cond
+	rev  map[uint32]int64
+	end  error // why the watch ended; nil while it runs
+}
+
+func (r *run) follow(ctx context.Context, from int64) *revisions {
+	rv := &revisions{rev: map[uint32]int64{}}
+	rv.cond = sync.NewCond(&rv.mu)
+	go func() {
+		for resp := range r.cluster.Registry.Watch(ctx, from) {
+			rv.mu.Lock()
+			for _, c := range resp.Changes {
+				if c.Endpoint != nil {
+					rv.rev[c.Endpoint.ID] = c.Revision
+				}
+			}
+			rv.cond.Broadcast()
+			rv.mu.Unlock()
+			if resp.Err != nil {
+				rv.mu.Lock()
+				rv.end = resp.Err
+				rv.cond.Broadcast()
+				rv.mu.Unlock()
+				return
+			}
+		}
+		rv.mu.Lock()
+		if rv.end == nil {
+			rv.end = cmp.Or(ctx.Err(), errors.New("the change log ended"))
+		}
+		rv.cond.Broadcast()
+		rv.mu.Unlock()
+	}()
+	return rv
+}
+
+// of waits for the revision that wrote endpoint id.
+func (rv *revisions) of(id uint32) (int64, error) {
+	rv.mu.Lock()
+	defer rv.mu.Unlock()
+	for rv.rev[id] == 0 && rv.end == nil {
+		rv.cond.Wait()
+	}
+	if rv.rev[id] == 0 {
+		return 0, fmt.Errorf("watch the registry: %w", rv.end)
+	}
+	return rv.rev[id], nil
+}
+
+// controlPlane measures registrations per second and the time from a
+// registration to its programming on every server.
+func (r *run) controlPlane() {
+	ctx := r.ctx
+	c := r.cluster
+	r.printf("control plane: registrations on phantom servers, watched by %d agents", len(c.World.Servers))
+	if _, err := c.Mapper.CreateNetwork(ctx, mapper.NetworkSpec{Name: cpNetwork, Subnet: netip.MustParsePrefix("10.128.0.0/9")}); err != nil {
+		r.t.Fatalf("control plane: %v", err)
+	}
+	total := r.cfg.Registrations + 2*r.cfg.Latencies
+	for k := 0; k*perPhantom < total; k++ {
+		spec := mapper.ServerSpec{Name: fmt.Sprintf("phantom-%d", k), MAC: mapper.MAC{0x02, 0xbe, 0, 0, byte(k >> 8), byte(k)}}
+		for j := range perPhantom / 64 {
+			// 198.18.0.0/15 is set aside for benchmarks (RFC 2544).
+			spec.IPs = append(spec.IPs, netip.AddrFrom4([4]byte{198, 18 + byte(k>>8), byte(k), byte(j + 1)}))
+		}
+		if _, err := c.Mapper.RegisterServer(ctx, spec); err != nil {
+			r.t.Fatalf("control plane: register %s: %v", spec.Name, err)
+		}
+	}
+	snap, err := c.Mapper.Snapshot(ctx)
+	if err != nil {
+		r.t.Fatalf("control plane: %v", err)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	revs := r.follow(wctx, snap.Revision+1)
+	c.Settle(ctx)
+
+	var next atomic.Int64
+	spec := func() mapper.EndpointSpec {
+		i := int(next.Add(1) - 1)
+		v := i + 2 // past the network address and the gateway
+		return mapper.EndpointSpec{
+			Network: cpNetwork,
+			IP:      netip.AddrFrom4([4]byte{10, 128 + byte(v>>16), byte(v >> 8), byte(v)}),
+			Server:  fmt.Sprintf("phantom-%d", i/perPhantom),
+			Ports:   []mapper.PortSpec{{Port: 80, Protocol: mapper.TCP}},
+			// Failover: in the default mode, balance, every endpoint of its
+			// own IP is a service of its own with a Maglev table, and the
+			// dataplane holds 256 (README: findings).
+			Mode: mapper.Failover,
+		}
+	}
+	cp := &Control{Agents: len(c.World.Servers), Parallel: parallel}
+	cp.Before = r.latencies(revs, spec, len(snap.Endpoints))
+	r.printf("registration -> programmed on every server, %d endpoints registered: p50 %.1f ms, p99 %.1f ms",
+		cp.Before.Registered, cp.Before.P50ms, cp.Before.P99ms)
+
+	// The burst: parallel clients over HTTP, as many hooks registering
+	// at once.
+	n := r.cfg.Registrations
+	var (
+		wg     sync.WaitGroup
+		failed atomic.Int64
+		firstE atomic.Value
+		last   atomic.Uint32
+		todo   atomic.Int64
+	)
+	todo.Store(int64(n))
+	t0 := time.Now()
+	for range parallel {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for todo.Add(-1) >= 0 && ctx.Err() == nil {
+				e, err := c.Mapper.CreateEndpoint(ctx, spec())
+				if err != nil {
+					failed.Add(1)
+					firstE.CompareAndSwap(nil, err.Error())
+					continue
+				}
+				for {
+					old := last.Load()
+					if e.ID <= old || last.CompareAndSwap(old, e.ID) {
+						break
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	acked := time.Since(t0)
+	r.check()
+	if failed.Load() > 0 {
+		r.res.Errors = append(r.res.Errors, fmt.Sprintf("control plane: %d of %d registrations failed: %v", failed.Load(), n, firstE.Load()))
+	}
+	cp.Registrations = n - int(failed.Load())
+	cp.PerSecond = float64(cp.Registrations) / acked.Seconds()
+	// Programmed: every agent applied the newest revision of the burst.
+	snap, err = c.Mapper.Snapshot(ctx)
+	if err != nil {
+		r.t.Fatalf("control plane: %v", err)
+	}
+	if err := c.WaitApplied(ctx, snap.Revision, 5*time.Minute); err != nil {
+		r.t.Fatalf("control plane: %v", err)
+	}
+	cp.ProgrammedPerSecond = float64(cp.Registrations) / time.Since(t0).Seconds()
+	r.printf("%d registrations from %d clients: %.0f/s acknowledged, %.0f/s programmed on every server",
+		cp.Registrations, parallel, cp.PerSecond, cp.ProgrammedPerSecond)
+
+	cp.After = r.latencies(revs, spec, len(snap.Endpoints))
+	r.printf("registration -> programmed on every server, %d endpoints registered: p50 %.1f ms, p99 %.1f ms",
+		cp.After.Registered, cp.After.P50ms, cp.After.P99ms)
+	r.res.Control = cp
+}
+
+// latencies registers endpoints one at a time and times each from the
+// request to every agent reporting the registration's revision applied.
+func (r *run) latencies(revs *revisions, spec func() mapper.EndpointSpec, registered int) Latency {
+	c := r.cluster
+	var ack, programmed []float64
+	for range r.cfg.Latencies {
+		r.check()
+		t0 := time.Now()
+		e, err := c.Mapper.CreateEndpoint(r.ctx, spec())
+		if err != nil {
+			r.t.Fatalf("control plane: register: %v", err)
+		}
+		ack = append(ack, ms(time.Since(t0)))
+		rev, err := revs.of(e.ID)
+		if err != nil {
+			r.t.Fatalf("control plane: %v", err)
+		}
+		var (
+			wg   sync.WaitGroup
+			mu   sync.Mutex
+			done time.Time
+			errs []error
+		)
+		for i := range c.World.Servers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				cl := c.Agent(i)
+				deadline := time.Now().Add(30 * time.Second)
+				for {
+					st, err := cl.Status(r.ctx)
+					if err == nil && st.Applied >= rev {
+						now := time.Now()
+						mu.Lock()
+						if now.After(done) {
+							done = now
+						}
+						mu.Unlock()
+						return
+					}
+					if time.Now().After(deadline) || r.ctx.Err() != nil {
+						mu.Lock()
+						errs = append(errs, fmt.Errorf("agent of %s did not apply revision %d: %v", c.ServerName(i), rev, err))
+						mu.Unlock()
+						return
+					}
+					time.Sleep(time.Millisecond)
+				}
+			}()
+		}
+		wg.Wait()
+		if len(errs) > 0 {
+			r.t.Fatalf("control plane: %v", errs)
+		}
+		programmed = append(programmed, ms(done.Sub(t0)))
+		time.Sleep(10 * time.Millisecond) // one registration at a time
+	}
+	l := Latency{Registered: registered, Samples: len(programmed)}
+	l.P50ms, l.P99ms = percentile(programmed, 50), percentile(programmed, 99)
+	l.AckP50ms = percentile(ack, 50)
+	return l
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

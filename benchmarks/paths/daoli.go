@@ -1,0 +1,278 @@
+package paths
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/daolinet/daoli/daoli/agent"
+	"github.com/daolinet/daoli/internal/testbed"
+	"github.com/daolinet/daoli/mapper"
+	"github.com/daolinet/daoli/mapper/store"
+)
+
+// MapperIP is the mapper's address on a Cluster's fabric.
+var MapperIP = netip.MustParseAddr("192.0.2.250")
+
+// Network is the network a Cluster creates for its containers.
+const Network = "blue"
+
+// ClusterConfig configures NewCluster.
+type ClusterConfig struct {
+	// Bin is the daoli binary the agents run. Required.
+	Bin string
+	// Servers is the number of servers. Zero means 3.
+	Servers int
+	// Logs is where the agents' output goes, one file each. Empty means
+	// a temporary directory removed at cleanup.
+	Logs string
+}
+
+// Cluster is a testbed World with daoli on it, as daoli/agent's tests
+// build it: the mapper served from this process on the fabric (and on
+// loopback, for the harness), a real agent process in every server
+// namespace, and containers attached through the agents' sockets. It is
+// not safe for concurrent use, except for its clients.
+type Cluster struct {
+	t     testbed.TB
+	World *testbed.World
+	// Registry is the mapper's registry, in this process; Mapper its
+	// HTTP client over loopback.
+	Registry *mapper.Registry
+	Mapper   *mapper.Client
+	// MapperAddr is where agents reach the mapper, on the fabric.
+	MapperAddr string
+	// Agents holds each server's agent process; BPFFS is the bpf
+	// filesystem under which each pins its dataplane, in a directory
+	// named for its server.
+	Agents []*Proc
+	BPFFS  string
+	runDir string
+	dir    string
+}
+
+// NewCluster builds the world, starts the mapper and the agents, and
+// creates Network (10.1.0.0/24).
+func NewCluster(t testbed.TB, cfg ClusterConfig) *Cluster {
+	t.Helper()
+	n := cfg.Servers
+	if n == 0 {
+		n = 3
+	}
+	if cfg.Bin == "" {
+		t.Fatalf("cluster: no daoli binary")
+	}
+	dir, err := os.MkdirTemp("", "daoli-bench-cluster-")
+	if err != nil {
+		t.Fatalf("cluster: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	logs := cfg.Logs
+	if logs == "" {
+		logs = dir
+	}
+	w := testbed.Build(t, n)
+	bpffs := testbed.BPFFS(t)
+	c := &Cluster{t: t, World: w, BPFFS: bpffs, runDir: filepath.Join(dir, "run"), dir: dir}
+	w.Fabric.Run("ip", "addr", "add", netip.PrefixFrom(MapperIP, 24).String(), "dev", "br0")
+	c.startMapper()
+	ctx := context.Background()
+	if _, err := c.Mapper.CreateNetwork(ctx, mapper.NetworkSpec{Name: Network, Subnet: netip.MustParsePrefix("10.1.0.0/24")}); err != nil {
+		t.Fatalf("cluster: create network: %v", err)
+	}
+	for i, s := range w.Servers {
+		name := c.ServerName(i)
+		log, err := os.Create(filepath.Join(logs, name+".log"))
+		if err != nil {
+			t.Fatalf("cluster: %v", err)
+		}
+		p := Start(t, s.Namespace, log, -1, cfg.Bin, "agent", "--uplink", "uplink", "--name", name,
+			"--mapper", c.MapperAddr, "--bpffs", filepath.Join(bpffs, name), "--run-dir", c.runDir)
+		log.Close()
+		c.Agents = append(c.Agents, p)
+	}
+	for i := range w.Servers {
+		cl := c.Agent(i)
+		wctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		err := waitFor(wctx, func() error {
+			_, err := cl.Status(wctx)
+			return err
+		})
+		cancel()
+		if err != nil {
+			t.Fatalf("the agent of %s did not come up: %v (its log: %s)", c.ServerName(i), err, filepath.Join(logs, c.ServerName(i)+".log"))
+		}
+	}
+	return c
+}
+
+// startMapper serves a registry on a fresh bbolt file on the fabric, for
+// the agents, and on loopback, for the harness.
+func (c *Cluster) startMapper() {
+	t := c.t
+	st, err := store.OpenBolt(store.BoltConfig{Path: filepath.Join(c.dir, "registry.db")})
+	if err != nil {
+		t.Fatalf("cluster: open the registry: %v", err)
+	}
+	reg, err := mapper.New(mapper.Config{Store: st})
+	if err != nil {
+		st.Close()
+		t.Fatalf("cluster: %v", err)
+	}
+	api := mapper.NewAPI(reg, nil)
+	var fabric net.Listener
+	err = c.World.Fabric.Do(func() error {
+		var err error
+		fabric, err = net.Listen("tcp", netip.AddrPortFrom(MapperIP, 9470).String())
+		return err
+	})
+	if err != nil {
+		st.Close()
+		t.Fatalf("cluster: listen on the fabric: %v", err)
+	}
+	local, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		fabric.Close()
+		st.Close()
+		t.Fatalf("cluster: listen on loopback: %v", err)
+	}
+	servers := []*http.Server{{Handler: api}, {Handler: api}}
+	go servers[0].Serve(fabric)
+	go servers[1].Serve(local)
+	t.Cleanup(func() {
+		api.Close()
+		for _, s := range servers {
+			s.Close()
+		}
+		st.Close()
+	})
+	c.Registry = reg
+	c.MapperAddr = fabric.Addr().String()
+	c.Mapper = mapper.NewClient(local.Addr().String(), &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}})
+}
+
+// ServerName is the registry's name of server i.
+func (c *Cluster) ServerName(i int) string { return fmt.Sprintf("server-%d", i) }
+
+// Agent is a client of server i's agent.
+func (c *Cluster) Agent(i int) *agent.Client {
+	return agent.NewClient(agent.SocketPath(c.runDir, c.ServerName(i)))
+}
+
+// Attach creates an empty namespace for a container and attaches it
+// through server i's agent in Network.
+func (c *Cluster) Attach(ctx context.Context, role string, server int, req agent.AttachRequest) (*testbed.Namespace, mapper.Endpoint) {
+	c.t.Helper()
+	ns := c.World.AddNamespace(role)
+	req.Netns = filepath.Join("/run/netns", ns.Name)
+	if req.Network == "" {
+		req.Network = Network
+	}
+	if req.Name == "" {
+		req.Name = role
+	}
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	e, err := c.Agent(server).Attach(ctx, req)
+	if err != nil {
+		c.t.Fatalf("attach %s on %s: %v", role, c.ServerName(server), err)
+	}
+	return ns, e
+}
+
+// Settle waits until every agent has programmed the registry's current
+// revision.
+func (c *Cluster) Settle(ctx context.Context) {
+	c.t.Helper()
+	snap, err := c.Mapper.Snapshot(ctx)
+	if err != nil {
+		c.t.Fatalf("snapshot: %v", err)
+	}
+	if err := c.WaitApplied(ctx, snap.Revision, 20*time.Second); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// WaitApplied waits until every agent has applied revision rev, at most
+// timeout, or until ctx ends.
+func (c *Cluster) WaitApplied(ctx context.Context, rev int64, timeout time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	errs := make(chan error, len(c.World.Servers))
+	for i := range c.World.Servers {
+		go func() {
+			cl := c.Agent(i)
+			errs <- waitFor(ctx, func() error {
+				st, err := cl.Status(ctx)
+				if err != nil {
+					return err
+				}
+				if st.Applied < rev {
+					return fmt.Errorf("applied %d", st.Applied)
+				}
+				return nil
+			})
+		}()
+	}
+	var all []error
+	for i := range c.World.Servers {
+		if err := <-errs; err != nil {
+			all = append(all, fmt.Errorf("agent of %s did not apply revision %d: %w", c.ServerName(i), rev, err))
+		}
+	}
+	return errors.Join(all...)
+}
+
+// ServedPorts are what a Cluster's benchmark servers serve.
+var ServedPorts = []mapper.PortSpec{
+	{Port: IperfPort, Protocol: mapper.TCP}, {Port: BenchPort, Protocol: mapper.TCP}, {Port: BenchPort, Protocol: mapper.UDP},
+}
+
+// Daoli is daoli's eBPF path: a client container on server 0 and a server
+// container on server 1, each with its own IP in Network.
+func (c *Cluster) Daoli(ctx context.Context) *Path {
+	c.t.Helper()
+	client, _ := c.Attach(ctx, "dl-client", 0, agent.AttachRequest{IP: netip.MustParseAddr("10.1.0.5")})
+	server, e := c.Attach(ctx, "dl-server", 1, agent.AttachRequest{IP: netip.MustParseAddr("10.1.0.9"), Ports: ServedPorts})
+	c.Settle(ctx)
+	return &Path{Key: "daoli", Title: "daoli eBPF, container to container", World: c.World,
+		Client: client, Servers: []*testbed.Namespace{server}, Target: e.IP, IPerf: true, MTU: 1500}
+}
+
+// Service is daoli with one IP:Port balanced over three backends, two on
+// server 1 and one on server 2, and its own client on server 0.
+func (c *Cluster) Service(ctx context.Context) *Path {
+	c.t.Helper()
+	vip := netip.MustParseAddr("10.1.0.20")
+	client, _ := c.Attach(ctx, "svc-client", 0, agent.AttachRequest{IP: netip.MustParseAddr("10.1.0.6")})
+	var servers []*testbed.Namespace
+	for i, server := range []int{1, 1, 2} {
+		ns, _ := c.Attach(ctx, fmt.Sprintf("svc-b%d", i), server, agent.AttachRequest{IP: vip, Ports: ServedPorts, Mode: mapper.Balance})
+		servers = append(servers, ns)
+	}
+	c.Settle(ctx)
+	return &Path{Key: "service", Title: "daoli service balanced over 3 backends on 2 servers", World: c.World,
+		Client: client, Servers: servers, Target: vip, IPerf: false, MTU: 1500}
+}
+
+// waitFor calls f until it succeeds or ctx ends, and returns f's last
+// error.
+func waitFor(ctx context.Context, f func() error) error {
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
