@@ -23,6 +23,7 @@ type agentFlags struct {
 	logLevel, logFormat                  string
 	healthInterval                       time.Duration
 	healthFailures                       int
+	maxEndpoints, maxFlows               int
 }
 
 func newAgentCmd(a *app) *cobra.Command {
@@ -75,6 +76,7 @@ returns.`,
 				Mapper: cl, Name: f.name, Uplink: f.uplink, BPFFS: f.bpffs,
 				RunDir: f.runDir, MetricsAddr: f.metrics, Logger: log,
 				HealthInterval: f.healthInterval, HealthFailures: f.healthFailures,
+				MaxEndpoints: f.maxEndpoints, MaxFlows: f.maxFlows,
 			})
 			if err != nil {
 				return err
@@ -91,6 +93,8 @@ returns.`,
 	fl.StringVar(&f.metrics, "metrics", "", "serve Prometheus metrics on this address, e.g. 127.0.0.1:9471")
 	fl.DurationVar(&f.healthInterval, "health-interval", 0, "check local endpoints' TCP ports this often, from inside their containers (0: off)")
 	fl.IntVar(&f.healthFailures, "health-failures", 3, "results in a row that mark an endpoint down, or back up")
+	fl.IntVar(&f.maxEndpoints, "max-endpoints", 0, "endpoints of the cluster the dataplane holds (0: 16384); changing it needs the pinned maps removed")
+	fl.IntVar(&f.maxFlows, "max-flows", 0, "flows with a local client conntrack holds (0: 32768)")
 	fl.StringVar(&f.logLevel, "log-level", f.logLevel, "debug, info, warn or error")
 	fl.StringVar(&f.logFormat, "log-format", f.logFormat, "text or json (logs go to stderr)")
 	return cmd

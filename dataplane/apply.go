@@ -23,6 +23,9 @@ func (d *Dataplane) Apply(s State) error {
 	if err != nil {
 		return fmt.Errorf("apply state: %w", err)
 	}
+	if max := d.MaxEndpoints(); len(s.Endpoints) > max {
+		return fmt.Errorf("apply state: %d endpoints, the maps hold %d (Config.MaxEndpoints): %w", len(s.Endpoints), max, ErrInvalidState)
+	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 
@@ -60,9 +63,14 @@ func (d *Dataplane) Apply(s State) error {
 		ident[daoliIdentKey{NetId: e.Network, Ip: addr(e.IP), Base: e.IdentityBase}] = e.ID
 	}
 
-	home, err := d.services(backends)
+	home, unbalanced, err := d.services(backends)
 	if err != nil {
 		return fmt.Errorf("apply state: %w", err)
+	}
+	d.unbalanced.Store(int64(unbalanced))
+	if unbalanced > 0 {
+		d.log.Warn("Maglev tables are all taken: some balance services send every new flow to one backend",
+			"services", unbalanced, "tables", maxTables)
 	}
 	// Services are keyed by the network of the client that looks them up:
 	// a Policy shows the services of To in From, where From's own win.
@@ -140,7 +148,11 @@ func (d *Dataplane) Apply(s State) error {
 
 // services builds the services map, writing a Maglev table for every
 // balance service whose backend set changed.
-func (d *Dataplane) services(backends map[serviceID][]Endpoint) (map[daoliServiceKey]daoliService, error) {
+// services computes the services map, writing the Maglev tables it needs.
+// It also returns how many balance services got no table (all taken) and
+// send their new flows to one backend.
+func (d *Dataplane) services(backends map[serviceID][]Endpoint) (map[daoliServiceKey]daoliService, int, error) {
+	unbalanced := 0
 	current := map[daoliServiceKey]daoliService{}
 	var k daoliServiceKey
 	var v daoliService
@@ -149,7 +161,7 @@ func (d *Dataplane) services(backends map[serviceID][]Endpoint) (map[daoliServic
 		current[k] = v
 	}
 	if err := it.Err(); err != nil {
-		return nil, fmt.Errorf("read services: %w", err)
+		return nil, 0, fmt.Errorf("read services: %w", err)
 	}
 	used := map[uint32]bool{}
 	for _, v := range current {
@@ -181,13 +193,13 @@ func (d *Dataplane) services(backends map[serviceID][]Endpoint) (map[daoliServic
 				active = append(active, e)
 			}
 		}
-		svc := daoliService{Mode: uint8(mode), Backends: uint32(len(active)), NetId: sid.network}
-		if len(active) > 0 && mode == Failover {
-			best := slices.MinFunc(active, func(a, b Endpoint) int {
-				return cmp.Or(cmp.Compare(b.Priority, a.Priority), cmp.Compare(a.ID, b.ID))
-			})
-			svc.Backend = best.ID
+		// A balance service with one active backend needs no Maglev
+		// table: every new flow goes to that backend, as in failover.
+		// Tables are for services that spread flows.
+		if mode == Balance && len(active) == 1 {
+			mode = Failover
 		}
+		svc := daoliService{Mode: uint8(mode), Backends: uint32(len(active)), NetId: sid.network}
 		if len(active) > 0 && mode == Balance {
 			members := make([]uint32, len(active))
 			for i, e := range active {
@@ -197,18 +209,29 @@ func (d *Dataplane) services(backends map[serviceID][]Endpoint) (map[daoliServic
 			svc.Digest = backendDigest(members)
 			if old, ok := current[key]; ok && old.Mode == svc.Mode && old.Backends > 0 && old.Digest == svc.Digest {
 				svc.Table = old.Table
-			} else {
-				table, err := d.writeTable(members, used)
-				if err != nil {
-					return nil, fmt.Errorf("service %s:%d/%d: %w", sid.ip, sid.port, sid.proto, err)
-				}
+				used[svc.Table] = true
+			} else if table, err := d.writeTable(members, used); err == nil {
 				svc.Table = table
+				used[svc.Table] = true
+			} else if errors.Is(err, errTablesFull) {
+				// Every table is taken: this service's new flows all go
+				// to one backend until a table frees, rather than the
+				// whole server failing to apply.
+				unbalanced++
+				mode, svc.Mode, svc.Digest = Failover, uint8(Failover), 0
+			} else {
+				return nil, 0, fmt.Errorf("service %s:%d/%d: %w", sid.ip, sid.port, sid.proto, err)
 			}
-			used[svc.Table] = true
+		}
+		if len(active) > 0 && mode == Failover {
+			best := slices.MinFunc(active, func(a, b Endpoint) int {
+				return cmp.Or(cmp.Compare(b.Priority, a.Priority), cmp.Compare(a.ID, b.ID))
+			})
+			svc.Backend = best.ID
 		}
 		want[key] = svc
 	}
-	return want, nil
+	return want, unbalanced, nil
 }
 
 // errTablesFull is returned when every Maglev table is taken.

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/rlimit"
@@ -46,7 +47,23 @@ type Config struct {
 	// falling back to tc filters when the kernel lacks tcx (before Linux
 	// 6.6).
 	ForceTC bool
+	// MaxEndpoints is how many endpoints of the whole cluster the maps
+	// hold: every server holds every endpoint. The services map holds
+	// four times as many entries, the wire and identity block maps as
+	// many. Zero means DefaultMaxEndpoints. Maps pinned with other sizes
+	// cannot be adopted: remove them (BPFFSPath) to resize.
+	MaxEndpoints int
+	// MaxFlows is how many flows whose client runs on this server
+	// conntrack holds (two entries each); the oldest are evicted beyond
+	// it. Zero means DefaultMaxFlows.
+	MaxFlows int
 }
+
+// Defaults of Config.
+const (
+	DefaultMaxEndpoints = 16384
+	DefaultMaxFlows     = 32768
+)
 
 // Dataplane is one server's loaded programs and pinned maps. Create it with
 // New; its methods are safe for concurrent use.
@@ -61,7 +78,24 @@ type Dataplane struct {
 	// tc holds the interfaces this process attached tc filters to, with
 	// the network namespace each lives in.
 	tc map[int]netns.NsHandle
+	// unbalanced counts the balance services the last Apply could give
+	// no Maglev table.
+	unbalanced   atomic.Int64
+	maxEndpoints int
 }
+
+// MaxEndpoints returns how many endpoints the maps hold (Config).
+func (d *Dataplane) MaxEndpoints() int {
+	if d.maxEndpoints == 0 {
+		return int(d.objs.Endpoints.MaxEntries()) // a Dataplane built around loaded objects
+	}
+	return d.maxEndpoints
+}
+
+// Unbalanced returns how many balance services the last Apply could give
+// no Maglev table (every table taken): their new flows all go to one
+// backend until a table frees. It should be 0.
+func (d *Dataplane) Unbalanced() int { return int(d.unbalanced.Load()) }
 
 // New loads the programs and maps, adopting maps already pinned under
 // cfg.BPFFSPath so that a restarted process keeps every flow. It creates the
@@ -86,6 +120,22 @@ func New(cfg Config) (*Dataplane, error) {
 	spec, err := loadDaoli()
 	if err != nil {
 		return nil, fmt.Errorf("load dataplane spec: %w", err)
+	}
+	if cfg.MaxEndpoints == 0 {
+		cfg.MaxEndpoints = DefaultMaxEndpoints
+	}
+	if cfg.MaxFlows == 0 {
+		cfg.MaxFlows = DefaultMaxFlows
+	}
+	if cfg.MaxEndpoints < 1 || cfg.MaxEndpoints > 1<<22 || cfg.MaxFlows < 1 || cfg.MaxFlows > 1<<24 {
+		return nil, fmt.Errorf("new dataplane: %d endpoints and %d flows: want 1 to %d endpoints and 1 to %d flows", cfg.MaxEndpoints, cfg.MaxFlows, 1<<22, 1<<24)
+	}
+	d.maxEndpoints = cfg.MaxEndpoints
+	for name, n := range map[string]int{
+		"endpoints": cfg.MaxEndpoints, "wire_blocks": cfg.MaxEndpoints, "ident_blocks": cfg.MaxEndpoints,
+		"services": 4 * cfg.MaxEndpoints, "conntrack": 2 * cfg.MaxFlows, "offset_cursor": cfg.MaxFlows,
+	} {
+		spec.Maps[name].MaxEntries = uint32(n)
 	}
 	opts := &ebpf.CollectionOptions{Maps: ebpf.MapOptions{PinPath: d.path}}
 	if err := spec.LoadAndAssign(&d.objs, opts); err != nil {

@@ -242,8 +242,17 @@
 //     so TCP flows get a reset from their backend.
 //   - The wire is trusted, as with any unencapsulated underlay: a packet
 //     from a ServerIP and port in a registered wire block is believed.
-//   - At most MaxPorts served ports per endpoint, 256 Maglev tables of
-//     MaglevSize slots (a replaced table is freed one Apply later).
+//   - At most MaxPorts served ports per endpoint. 1024 Maglev tables of
+//     MaglevSize slots (a replaced table is freed one Apply later); only
+//     balance services with two or more active backends take one (a
+//     single backend is failover to it). When every table is taken, the
+//     services that get none send their new flows to one backend
+//     (Unbalanced counts them) rather than the whole Apply failing.
+//   - Map sizes come from Config: MaxEndpoints (default 16384) for the
+//     cluster-wide endpoints, wire and identity blocks, four times as many
+//     services; MaxFlows (default 32768) for conntrack. Apply refuses a
+//     State with more endpoints than the maps hold; the agent then keeps
+//     the oldest. Resizing needs the pinned maps removed.
 //   - Only TCP, UDP, ICMP echo and the ICMP errors above pass. Errors about
 //     ICMP echo are not translated.
 //   - Per-endpoint counters start at zero when an endpoint becomes local

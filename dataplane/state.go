@@ -16,7 +16,7 @@ const (
 	MaglevSize = 1021
 	// maxTables is the number of Maglev tables the maglev map holds. Half
 	// of them are spare so a table can be replaced without a gap.
-	maxTables = 256
+	maxTables = 1024
 	// DefaultBlockSize is the block size used when State.BlockSize is 0.
 	DefaultBlockSize = 256
 )

@@ -53,6 +53,9 @@ type Config struct {
 	// Heartbeat is how often the server tells the mapper it is alive. Zero
 	// means 10 seconds.
 	Heartbeat time.Duration
+	// MaxEndpoints and MaxFlows size the dataplane's maps (see
+	// dataplane.Config). Zero means the dataplane's defaults.
+	MaxEndpoints, MaxFlows int
 	// HealthInterval, if set, turns on TCP health checks of local
 	// endpoints' served ports at this interval (see health.go).
 	HealthInterval time.Duration
@@ -217,7 +220,8 @@ func (a *Agent) openDataplane() error {
 	if err := os.MkdirAll(a.cfg.BPFFS, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", a.cfg.BPFFS, err)
 	}
-	dp, err := dataplane.New(dataplane.Config{BPFFSPath: a.cfg.BPFFS, Logger: a.log})
+	dp, err := dataplane.New(dataplane.Config{BPFFSPath: a.cfg.BPFFS, Logger: a.log,
+		MaxEndpoints: a.cfg.MaxEndpoints, MaxFlows: a.cfg.MaxFlows})
 	if err != nil {
 		return fmt.Errorf("open dataplane: %w", err)
 	}
@@ -401,16 +405,24 @@ func (a *Agent) reconcile(ctx context.Context) error {
 			a.attached[e.Ifindex] = true
 		}
 	}
+	// More endpoints than the maps hold: keep the oldest (lowest IDs, so
+	// every server keeps the same ones) rather than apply nothing.
+	excluded := 0
+	if max := a.dp.MaxEndpoints(); len(st.Endpoints) > max {
+		excluded = len(st.Endpoints) - max
+		a.log.Error("the cluster has more endpoints than the dataplane holds; leaving out the newest",
+			"endpoints", len(st.Endpoints), "max", max, "left_out", excluded)
+		st.Endpoints = st.Endpoints[:max] // desired() sorts them by ID
+	}
 	// An endpoint the dataplane refuses (the registry should have refused
 	// it first) must cost only itself, not every endpoint of the server.
-	excluded := 0
 	for {
 		err := a.dp.Apply(st)
 		var bad *dataplane.InvalidEndpointError
 		if err == nil {
 			break
 		}
-		if !errors.As(err, &bad) || excluded >= len(st.Endpoints) {
+		if !errors.As(err, &bad) || len(st.Endpoints) == 0 {
 			return fmt.Errorf("apply revision %d: %w", rev, err)
 		}
 		a.log.Error("leaving out an endpoint the dataplane refuses", "endpoint", bad.ID, "error", err)

@@ -512,6 +512,7 @@ func TestHealthChecks(t *testing.T) {
 	waitState(mapper.Down)
 	serve(t, web, web, "web", "10.1.0.9:8080") // answers from inside the container
 	waitState(mapper.Active)
+	c.settle() // the client's server has applied it too
 	if l := ask(t, client, "--to", "10.1.0.9:8080", "--count", "1"); !strings.Contains(l[0], " ok web saw") {
 		t.Errorf("after coming back up, web answered %q", l)
 	}

@@ -97,6 +97,8 @@ func (a *Agent) writeMetrics(w interface{ Write([]byte) (int, error) }) {
 			p(`daoli_dataplane_map_max_entries{map=%q} %d`, f.Name, f.MaxEntries)
 		}
 	}
+	head("daoli_dataplane_unbalanced_services", "gauge", "Balance services with no Maglev table (all taken): their new flows go to one backend. Should be 0.")
+	p("daoli_dataplane_unbalanced_services %d", a.dp.Unbalanced())
 	if drops, err := a.dp.DropCounters(); err == nil {
 		head("daoli_dataplane_drops_total", "counter", "Packets the dataplane dropped, by reason.")
 		var reasons []string

@@ -17,7 +17,7 @@
 /* MAGLEV_SIZE is the number of slots of one Maglev table (a prime). */
 #define MAGLEV_SIZE 1021
 /* MAX_TABLES is the number of Maglev tables the maglev map holds. */
-#define MAX_TABLES 256
+#define MAX_TABLES 1024
 /* MAX_PROBES bounds the search for a free offset in a client's blocks:
  * all of a block of the default size. */
 #define MAX_PROBES 256
