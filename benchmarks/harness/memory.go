@@ -83,8 +83,9 @@ func (r *run) memory() {
 	r.res.Memory = mem
 }
 
-// balanceServices finds how many services in balance mode (the mapper's
-// default) a dataplane holds: each takes a Maglev table of its own.
+// balanceServices checks that services in balance mode (the mapper's
+// default) with one backend each take no Maglev table: more of them than
+// there are tables must apply.
 func (r *run) balanceServices(bpffs string, mem *Memory) {
 	r.check()
 	try := func(n int) error {
@@ -103,25 +104,23 @@ func (r *run) balanceServices(bpffs string, mem *Memory) {
 		}
 		return dp.Apply(s)
 	}
-	const tables = 256 // dataplane's maxTables
-	if err := try(tables); err != nil {
-		mem.BalanceServices, mem.BalanceError = 0, fmt.Sprintf("%d balance services: %v", tables, err)
-		return
-	}
-	mem.BalanceServices = tables
-	if err := try(tables + 1); err != nil {
-		mem.BalanceError = fmt.Sprintf("%d balance services: %v", tables+1, err)
+	const tables = 1024 // dataplane's Maglev tables
+	n := 2*tables + 1
+	if err := try(n); err != nil {
+		mem.BalanceServices, mem.BalanceError = 0, fmt.Sprintf("%d single-backend balance services: %v", n, err)
 	} else {
-		mem.BalanceServices = -1 // more than we tried
+		mem.BalanceServices = n
 	}
-	r.printf("balance services a dataplane holds: %d; one more: %s", mem.BalanceServices, mem.BalanceError)
+	r.printf("single-backend balance services applied: %d (they take no Maglev table) %s", mem.BalanceServices, mem.BalanceError)
 }
 
 // applySize applies n endpoints to a fresh dataplane and measures it.
 func (r *run) applySize(bpffs string, n int) MemorySize {
 	dir := filepath.Join(bpffs, fmt.Sprintf("mem-%d", n))
 	s := MemorySize{Endpoints: n}
-	dp, err := dataplane.New(dataplane.Config{BPFFSPath: dir})
+	// Maps sized for the cluster, as its agents would be configured
+	// (--max-endpoints); the defaults hold 16384.
+	dp, err := dataplane.New(dataplane.Config{BPFFSPath: dir, MaxEndpoints: max(n, dataplane.DefaultMaxEndpoints)})
 	if err != nil {
 		r.t.Fatalf("memory: load the dataplane: %v", err)
 	}

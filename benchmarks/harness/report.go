@@ -200,7 +200,9 @@ func (r *Results) Markdown() string {
 		}
 		p("%s.", flow)
 		if m.BalanceServices > 0 {
-			p("- Services in balance mode (the mapper's default, one Maglev table each): a dataplane holds %d; %s.", m.BalanceServices, trim(m.BalanceError, 160))
+			p("- Services in balance mode (the mapper's default) with one backend take no Maglev table: %d of them applied. Services with two or more active backends share 1024 tables; beyond those, a service sends its new flows to one backend (counted) instead of failing the server's Apply.", m.BalanceServices)
+		} else if m.BalanceError != "" {
+			p("- Balance services: %s.", trim(m.BalanceError, 160))
 		}
 		p("")
 	}
