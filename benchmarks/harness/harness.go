@@ -105,41 +105,12 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// fatal is what stack.Fatal panics with; Run recovers it.
-type fatal struct{ msg string }
-
-// stack is the harness's testbed.TB: a cleanup stack unwound when Run
-// returns. Fatal must only be called from Run's goroutine.
-type stack struct {
-	cleanups []func()
-	errs     []string
-	failed   bool
-}
-
-func (s *stack) Helper()                           {}
-func (s *stack) Cleanup(f func())                  { s.cleanups = append(s.cleanups, f) }
-func (s *stack) Logf(format string, args ...any)   {}
-func (s *stack) Failed() bool                      { return s.failed }
-func (s *stack) Fatal(args ...any)                 { panic(fatal{fmt.Sprint(args...)}) }
-func (s *stack) Fatalf(format string, args ...any) { panic(fatal{fmt.Sprintf(format, args...)}) }
-func (s *stack) Errorf(format string, args ...any) {
-	s.failed = true
-	s.errs = append(s.errs, fmt.Sprintf(format, args...))
-}
-
-func (s *stack) unwind() {
-	for i := len(s.cleanups) - 1; i >= 0; i-- {
-		s.cleanups[i]()
-	}
-	s.cleanups = nil
-}
-
 // run is one Run in progress.
 type run struct {
 	cluster *paths.Cluster
 	daoli   *paths.Path // the daoli path, when measured
 	cfg     Config
-	t       *stack
+	t       *testbed.Stack
 	ctx     context.Context
 	logs    string
 	res     *Results
@@ -151,7 +122,7 @@ func (r *run) printf(format string, args ...any) { fmt.Fprintf(r.cfg.Out, format
 // next step.
 func (r *run) check() {
 	if err := r.ctx.Err(); err != nil {
-		panic(fatal{"interrupted: " + err.Error()})
+		panic(testbed.Fatal{Msg: "interrupted: " + err.Error()})
 	}
 }
 
@@ -173,7 +144,7 @@ func Run(ctx context.Context, cfg Config) (res *Results, err error) {
 	if runtime.NumCPU() < 2 {
 		return nil, fmt.Errorf("benchmarks pin client and server to different CPUs: this machine has %d", runtime.NumCPU())
 	}
-	st := &stack{}
+	st := &testbed.Stack{}
 	r := &run{cfg: cfg, t: st, ctx: ctx, res: &Results{}}
 	r.logs = cfg.Logs
 	if r.logs == "" {
@@ -189,20 +160,21 @@ func Run(ctx context.Context, cfg Config) (res *Results, err error) {
 	start := time.Now()
 	defer func() {
 		if p := recover(); p != nil {
-			f, ok := p.(fatal)
-			if !ok {
-				st.unwind()
-				panic(p)
-			}
-			err = errors.New(f.msg)
+			defer func() {
+				if p := recover(); p != nil { // not a Fatal: clean up, then go on panicking
+					st.Unwind()
+					panic(p)
+				}
+			}()
+			err = testbed.Recovered(p)
 		}
 		r.res.Env.LoadAfter = loadavg()
 		r.res.Seconds = time.Since(start).Seconds()
 		r.res.summarize()
 		r.printf("removing everything the benchmarks created")
-		st.unwind()
-		if len(st.errs) > 0 {
-			err = errors.Join(err, fmt.Errorf("cleanup: %s", strings.Join(st.errs, "; ")))
+		st.Unwind()
+		if errs := st.Errors(); len(errs) > 0 {
+			err = errors.Join(err, fmt.Errorf("cleanup: %s", strings.Join(errs, "; ")))
 		}
 		res = r.res
 	}()

@@ -11,11 +11,13 @@ import (
 	"github.com/daolinet/daoli/mapper"
 )
 
-// TestReconcileLeavesOutARefusedEndpoint: an endpoint the dataplane
-// refuses costs only itself; the rest of the server is programmed.
-func TestReconcileLeavesOutARefusedEndpoint(t *testing.T) {
+// offlineAgent is an agent of server s1 with a real dataplane (maps for
+// maxEndpoints, 0: the default) in a private bpffs and no mapper: tests
+// fill its model by hand and call reconcile.
+func offlineAgent(t *testing.T, maxEndpoints int) (*Agent, *dataplane.Dataplane) {
+	t.Helper()
 	testbed.RequirePrivileged(t)
-	dp, err := dataplane.New(dataplane.Config{BPFFSPath: filepath.Join(testbed.BPFFS(t), "s")})
+	dp, err := dataplane.New(dataplane.Config{BPFFSPath: filepath.Join(testbed.BPFFS(t), "s"), MaxEndpoints: maxEndpoints})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,6 +27,13 @@ func TestReconcileLeavesOutARefusedEndpoint(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.dp, a.ctx, a.alloc = dp, context.Background(), mapper.Allocation{BlockSize: 256}
+	return a, dp
+}
+
+// TestReconcileLeavesOutARefusedEndpoint: an endpoint the dataplane
+// refuses costs only itself; the rest of the server is programmed.
+func TestReconcileLeavesOutARefusedEndpoint(t *testing.T) {
+	a, dp := offlineAgent(t, 0)
 	server := mapper.Server{Name: "s2", IPs: []netip.Addr{netip.MustParseAddr("192.0.2.2")}, MAC: mapper.MAC{2, 0, 0, 0, 0, 2}}
 	endpoint := func(id uint32, ip string, ports int) mapper.Endpoint {
 		e := mapper.Endpoint{ID: id, NetworkID: 1, IP: netip.MustParseAddr(ip), MAC: mapper.MAC{2, 0, 0, 0, 1, byte(id)},
@@ -60,17 +69,7 @@ func TestReconcileLeavesOutARefusedEndpoint(t *testing.T) {
 // TestReconcileKeepsTheOldestWhenFull: more endpoints than the maps hold
 // program the oldest ones, on every server alike, instead of nothing.
 func TestReconcileKeepsTheOldestWhenFull(t *testing.T) {
-	testbed.RequirePrivileged(t)
-	dp, err := dataplane.New(dataplane.Config{BPFFSPath: filepath.Join(testbed.BPFFS(t), "s"), MaxEndpoints: 2})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dp.Remove() })
-	a, err := New(Config{Mapper: mapper.NewClient("127.0.0.1:1", nil), Name: "s1", Uplink: "up", RunDir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.dp, a.ctx, a.alloc = dp, context.Background(), mapper.Allocation{BlockSize: 256}
+	a, dp := offlineAgent(t, 2)
 	server := mapper.Server{Name: "s2", IPs: []netip.Addr{netip.MustParseAddr("192.0.2.2")}, MAC: mapper.MAC{2, 0, 0, 0, 0, 2}}
 	var eps []mapper.Endpoint
 	for id := uint32(3); id >= 1; id-- {

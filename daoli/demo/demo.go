@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/daolinet/daoli/daoli/agent"
+	"github.com/daolinet/daoli/internal/testbed"
 	"github.com/daolinet/daoli/mapper"
 )
 
@@ -94,17 +95,18 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	if err != nil {
 		return res, err
 	}
-	st := &stack{}
+	st := &testbed.Stack{}
 	st.Cleanup(func() { os.RemoveAll(dir) })
 	d := &world{st: st, bin: cfg.Bin, dir: dir}
 	defer func() {
 		if r := recover(); r != nil {
-			f, ok := r.(fatal)
-			if !ok {
-				st.unwind()
-				panic(r)
-			}
-			err = errors.New(f.msg)
+			defer func() {
+				if r := recover(); r != nil { // not a Fatal: clean up, then go on panicking
+					st.Unwind()
+					panic(r)
+				}
+			}()
+			err = testbed.Recovered(r)
 		}
 		if err == nil && ctx.Err() != nil {
 			err = ctx.Err()
@@ -113,9 +115,9 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 			d.explain(p)
 			return
 		}
-		st.unwind()
-		if len(st.errs) > 0 {
-			err = errors.Join(err, fmt.Errorf("cleanup: %s", strings.Join(st.errs, "; ")))
+		st.Unwind()
+		if errs := st.Errors(); len(errs) > 0 {
+			err = errors.Join(err, fmt.Errorf("cleanup: %s", strings.Join(errs, "; ")))
 		}
 		p("\nEverything the demo created is removed.")
 	}()

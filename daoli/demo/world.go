@@ -17,39 +17,10 @@ import (
 	"github.com/daolinet/daoli/mapper"
 )
 
-// fatal is what stack.Fatal panics with; Run turns it into an error.
-type fatal struct{ msg string }
-
-// stack is the demo's testbed.TB: a cleanup stack unwound on exit.
-type stack struct {
-	cleanups []func()
-	failed   bool
-	errs     []string
-}
-
-func (s *stack) Helper()                           {}
-func (s *stack) Cleanup(f func())                  { s.cleanups = append(s.cleanups, f) }
-func (s *stack) Logf(format string, args ...any)   {}
-func (s *stack) Failed() bool                      { return s.failed }
-func (s *stack) Fatal(args ...any)                 { panic(fatal{fmt.Sprint(args...)}) }
-func (s *stack) Fatalf(format string, args ...any) { panic(fatal{fmt.Sprintf(format, args...)}) }
-func (s *stack) Errorf(format string, args ...any) {
-	s.failed = true
-	s.errs = append(s.errs, fmt.Sprintf(format, args...))
-}
-
-// unwind runs the cleanups, newest first.
-func (s *stack) unwind() {
-	for i := len(s.cleanups) - 1; i >= 0; i-- {
-		s.cleanups[i]()
-	}
-	s.cleanups = nil
-}
-
 // world is the demo's cluster: a testbed World, a mapper process on the
 // fabric, an agent process per server, and the containers.
 type world struct {
-	st     *stack
+	st     *testbed.Stack
 	bin    string
 	dir    string // logs, the registry, sockets
 	w      *testbed.World
@@ -134,7 +105,7 @@ func (d *world) waitFor(ctx context.Context, what string, f func() error) {
 			return
 		}
 		if ctx.Err() != nil {
-			panic(fatal{ctx.Err().Error()})
+			panic(testbed.Fatal{Msg: ctx.Err().Error()})
 		}
 		if time.Now().After(deadline) {
 			d.st.Fatalf("%s did not come up: %v (logs in %s)", what, err, d.dir)
