@@ -426,6 +426,38 @@ static __always_inline int port_index(const struct endpoint *ep, __u16 port,
 	return -1;
 }
 
+/* choose_backend picks, for a new flow of client c (or one whose backend
+ * is gone), the backend of the service p is addressed to: it looks the
+ * service up in c's network, checks policy, selects a backend and finds
+ * the port's index among the backend's served ports. It returns 0 with
+ * *sid, *s and *idx set, or the drop reason. */
+static __always_inline __u32 choose_backend(const struct endpoint *c,
+					    const struct pkt *p, __u32 *sid,
+					    struct endpoint **s, int *idx)
+{
+	struct service_key sk = {
+		.net_id = c->net_id,
+		.ip = p->daddr,
+		.port = p->dport,
+		.proto = p->proto,
+	};
+	struct service *svc = bpf_map_lookup_elem(&services, &sk);
+
+	if (!svc)
+		return DROP_NO_SERVICE;
+	if (!policy_allows(c->net_id, svc->net_id))
+		return DROP_POLICY;
+	*sid = select_backend(svc, p);
+	*s = bpf_map_lookup_elem(&endpoints, sid);
+	if (!*s)
+		return DROP_NO_BACKEND;
+	*idx = port_index(*s, p->dport, p->proto);
+	if (*idx < 0)
+		return DROP_NO_BACKEND;
+	return 0;
+}
+
+
 /* ct_timeout is how long an idle flow in the given state keeps its
  * offset. */
 static __always_inline __s64 ct_timeout(__u8 proto, __u8 flags)
@@ -1425,10 +1457,8 @@ int from_container(struct __sk_buff *skb)
 {
 	__u32 ifindex = skb->ifindex, cid, sid, reason;
 	struct server_settings *cfg = get_settings();
-	struct service_key sk = {};
 	struct ct_entry *e, v = {};
 	struct endpoint *c, *s;
-	struct service *svc;
 	struct ethhdr eth;
 	struct pkt p = {};
 	struct ct_key k;
@@ -1515,24 +1545,9 @@ int from_container(struct __sk_buff *skb)
 			 * offset when it is free at the new backend (port),
 			 * else takes another; the new CT_REV entry is written
 			 * before CT_OUT points at it, and the old one goes. */
-			sk = (struct service_key){
-				.net_id = c->net_id,
-				.ip = p.daddr,
-				.port = p.dport,
-				.proto = p.proto,
-			};
-			svc = bpf_map_lookup_elem(&services, &sk);
-			if (!svc)
-				return drop(DROP_NO_SERVICE);
-			if (!policy_allows(c->net_id, svc->net_id))
-				return drop(DROP_POLICY);
-			sid = select_backend(svc, &p);
-			s = bpf_map_lookup_elem(&endpoints, &sid);
-			if (!s)
-				return drop(DROP_NO_BACKEND);
-			idx = port_index(s, p.dport, p.proto);
-			if (idx < 0)
-				return drop(DROP_NO_BACKEND);
+			reason = choose_backend(c, &p, &sid, &s, &idx);
+			if (reason)
+				return drop(reason);
 			/* Chosen again (the service is not updated yet). */
 			if (sid == e->backend && idx == e->port_index)
 				goto keep;
@@ -1578,24 +1593,9 @@ new_flow:
 	/* A reset of no flow we know has nothing to end. */
 	if (p.proto == IPPROTO_TCP && (p.tcp_flags & TH_RST))
 		return drop(DROP_CT_MISS);
-	sk = (struct service_key){
-		.net_id = c->net_id,
-		.ip = p.daddr,
-		.port = p.dport,
-		.proto = p.proto,
-	};
-	svc = bpf_map_lookup_elem(&services, &sk);
-	if (!svc)
-		return drop(DROP_NO_SERVICE);
-	if (!policy_allows(c->net_id, svc->net_id))
-		return drop(DROP_POLICY);
-	sid = select_backend(svc, &p);
-	s = bpf_map_lookup_elem(&endpoints, &sid);
-	if (!s)
-		return drop(DROP_NO_BACKEND);
-	idx = port_index(s, p.dport, p.proto);
-	if (idx < 0)
-		return drop(DROP_NO_BACKEND);
+	reason = choose_backend(c, &p, &sid, &s, &idx);
+	if (reason)
+		return drop(reason);
 
 	v.last_seen = now;
 	v.backend = sid;
