@@ -252,7 +252,8 @@ func TestFailoverOffsetBusy(t *testing.T) {
 // to a flow that gets no offset, the end of a backend's TIME_WAIT: each
 // verified once per program). On Linux 6.18:
 //
-//   - from_container 27708: 41189 before offsets became per destination,
+//   - from_container 27294 (27708 before choose_backend was shared by
+//     new flows and re-selection): 41189 before offsets became per destination,
 //     36294 before ICMP errors, policy and TTL. The offset search looks
 //     at up to 256 offsets now (32 before). Walked inline it cost 57215 at
 //     32 probes, and still 49263 at 256 with a global per-probe claim, so
