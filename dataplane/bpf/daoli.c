@@ -426,6 +426,22 @@ static __always_inline int port_index(const struct endpoint *ep, __u16 port,
 	return -1;
 }
 
+/* wire_endpoint finds the endpoint whose wire block on server_ip holds
+ * port (blocks are aligned: port & mask is the block's base). It returns
+ * the endpoint, with its id in *id, or NULL. */
+static __always_inline struct endpoint *wire_endpoint(__u32 server_ip,
+						      __u16 port, __u16 mask,
+						      __u32 *id)
+{
+	struct wire_key wk = { .server_ip = server_ip, .base = port & mask };
+	__u32 *v = bpf_map_lookup_elem(&wire_blocks, &wk);
+
+	if (!v)
+		return NULL;
+	*id = *v;
+	return bpf_map_lookup_elem(&endpoints, id);
+}
+
 /* choose_backend picks, for a new flow of client c (or one whose backend
  * is gone), the backend of the service p is addressed to: it looks the
  * service up in c's network, checks policy, selects a backend and finds
@@ -1242,13 +1258,7 @@ __attribute__((noinline)) int error_from_network(struct __sk_buff *skb,
 	if (off >= ep->nports) {
 		/* About a packet of ep's own flow at offset off: the quoted
 		 * destination names the backend and its port index. */
-		wk.server_ip = q.ip.daddr;
-		wk.base = dport & mask;
-		id = bpf_map_lookup_elem(&wire_blocks, &wk);
-		if (!id)
-			return drop(DROP_UNKNOWN_PEER);
-		pid = *id;
-		peer = bpf_map_lookup_elem(&endpoints, &pid);
+		peer = wire_endpoint(q.ip.daddr, dport, mask, &pid);
 		if (!peer)
 			return drop(DROP_UNKNOWN_PEER);
 		idx = dport - peer->wire_base;
@@ -1265,13 +1275,7 @@ __attribute__((noinline)) int error_from_network(struct __sk_buff *skb,
 		 * is its client's wire port. */
 		if (off >= MAX_PORTS || ep->ports[off].proto != q.ip.protocol)
 			return drop(DROP_NO_SERVICE);
-		wk.server_ip = q.ip.daddr;
-		wk.base = dport & mask;
-		id = bpf_map_lookup_elem(&wire_blocks, &wk);
-		if (!id)
-			return drop(DROP_UNKNOWN_PEER);
-		pid = *id;
-		peer = bpf_map_lookup_elem(&endpoints, &pid);
+		peer = wire_endpoint(q.ip.daddr, dport, mask, &pid);
 		if (!peer)
 			return drop(DROP_UNKNOWN_PEER);
 		coff = dport - peer->wire_base;
@@ -1682,13 +1686,7 @@ int from_network(struct __sk_buff *skb)
 				return drop(DROP_NO_SERVICE);
 			port = ep->ports[off].port;
 		}
-		wk.server_ip = p.saddr;
-		wk.base = p.sport & mask;
-		id = bpf_map_lookup_elem(&wire_blocks, &wk);
-		if (!id)
-			return drop(DROP_UNKNOWN_PEER);
-		pid = *id;
-		peer = bpf_map_lookup_elem(&endpoints, &pid);
+		peer = wire_endpoint(p.saddr, p.sport, mask, &pid);
 		if (!peer)
 			return drop(DROP_UNKNOWN_PEER);
 		off = p.sport - peer->wire_base;
@@ -1706,13 +1704,7 @@ int from_network(struct __sk_buff *skb)
 
 	/* A backend answering ep's own flow at offset off: the source names
 	 * the backend and its port index. */
-	wk.server_ip = p.saddr;
-	wk.base = p.sport & mask;
-	id = bpf_map_lookup_elem(&wire_blocks, &wk);
-	if (!id)
-		return drop(DROP_UNKNOWN_PEER);
-	pid = *id;
-	peer = bpf_map_lookup_elem(&endpoints, &pid);
+	peer = wire_endpoint(p.saddr, p.sport, mask, &pid);
 	if (!peer)
 		return drop(DROP_UNKNOWN_PEER);
 	idx = p.sport - peer->wire_base;
