@@ -105,6 +105,8 @@ func (d *Dataplane) Apply(s State) error {
 		}
 	}
 
+	outside, egress := outsideMaps(s)
+
 	m := &d.objs.daoliMaps
 	err = d.updateSettings(func(v *daoliServerSettings) {
 		copy(v.GatewayMac[:], s.GatewayMAC)
@@ -129,6 +131,8 @@ func (d *Dataplane) Apply(s State) error {
 		func() (func() error, error) { return syncMap(m.EndpointByIfindex, byIfindex) },
 		func() (func() error, error) { return d.syncStats(byIfindex) },
 		func() (func() error, error) { return syncMap(m.Policies, policies) },
+		func() (func() error, error) { return syncMap(m.Outside, outside) },
+		func() (func() error, error) { return syncMap(m.Egress, egress) },
 		func() (func() error, error) { return syncMap(m.Services, services) },
 	} {
 		f, err := step()
@@ -332,6 +336,36 @@ func (d *Dataplane) syncStats(byIfindex map[uint32]uint32) (func() error, error)
 		}
 		return nil
 	}, nil
+}
+
+// outsideMaps returns the contents of the outside map (the subnets of
+// every network and the addresses that never leave, as internal; every
+// server's address as a locator) and of the egress map (per network, the
+// prefixes it may reach).
+func outsideMaps(s State) (map[daoliOutsideKey]daoliOutsideKind, map[daoliEgressKey]uint32) {
+	outside := map[daoliOutsideKey]daoliOutsideKind{}
+	for _, p := range neverEgress {
+		outside[outsideKey(p)] = daoliOutsideKindOUTSIDE_INTERNAL
+	}
+	for _, n := range s.Networks {
+		outside[outsideKey(n.Subnet)] = daoliOutsideKindOUTSIDE_INTERNAL
+	}
+	for _, sv := range s.Servers {
+		outside[outsideKey(netip.PrefixFrom(sv.IP, 32))] = daoliOutsideKindOUTSIDE_LOCATOR
+	}
+	egress := map[daoliEgressKey]uint32{}
+	for _, n := range s.Networks {
+		for _, p := range n.Egress {
+			egress[daoliEgressKey{Prefixlen: 32 + uint32(p.Bits()), NetId: n.ID, Addr: addr(p.Addr())}] = 1
+		}
+	}
+	return outside, egress
+}
+
+// outsideKey returns the LPM key of prefix p, which must be masked: the
+// kernel keeps the bytes it was given and returns them when iterated.
+func outsideKey(p netip.Prefix) daoliOutsideKey {
+	return daoliOutsideKey{Prefixlen: uint32(p.Bits()), Addr: addr(p.Masked().Addr())}
 }
 
 // addr returns a's four bytes as the kernel stores them, in network order.

@@ -27,6 +27,7 @@ const (
 	DropARP            = DropReason(daoliDropReasonDROP_ARP)
 	DropTTL            = DropReason(daoliDropReasonDROP_TTL)
 	DropStaleWire      = DropReason(daoliDropReasonDROP_STALE_WIRE)
+	DropEgressDenied   = DropReason(daoliDropReasonDROP_EGRESS_DENIED)
 	dropReasons        = DropReason(daoliDropReasonDROP_REASONS)
 )
 
@@ -47,6 +48,7 @@ var dropNames = [...]string{
 	DropARP:            "arp",
 	DropTTL:            "ttl",
 	DropStaleWire:      "stale_wire",
+	DropEgressDenied:   "egress_denied",
 }
 
 // String returns the reason as named in the C enum, lower case, without

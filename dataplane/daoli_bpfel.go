@@ -24,7 +24,8 @@ type daoliCtEntry struct {
 	ServicePort uint16
 	Proto       uint8
 	Flags       uint8
-	Pad         uint16
+	Kind        uint8
+	Pad         uint8
 	FinIn       uint32
 }
 
@@ -59,8 +60,16 @@ const (
 	daoliDropReasonDROP_ARP             daoliDropReason = 13
 	daoliDropReasonDROP_TTL             daoliDropReason = 14
 	daoliDropReasonDROP_STALE_WIRE      daoliDropReason = 15
-	daoliDropReasonDROP_REASONS         daoliDropReason = 16
+	daoliDropReasonDROP_EGRESS_DENIED   daoliDropReason = 16
+	daoliDropReasonDROP_REASONS         daoliDropReason = 17
 )
+
+type daoliEgressKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	NetId     uint32
+	Addr      uint32
+}
 
 type daoliEndpoint struct {
 	_         structs.HostLayout
@@ -93,6 +102,19 @@ type daoliIdentKey struct {
 	Base  uint16
 	Pad   uint16
 }
+
+type daoliOutsideKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      uint32
+}
+
+type daoliOutsideKind uint32
+
+const (
+	daoliOutsideKindOUTSIDE_INTERNAL daoliOutsideKind = 1
+	daoliOutsideKindOUTSIDE_LOCATOR  daoliOutsideKind = 2
+)
 
 type daoliPolicyKey struct {
 	_    structs.HostLayout
@@ -158,12 +180,14 @@ type daoliWireKey struct {
 const (
 	daoliMapConntrack         = "conntrack"
 	daoliMapDrops             = "drops"
+	daoliMapEgress            = "egress"
 	daoliMapEndpointByIfindex = "endpoint_by_ifindex"
 	daoliMapEndpointStats     = "endpoint_stats"
 	daoliMapEndpoints         = "endpoints"
 	daoliMapIdentBlocks       = "ident_blocks"
 	daoliMapMaglev            = "maglev"
 	daoliMapOffsetCursor      = "offset_cursor"
+	daoliMapOutside           = "outside"
 	daoliMapPolicies          = "policies"
 	daoliMapServices          = "services"
 	daoliMapSettings          = "settings"
@@ -224,12 +248,14 @@ type daoliProgramSpecs struct {
 type daoliMapSpecs struct {
 	Conntrack         *ebpf.MapSpec `ebpf:"conntrack"`
 	Drops             *ebpf.MapSpec `ebpf:"drops"`
+	Egress            *ebpf.MapSpec `ebpf:"egress"`
 	EndpointByIfindex *ebpf.MapSpec `ebpf:"endpoint_by_ifindex"`
 	EndpointStats     *ebpf.MapSpec `ebpf:"endpoint_stats"`
 	Endpoints         *ebpf.MapSpec `ebpf:"endpoints"`
 	IdentBlocks       *ebpf.MapSpec `ebpf:"ident_blocks"`
 	Maglev            *ebpf.MapSpec `ebpf:"maglev"`
 	OffsetCursor      *ebpf.MapSpec `ebpf:"offset_cursor"`
+	Outside           *ebpf.MapSpec `ebpf:"outside"`
 	Policies          *ebpf.MapSpec `ebpf:"policies"`
 	Services          *ebpf.MapSpec `ebpf:"services"`
 	Settings          *ebpf.MapSpec `ebpf:"settings"`
@@ -264,12 +290,14 @@ func (o *daoliObjects) Close() error {
 type daoliMaps struct {
 	Conntrack         *ebpf.Map `ebpf:"conntrack"`
 	Drops             *ebpf.Map `ebpf:"drops"`
+	Egress            *ebpf.Map `ebpf:"egress"`
 	EndpointByIfindex *ebpf.Map `ebpf:"endpoint_by_ifindex"`
 	EndpointStats     *ebpf.Map `ebpf:"endpoint_stats"`
 	Endpoints         *ebpf.Map `ebpf:"endpoints"`
 	IdentBlocks       *ebpf.Map `ebpf:"ident_blocks"`
 	Maglev            *ebpf.Map `ebpf:"maglev"`
 	OffsetCursor      *ebpf.Map `ebpf:"offset_cursor"`
+	Outside           *ebpf.Map `ebpf:"outside"`
 	Policies          *ebpf.Map `ebpf:"policies"`
 	Services          *ebpf.Map `ebpf:"services"`
 	Settings          *ebpf.Map `ebpf:"settings"`
@@ -280,12 +308,14 @@ func (m *daoliMaps) Close() error {
 	return _DaoliClose(
 		m.Conntrack,
 		m.Drops,
+		m.Egress,
 		m.EndpointByIfindex,
 		m.EndpointStats,
 		m.Endpoints,
 		m.IdentBlocks,
 		m.Maglev,
 		m.OffsetCursor,
+		m.Outside,
 		m.Policies,
 		m.Services,
 		m.Settings,

@@ -40,6 +40,44 @@
 // own ping never matches a wire block. Every endpoint answers echo; the
 // echo service of (network, IP) is failover over all its endpoints.
 //
+// # Egress
+//
+// A new flow to an address that no service of the client's network holds
+// and that lies outside every network's subnet (State.Networks) leaves the
+// cluster: to_outside sends it through the uplink as ServerIP_A:wire_C+o,
+// where o is an offset of the client's wire block that is unique per
+// outside destination (address, port, protocol; an echo's identifier is
+// the port), as a NAT's ports are. The answer comes back to that port,
+// which names the client through wire_blocks; from_outside finds the flow
+// by (client, outside address and port, protocol, offset) in conntrack
+// (CT_EGRESS) and puts the answer into the container as what it sent to.
+// TCP, UDP, ICMP echo and the ICMP errors about such flows, both ways
+// (frag-needed from a router outside reaches the container, so path MTU
+// discovery works), are translated.
+//
+// What may leave is the client network's Egress (the egress map, an LPM
+// trie keyed by network and prefix; DropEgressDenied otherwise), checked
+// on every packet, so a revoked egress stops live flows too. Never leaving,
+// whatever Egress says: an address of any network's subnet (isolation:
+// DropNoService), 0/8, loopback, multicast and class E (the outside map),
+// and the wire range of any server's locator, which is the dataplane's own
+// (DropEgressDenied; a server's other ports are the outside). A TCP flow
+// to the outside must start with a SYN: a segment of a flow the dataplane
+// does not know is answered with a reset (DropCTMiss), and so is an
+// outside peer's segment to a wire port of no flow, or to a stale one
+// whose container moved away (DropStaleWire). A container that moves
+// therefore has its TCP connections to the outside reset by the first
+// segment either side sends afterwards, never left to time out; its UDP
+// flows go on from the new server's address.
+//
+// Egress bypasses the server's own netfilter (the packet is redirected at
+// tc), so iptables rules of the server neither see nor filter it, and the
+// route to the destination must leave through the uplink
+// (bpf_redirect_neigh drops a packet whose route names another device). A
+// container cannot reach its own server's address this way. The server's
+// own ICMP echo replies pass untouched unless their identifier is a wire
+// port of an egress echo flow to the same address.
+//
 // # ICMP errors
 //
 // Destination unreachable (frag-needed included, so path MTU discovery
@@ -92,13 +130,16 @@
 //	services             (client's network, IP, port, proto) -> service's network, mode, active backends, failover choice, Maglev table
 //	maglev               table*1021+slot -> endpoint id
 //	policies             (from network, to network) -> allow or deny
-//	conntrack            LRU; CT_OUT: client's 5-tuple -> flow; CT_REV: (client, backend, port index, protocol, offset) -> flow
+//	outside              LPM: network subnets and never-egress prefixes -> internal; server locators -> locator
+//	egress               LPM: (network, prefix) -> allowed outside destinations
+//	conntrack            LRU; CT_OUT: client's 5-tuple -> flow; CT_REV: (client, backend, port index, protocol, offset) -> flow;
+//	                     CT_EGRESS: (client, outside address, outside port, protocol, offset) -> flow
 //	offset_cursor        LRU; where a client's next offset search towards one destination starts
 //	drops                per-CPU counters by DropReason (32 slots, room for new reasons)
 //	endpoint_stats       per-CPU packet and byte counters per local endpoint
 //
 // Apply owns settings, endpoints, endpoint_by_ifindex, wire_blocks,
-// ident_blocks, services, maglev, policies and the entries of
+// ident_blocks, services, maglev, policies, outside, egress and the entries of
 // endpoint_stats; the programs own conntrack, offset_cursor and the counts.
 // Apply creates a zeroed endpoint_stats entry for every local endpoint and
 // deletes it when the endpoint leaves the server; the programs only add to

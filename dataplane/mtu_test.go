@@ -34,20 +34,23 @@ func serveSink(t *testing.T, c *testbed.Container, port int) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			conn, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				h := sha256.New()
-				n, _ := io.Copy(h, conn)
-				fmt.Fprintf(conn, "%d %x\n", n, h.Sum(nil))
-			}()
+	go serveSinkOn(l)
+}
+
+// serveSinkOn is serveSink's loop over the connections of l.
+func serveSinkOn(l net.Listener) {
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			return
 		}
-	}()
+		go func() {
+			defer conn.Close()
+			h := sha256.New()
+			n, _ := io.Copy(h, conn)
+			fmt.Fprintf(conn, "%d %x\n", n, h.Sum(nil))
+		}()
+	}
 }
 
 // pattern is n bytes counting modulo 251, so any slice of it can be

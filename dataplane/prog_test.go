@@ -10,7 +10,8 @@ import (
 
 // The unit-test world: network 7 has client C on server A, backend S on
 // server B and backend L on server A; network 8 has X on server B with the
-// same IP as S.
+// same IP as S. Both networks are 10.1.0.0/24; network 7 may reach
+// anywhere outside, network 8 nowhere.
 var (
 	serverA = netip.MustParseAddr("192.0.2.1")
 	serverB = netip.MustParseAddr("192.0.2.2")
@@ -43,6 +44,11 @@ func fixture(local netip.Addr) State {
 		WirePorts: PortRange{First: 32768, Last: 36863},
 		LocalIPs:  []netip.Addr{local},
 		Servers:   []Server{{IP: serverA}, {IP: serverB}},
+		// Network 7 reaches anywhere outside, network 8 nowhere.
+		Networks: []Network{
+			{ID: 7, Subnet: netip.MustParsePrefix("10.1.0.0/24"), Egress: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}},
+			{ID: 8, Subnet: netip.MustParsePrefix("10.1.0.0/24")},
+		},
 		Endpoints: []Endpoint{
 			{ID: idC, Network: 7, IP: ipC, MAC: macC, Server: serverA, WireBase: 32768, IdentityBase: 1024,
 				Ifindex: ifindex(serverA, loopbackIfindex)},

@@ -114,6 +114,43 @@ type Endpoint struct {
 	Ifindex int
 }
 
+// Network is a virtual network as the dataplane sees it: the addresses
+// that belong to it, and the destinations outside every network that its
+// endpoints may open flows to (egress).
+type Network struct {
+	// ID is the id endpoints name in Endpoint.Network; 0 is invalid.
+	ID uint32
+	// Subnet is the network's address space. No flow to an address of
+	// any network's subnet ever leaves through the uplink: an address
+	// nobody serves there is dropped (DropNoService), whatever Egress
+	// says, so a tenant never reaches into the physical network with
+	// another tenant's addresses.
+	Subnet netip.Prefix
+	// Egress lists the IPv4 prefixes outside every network that the
+	// network's endpoints may reach, source-translated to their server's
+	// address. Nil or empty means none (DropEgressDenied); 0.0.0.0/0
+	// means anywhere.
+	Egress []netip.Prefix
+}
+
+// MaxEgressPrefixes is how many egress prefixes all networks of a State
+// may list together, and MaxOutsidePrefixes how many subnets and server
+// addresses it may name: the sizes of the egress and outside maps.
+const (
+	MaxEgressPrefixes  = 16384
+	MaxOutsidePrefixes = 16384 - 4 // less neverEgress
+)
+
+// neverEgress (4 prefixes) are addresses no packet of a container may be sent to
+// outside: "this network", loopback, multicast and class E (broadcast
+// included). They go in the outside map as internal.
+var neverEgress = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),
+	netip.MustParsePrefix("127.0.0.0/8"),
+	netip.MustParsePrefix("224.0.0.0/4"),
+	netip.MustParsePrefix("240.0.0.0/4"),
+}
+
 // Policy connects two networks, or isolates one. Without a Policy for a
 // pair, endpoints reach the services of their own network and nothing else.
 //
@@ -152,6 +189,10 @@ type State struct {
 	// an endpoint that just moved away). Zero WirePorts turns that off.
 	WirePorts PortRange
 	LocalIPs  []netip.Addr
+	// Networks lists the networks with their subnets and egress. A
+	// network not listed has no egress, and its subnet is not known to
+	// be internal.
+	Networks []Network
 	// Policies connect networks; nil means every network is isolated.
 	// Two networks shown in one network by Allow or deny Policies must
 	// not serve the same IP, port and protocol, and the identity blocks of
@@ -223,6 +264,31 @@ func (s State) validate() (State, error) {
 		if !ip.Is4() {
 			return bad("local IP %s: want an IPv4 address", ip)
 		}
+	}
+	nets := map[uint32]bool{}
+	egress := 0
+	for _, n := range s.Networks {
+		switch {
+		case n.ID == 0:
+			return bad("network with subnet %s: ID 0 is reserved", n.Subnet)
+		case nets[n.ID]:
+			return bad("network %d: listed twice", n.ID)
+		case !n.Subnet.IsValid() || !n.Subnet.Addr().Is4() || n.Subnet.Masked() != n.Subnet:
+			return bad("network %d: subnet %s: want an IPv4 prefix without host bits", n.ID, n.Subnet)
+		}
+		nets[n.ID] = true
+		for _, p := range n.Egress {
+			if !p.IsValid() || !p.Addr().Is4() || p.Masked() != p {
+				return bad("network %d: egress prefix %s: want an IPv4 prefix without host bits", n.ID, p)
+			}
+		}
+		egress += len(n.Egress)
+	}
+	if egress > MaxEgressPrefixes {
+		return bad("%d egress prefixes: the egress map holds %d", egress, MaxEgressPrefixes)
+	}
+	if n := len(s.Networks) + len(s.Servers); n > MaxOutsidePrefixes {
+		return bad("%d network subnets and server addresses: the outside map holds %d", n, MaxOutsidePrefixes)
 	}
 	servers := map[netip.Addr]bool{}
 	for _, sv := range s.Servers {

@@ -63,9 +63,24 @@ func TestValidate(t *testing.T) {
 			s.Endpoints[1].Ports[1].Number = 2100 // S serves inside X's identity block 2048
 			s.Policies = []Policy{{8, 7, true}}
 		}},
+		{"network ID 0", func(s *State) { s.Networks[0].ID = 0 }},
+		{"network twice", func(s *State) { s.Networks[1].ID = s.Networks[0].ID }},
+		{"subnet with host bits", func(s *State) { s.Networks[0].Subnet = netip.MustParsePrefix("10.1.0.5/24") }},
+		{"IPv6 subnet", func(s *State) { s.Networks[0].Subnet = netip.MustParsePrefix("2001:db8::/64") }},
+		{"egress prefix with host bits", func(s *State) {
+			s.Networks[0].Egress = []netip.Prefix{netip.MustParsePrefix("203.0.113.7/24")}
+		}},
+		{"IPv6 egress prefix", func(s *State) { s.Networks[0].Egress = []netip.Prefix{netip.MustParsePrefix("::/0")} }},
+		{"too many egress prefixes", func(s *State) {
+			s.Networks[0].Egress = make([]netip.Prefix, MaxEgressPrefixes+1)
+			for i := range s.Networks[0].Egress {
+				s.Networks[0].Egress[i] = netip.MustParsePrefix("203.0.113.0/24")
+			}
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := fixture(serverA)
+			s.Networks = slices.Clone(s.Networks)
 			s.Endpoints = slices.Clone(s.Endpoints)
 			for i := range s.Endpoints {
 				s.Endpoints[i].Ports = slices.Clone(s.Endpoints[i].Ports)

@@ -29,6 +29,13 @@ type trafficWorld struct {
 	containers map[uint32]*testbed.Container
 	endpoints  []Endpoint
 	policies   []Policy
+	// networks, when not nil, are the State's networks; nil means one per
+	// network id of the endpoints, the /24 of their addresses, without
+	// egress.
+	networks []Network
+	// wirePorts, when set, is the State's WirePorts, with each server's
+	// own address as its LocalIPs.
+	wirePorts PortRange
 	// a, b, dpA and dpB are the first two servers and their Dataplanes.
 	a, b     *testbed.Server
 	dpA, dpB *Dataplane
@@ -129,8 +136,21 @@ func (tw *trafficWorld) apply(t *testing.T) {
 	for _, s := range tw.servers {
 		servers = append(servers, Server{IP: s.IP, MAC: s.MAC})
 	}
+	networks := tw.networks
+	if networks == nil {
+		seen := map[uint32]bool{}
+		for _, e := range tw.endpoints {
+			if !seen[e.Network] {
+				seen[e.Network] = true
+				networks = append(networks, Network{ID: e.Network, Subnet: netip.PrefixFrom(e.IP, 24).Masked()})
+			}
+		}
+	}
 	for i, s := range tw.servers {
-		st := State{Servers: servers, Policies: tw.policies}
+		st := State{Servers: servers, Policies: tw.policies, Networks: networks, WirePorts: tw.wirePorts}
+		if tw.wirePorts != (PortRange{}) {
+			st.LocalIPs = []netip.Addr{s.IP}
+		}
 		for _, e := range tw.endpoints {
 			if c := tw.containers[e.ID]; c.Server == s {
 				e.Ifindex = c.HostIfindex

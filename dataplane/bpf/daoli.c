@@ -556,7 +556,7 @@ __attribute__((noinline)) int ct_claim(struct ct_key *k, struct ct_entry *v,
  * their searches start. */
 static __always_inline __u32 cursor_key(const struct ct_key *k)
 {
-	__u32 h = mix(k->scope * 0x9e3779b1 ^ k->daddr);
+	__u32 h = mix(k->scope * 0x9e3779b1 ^ k->daddr ^ k->saddr);
 
 	return mix(h ^ ((__u32)k->dport << 8) ^ k->proto);
 }
@@ -598,11 +598,12 @@ __attribute__((noinline)) int ct_probe(struct search *s)
 	return -1;
 }
 
-/* alloc_offset finds an offset for flow v (client, backend, port_index,
- * proto and last_seen = now set) among the flow offsets [lo, size) of
- * client cid's blocks, records v as its CT_REV entry and returns the
- * offset, or -1. An offset is unique per (client, backend, port index,
- * protocol), so only flows to the same destination compete. The search
+/* alloc_offset finds an offset for flow v (last_seen = now set) among the
+ * flow offsets [lo, size) of the client's blocks, records v under the key
+ * k names (a CT_REV or CT_EGRESS key: client, destination, protocol; its
+ * sport, the offset, is set here) and returns the offset, or -1. An
+ * offset is unique per client and destination, so only flows to the same
+ * destination compete. The search
  * starts at prefer when it is a flow offset (a flow moving to another
  * backend keeps its offset when it is free there), else at the
  * destination's cursor, just past its last allocation, which it advances:
@@ -612,23 +613,21 @@ __attribute__((noinline)) int ct_probe(struct search *s)
  * first whose TCP flow is over (ct_over), as a kernel reuses a port in
  * TIME_WAIT. It never takes a busy offset: that would hand one flow's
  * replies to another (fail closed). A global function, verified once. */
-__attribute__((noinline)) int alloc_offset(__u32 cid, __u32 lo, __u32 size,
-					   __u32 prefer, struct ct_entry *v)
+__attribute__((noinline)) int alloc_offset(const struct ct_key *k, __u32 lo,
+					   __u32 size, __u32 prefer,
+					   struct ct_entry *v)
 {
-	struct search s = { .k = { .scope = cid, .dir = CT_REV },
-			    .over = NO_OFFSET };
+	struct search s = { .over = NO_OFFSET };
 	int found = -1, moved = prefer >= lo && prefer < size;
 	__u32 start, next, ck, *cur;
 
-	if (!v || lo >= size || size > 32768)
+	if (!k || !v || lo >= size || size > 32768)
 		return -1;
+	s.k = *k;
 	s.v = *v;
 	s.now = v->last_seen;
 	s.lo = lo;
 	s.span = size - lo;
-	s.k.daddr = v->backend;
-	s.k.dport = v->port_index;
-	s.k.proto = v->proto;
 	ck = cursor_key(&s.k);
 	if (moved) {
 		start = prefer - lo;
@@ -738,20 +737,28 @@ static __always_inline int ct_touch(struct ct_entry *e, const struct pkt *p,
 	return tw;
 }
 
-/* ct_forget deletes the CT_REV entry of client cid's flow v, whose CT_OUT
- * entry could not be written. */
-static __always_inline void ct_forget(__u32 cid, const struct ct_entry *v)
+/* ct_forget deletes the entry alloc_offset recorded under k at offset,
+ * for a flow whose CT_OUT entry could not be written. */
+static __always_inline void ct_forget(const struct ct_key *k, __u16 offset)
 {
-	struct ct_key k = {
+	struct ct_key d = *k;
+
+	d.sport = offset;
+	bpf_map_delete_elem(&conntrack, &d);
+}
+
+/* rev_key returns the CT_REV key template of client cid's flows to
+ * backend's port index idx. */
+static __always_inline struct ct_key rev_key(__u32 cid, __u32 backend,
+					     __u16 idx, __u8 proto)
+{
+	return (struct ct_key){
 		.scope = cid,
-		.daddr = v->backend,
-		.sport = v->offset,
-		.dport = v->port_index,
-		.proto = v->proto,
+		.daddr = backend,
+		.dport = idx,
+		.proto = proto,
 		.dir = CT_REV,
 	};
-
-	bpf_map_delete_elem(&conntrack, &k);
 }
 
 /* ct_rev returns the CT_REV entry of client's flow to backend's port index
@@ -1155,6 +1162,17 @@ __attribute__((noinline)) int error_from_container(struct __sk_buff *skb,
 		.dir = CT_OUT,
 	};
 	e = bpf_map_lookup_elem(&conntrack, &k);
+	if (e && e->kind == CT_KIND_EGRESS) {
+		/* About a packet from the outside: it leaves as the reply to
+		 * what x sent there. */
+		if (!cfg->uplink_ifindex)
+			return drop(DROP_NO_UPLINK);
+		if (translate_quote(skb, p, &q, q.ip.saddr, x->server_ip,
+				    sport, x->wire_base + e->offset) < 0 ||
+		    set_addrs(skb, p, x->server_ip, q.ip.saddr) < 0)
+			return drop(DROP_MALFORMED);
+		return bpf_redirect_neigh(cfg->uplink_ifindex, NULL, 0, 0);
+	}
 	if (e) {
 		pid = e->backend;
 		peer = bpf_map_lookup_elem(&endpoints, &pid);
@@ -1257,10 +1275,32 @@ __attribute__((noinline)) int error_from_network(struct __sk_buff *skb,
 
 	if (off >= ep->nports) {
 		/* About a packet of ep's own flow at offset off: the quoted
-		 * destination names the backend and its port index. */
+		 * destination names the backend and its port index, or is
+		 * outside the cluster. */
 		peer = wire_endpoint(q.ip.daddr, dport, mask, &pid);
-		if (!peer)
-			return drop(DROP_UNKNOWN_PEER);
+		if (!peer) {
+			struct ct_key k = {
+				.scope = eid,
+				.saddr = q.ip.daddr,
+				.sport = off,
+				.dport = dport,
+				.proto = q.ip.protocol,
+				.dir = CT_EGRESS,
+			};
+
+			e = bpf_map_lookup_elem(&conntrack, &k);
+			if (!e || e->kind != CT_KIND_EGRESS)
+				return drop(DROP_UNKNOWN_PEER);
+			/* From whoever sent it: a router outside is no
+			 * secret, as behind any NAT. */
+			if (translate_quote(skb, p, &q, ep->ip, q.ip.daddr,
+					    e->client_port, dport) < 0 ||
+			    set_addrs(skb, p, p->saddr, ep->ip) < 0 ||
+			    set_macs(skb, ep->mac, cfg->gateway_mac) < 0)
+				return drop(DROP_MALFORMED);
+			count(eid, skb->len, 1);
+			return bpf_redirect_peer(ep->ifindex, 0);
+		}
 		idx = dport - peer->wire_base;
 		if (idx >= peer->nports)
 			return drop(DROP_UNKNOWN_PEER);
@@ -1433,27 +1473,245 @@ static __always_inline int unreach_udp(struct __sk_buff *skb,
 	return bpf_redirect(skb->ifindex, 0);
 }
 
-/* reject answers packet p of client cid when its new flow found no free
- * offset, so the client fails at once instead of waiting for its own
- * timeout: TCP gets a reset, UDP a port unreachable, both from the address
- * the client sent to and put back into the client. Anything else (ICMP
- * echo, a reset, IPv4 options) is dropped. Every case counts as
- * offsets_full. A global function, verified once. */
-__attribute__((noinline)) int reject(struct __sk_buff *skb, struct pkt *p,
-				     __u32 cid)
+/* refuse answers packet p instead of dropping it silently, so its sender
+ * fails at once instead of waiting for its own timeout: TCP gets a reset,
+ * UDP from container cid (not 0) a port unreachable, both from the address
+ * p was sent to and sent back where p came from. Anything else (ICMP echo,
+ * a reset, IPv4 options, UDP from the network) is dropped. Every case
+ * counts as reason. A global function, verified once. */
+__attribute__((noinline)) int refuse(struct __sk_buff *skb, struct pkt *p,
+				     __u32 cid, __u32 reason)
 {
 	int ret = TC_ACT_SHOT;
 
-	count_drop(DROP_OFFSETS_FULL);
+	count_drop(reason);
 	if (!p || p->l4_off != IP_OFF + sizeof(struct iphdr))
 		return TC_ACT_SHOT;
 	if (p->proto == IPPROTO_TCP)
 		ret = reset_tcp(skb, p);
-	else if (p->proto == IPPROTO_UDP)
+	else if (p->proto == IPPROTO_UDP && cid)
 		ret = unreach_udp(skb, p);
-	if (ret == TC_ACT_REDIRECT)
+	if (ret == TC_ACT_REDIRECT && cid)
 		count(cid, skb->len, 1);
 	return ret;
+}
+
+/* reject refuses packet p of client cid whose new flow found no free
+ * offset (offsets_full). */
+static __always_inline int reject(struct __sk_buff *skb, struct pkt *p,
+				  __u32 cid)
+{
+	return refuse(skb, p, cid, DROP_OFFSETS_FULL);
+}
+
+/* Egress: flows from a container to an address outside every daoli network
+ * (see ../doc.go, Egress). They leave as ServerIP_A:wire_C+offset, with an
+ * offset of the client's wire block that is unique per outside
+ * destination, and come back to that port, which names the client. */
+
+/* outside_kind returns what the outside map says of addr, or 0: outside
+ * every daoli network. */
+static __always_inline __u32 outside_kind(__u32 addr)
+{
+	struct outside_key k = { .prefixlen = 32, .addr = addr };
+	__u32 *v = bpf_map_lookup_elem(&outside, &k);
+
+	return v ? *v : 0;
+}
+
+/* egress_verdict returns 0 when client c may send p to its destination
+ * outside the cluster, else the drop reason: no_service for an address of
+ * a daoli network (isolation: it never leaves), egress_denied for one the
+ * client's network may not reach, or a locator's wire port. */
+static __always_inline __u32 egress_verdict(const struct endpoint *c,
+					    const struct pkt *p,
+					    const struct server_settings *cfg)
+{
+	struct egress_key k = { .prefixlen = 64, .net_id = c->net_id,
+				.addr = p->daddr };
+
+	switch (outside_kind(p->daddr)) {
+	case OUTSIDE_INTERNAL:
+		return DROP_NO_SERVICE;
+	case OUTSIDE_LOCATOR:
+		if (p->proto != IPPROTO_ICMP && cfg->wire_last &&
+		    p->dport >= cfg->wire_first && p->dport <= cfg->wire_last)
+			return DROP_EGRESS_DENIED;
+	}
+	if (!bpf_map_lookup_elem(&egress, &k))
+		return DROP_EGRESS_DENIED;
+	return 0;
+}
+
+/* rewrite_echo sets the addresses of ICMP echo p and its identifier, the
+ * client's port, leaving the IPv4 identification alone: outside hosts
+ * speak plain ICMP. */
+static __always_inline int rewrite_echo(struct __sk_buff *skb,
+					const struct pkt *p, __u32 saddr,
+					__u32 daddr, __u16 id)
+{
+	if (set_addrs(skb, p, saddr, daddr) < 0 ||
+	    set_word(skb, p, p->l4_off + 4, p->icmp_id, bpf_htons(id), 1) < 0)
+		return -1;
+	return 0;
+}
+
+/* egress_key_of returns the CT_EGRESS key template of client cid's flows
+ * to the destination of p (an echo's server port is 0). */
+static __always_inline struct ct_key egress_key_of(__u32 cid,
+						   const struct pkt *p)
+{
+	return (struct ct_key){
+		.scope = cid,
+		.saddr = p->daddr,
+		.dport = p->proto == IPPROTO_ICMP ? 0 : p->dport,
+		.proto = p->proto,
+		.dir = CT_EGRESS,
+	};
+}
+
+/* egress_send sends packet p of client cid, a flow to the outside at
+ * offset off, out of the uplink as ServerIP:wire_C+off. A global function,
+ * verified once. */
+__attribute__((noinline)) int egress_send(struct __sk_buff *skb,
+					  struct pkt *p, __u32 cid, __u32 off)
+{
+	struct server_settings *cfg = get_settings();
+	struct endpoint *c = bpf_map_lookup_elem(&endpoints, &cid);
+
+	if (!p || !cfg || !c)
+		return drop(DROP_MALFORMED);
+	if (p->proto == IPPROTO_ICMP) {
+		if (rewrite_echo(skb, p, c->server_ip, p->daddr,
+				 c->wire_base + off) < 0)
+			return drop(DROP_MALFORMED);
+	} else if (rewrite(skb, p, c->server_ip, p->daddr, c->wire_base + off,
+			   p->dport, 0) < 0) {
+		return drop(DROP_MALFORMED);
+	}
+	return bpf_redirect_neigh(cfg->uplink_ifindex, NULL, 0, 0);
+}
+
+/* egress_new says whether packet p of client c may open a flow to its
+ * destination outside every daoli network: 0, or the drop reason. An echo
+ * reply opens nothing, and a TCP flow must start with a SYN: a segment of
+ * a flow the dataplane does not know (one that followed its container to
+ * this server, say) gets CT_MISS, answered with a reset. */
+static __always_inline __u32 egress_new(const struct endpoint *c,
+					const struct pkt *p,
+					const struct server_settings *cfg)
+{
+	__u32 reason;
+
+	if (p->proto == IPPROTO_ICMP && !is_request(p))
+		return DROP_NO_SERVICE;
+	reason = egress_verdict(c, p, cfg);
+	if (reason)
+		return reason;
+	if (!cfg->uplink_ifindex)
+		return DROP_NO_UPLINK;
+	if (p->proto == IPPROTO_TCP &&
+	    (p->tcp_flags & (TH_SYN | TH_ACK | TH_RST)) != TH_SYN)
+		return DROP_CT_MISS;
+	return 0;
+}
+
+/* NEW_FLOW is what to_outside returns when p must start a new flow. */
+#define NEW_FLOW 0x7fffffff
+
+/* to_outside sends packet p of client cid, whose CT_OUT entry e says it
+ * goes outside, on its way: source-translated to ServerIP:wire_C+offset,
+ * out of the uplink. The verdict is checked on every packet, so a revoked
+ * egress stops live flows too. It returns NEW_FLOW when the flow's offset
+ * is no longer its own (the LRU evicted it, or a new flow took it once this
+ * one was over). A global function, verified once. */
+__attribute__((noinline)) int to_outside(struct __sk_buff *skb, struct pkt *p,
+					 __u32 cid, struct ct_entry *e)
+{
+	struct server_settings *cfg = get_settings();
+	struct ct_entry *rev;
+	struct endpoint *c;
+	struct ct_key rk;
+	__u32 reason;
+
+	if (!p || !e || !cfg)
+		return drop(DROP_MALFORMED);
+	c = bpf_map_lookup_elem(&endpoints, &cid);
+	if (!c)
+		return drop(DROP_UNKNOWN_IFINDEX);
+	rk = egress_key_of(cid, p);
+	rk.sport = e->offset;
+	rev = bpf_map_lookup_elem(&conntrack, &rk);
+	if (!rev || rev->kind != CT_KIND_EGRESS ||
+	    rev->client_port != e->client_port)
+		return NEW_FLOW;
+	reason = egress_verdict(c, p, cfg);
+	if (reason)
+		return drop(reason);
+	if (!cfg->uplink_ifindex)
+		return drop(DROP_NO_UPLINK);
+	if (p->proto == IPPROTO_TCP &&
+	    (p->tcp_flags & (TH_SYN | TH_ACK)) == TH_SYN && rev->flags)
+		rev->flags = 0;
+	if (ct_touch(rev, p, bpf_ktime_get_ns(), 0) == TW_RESET &&
+	    reset_flag(skb, p) < 0)
+		return drop(DROP_MALFORMED);
+	return egress_send(skb, p, cid, rev->offset);
+}
+
+/* from_outside handles packet p from an address outside the cluster to
+ * offset off of local endpoint eid's wire block: a reply of one of its
+ * flows to the outside, translated back to what the endpoint sent to and
+ * put into it. A TCP segment of no such flow gets the reset a host without
+ * the connection sends; other misses are dropped (ct_miss), except ICMP
+ * echo replies, which are the host's own pings and pass. A global
+ * function, verified once. */
+__attribute__((noinline)) int from_outside(struct __sk_buff *skb,
+					   struct pkt *p, __u32 eid, __u32 off)
+{
+	struct server_settings *cfg = get_settings();
+	int echo = p && p->proto == IPPROTO_ICMP;
+	struct endpoint *ep;
+	struct ct_entry *e;
+	struct ct_key k;
+
+	if (!p || !cfg)
+		return TC_ACT_OK;
+	ep = bpf_map_lookup_elem(&endpoints, &eid);
+	if (!ep || !ep->ifindex || off < ep->nports || off >= ep->block_size)
+		return echo ? TC_ACT_OK : drop(DROP_UNKNOWN_PEER);
+	k = (struct ct_key){
+		.scope = eid,
+		.saddr = p->saddr,
+		.sport = off,
+		.dport = echo ? 0 : p->sport,
+		.proto = p->proto,
+		.dir = CT_EGRESS,
+	};
+	e = bpf_map_lookup_elem(&conntrack, &k);
+	if (!e || e->kind != CT_KIND_EGRESS) {
+		if (echo)
+			return TC_ACT_OK;
+		if (p->proto == IPPROTO_TCP)
+			return refuse(skb, p, 0, DROP_CT_MISS);
+		return drop(DROP_CT_MISS);
+	}
+	if (p->ttl <= 1)
+		return drop(DROP_TTL);
+	if (ct_touch(e, p, bpf_ktime_get_ns(), 1) == TW_REFLECT &&
+	    end_time_wait(skb, p) < 0)
+		return drop(DROP_MALFORMED);
+	if (echo) {
+		if (rewrite_echo(skb, p, p->saddr, ep->ip, e->client_port) < 0)
+			return drop(DROP_MALFORMED);
+	} else if (rewrite(skb, p, p->saddr, ep->ip, p->sport, e->client_port,
+			   0) < 0) {
+		return drop(DROP_MALFORMED);
+	}
+	if (set_macs(skb, ep->mac, cfg->gateway_mac) < 0)
+		return drop(DROP_MALFORMED);
+	count(eid, skb->len, 1);
+	return bpf_redirect_peer(ep->ifindex, 0);
 }
 
 SEC("tcx/ingress")
@@ -1463,9 +1721,9 @@ int from_container(struct __sk_buff *skb)
 	struct server_settings *cfg = get_settings();
 	struct ct_entry *e, v = {};
 	struct endpoint *c, *s;
+	struct ct_key k, tmpl;
 	struct ethhdr eth;
 	struct pkt p = {};
-	struct ct_key k;
 	__u32 *id;
 	__u64 now;
 	int idx;
@@ -1515,6 +1773,13 @@ int from_container(struct __sk_buff *skb)
 		.dir = CT_OUT,
 	};
 	e = bpf_map_lookup_elem(&conntrack, &k);
+	if (e && e->kind == CT_KIND_EGRESS) {
+		int ret = to_outside(skb, &p, cid, e);
+
+		if (ret != NEW_FLOW)
+			return ret;
+		goto new_flow;
+	}
 	if (e) {
 		struct ct_key rk = {
 			.scope = cid,
@@ -1561,11 +1826,12 @@ int from_container(struct __sk_buff *skb)
 			v.port_index = idx;
 			v.flags = 0;
 			ct_touch(&v, &p, now, 0);
-			if (alloc_offset(cid, c->nports, c->block_size,
+			tmpl = rev_key(cid, sid, idx, p.proto);
+			if (alloc_offset(&tmpl, c->nports, c->block_size,
 					 e->offset, &v) < 0)
 				return reject(skb, &p, cid);
 			if (bpf_map_update_elem(&conntrack, &k, &v, BPF_ANY) < 0) {
-				ct_forget(cid, &v);
+				ct_forget(&tmpl, v.offset);
 				return drop(DROP_OFFSETS_FULL);
 			}
 			bpf_map_delete_elem(&conntrack, &rk);
@@ -1598,22 +1864,36 @@ new_flow:
 	if (p.proto == IPPROTO_TCP && (p.tcp_flags & TH_RST))
 		return drop(DROP_CT_MISS);
 	reason = choose_backend(c, &p, &sid, &s, &idx);
-	if (reason)
+	if (reason == DROP_NO_SERVICE) {
+		/* No service of the network: perhaps an address outside. */
+		reason = egress_new(c, &p, cfg);
+		if (reason == DROP_CT_MISS)
+			return refuse(skb, &p, cid, reason);
+		if (reason)
+			return drop(reason);
+		v.kind = CT_KIND_EGRESS;
+		tmpl = egress_key_of(cid, &p);
+		s = NULL;
+	} else if (reason) {
 		return drop(reason);
-
+	} else {
+		v.backend = sid;
+		v.port_index = idx;
+		tmpl = rev_key(cid, sid, idx, p.proto);
+	}
 	v.last_seen = now;
-	v.backend = sid;
-	v.port_index = idx;
 	v.client_port = p.sport;
 	v.service_port = p.dport;
 	v.proto = p.proto;
 	ct_touch(&v, &p, now, 0);
-	if (alloc_offset(cid, c->nports, c->block_size, NO_PREFER, &v) < 0)
+	if (alloc_offset(&tmpl, c->nports, c->block_size, NO_PREFER, &v) < 0)
 		return reject(skb, &p, cid);
 	if (bpf_map_update_elem(&conntrack, &k, &v, BPF_ANY) < 0) {
-		ct_forget(cid, &v);
+		ct_forget(&tmpl, v.offset);
 		return drop(DROP_OFFSETS_FULL);
 	}
+	if (!s)
+		return egress_send(skb, &p, cid, v.offset);
 	return deliver_out(skb, &p, c, s, sid, &v, cfg);
 }
 
@@ -1656,15 +1936,32 @@ int from_network(struct __sk_buff *skb)
 		return TC_ACT_OK;
 	if (is_error(&p))
 		return error_from_network(skb, &p);
-	if (p.proto == IPPROTO_ICMP && p.icmp_code != WIRE_ICMP_CODE)
-		return TC_ACT_OK;
-
 	mask = ~(cfg->block_size - 1);
 	wk.server_ip = p.daddr;
 	wk.base = p.dport & mask;
+	if (p.proto == IPPROTO_ICMP && p.icmp_code != WIRE_ICMP_CODE) {
+		/* Plain ICMP: the host's own, or an echo reply to a container's
+		 * ping of the outside, whose identifier is a wire port. */
+		if (p.icmp_type != ICMP_ECHOREPLY)
+			return TC_ACT_OK;
+		id = bpf_map_lookup_elem(&wire_blocks, &wk);
+		if (!id)
+			return TC_ACT_OK;
+		eid = *id;
+		return from_outside(skb, &p, eid, p.dport - (p.dport & mask));
+	}
 	id = bpf_map_lookup_elem(&wire_blocks, &wk);
-	if (!id)
-		return owns_wire_port(cfg, &p) ? drop(DROP_STALE_WIRE) : TC_ACT_OK;
+	if (!id) {
+		if (!owns_wire_port(cfg, &p))
+			return TC_ACT_OK;
+		/* An outside peer of a flow whose container moved away gets
+		 * a reset instead of silence; a server's packet may be in
+		 * flight to an endpoint that just moved, and is dropped. */
+		if (p.proto == IPPROTO_TCP &&
+		    outside_kind(p.saddr) != OUTSIDE_LOCATOR)
+			return refuse(skb, &p, 0, DROP_STALE_WIRE);
+		return drop(DROP_STALE_WIRE);
+	}
 	/* From here on the packet is ours: it never reaches the host. */
 	eid = *id;
 	ep = bpf_map_lookup_elem(&endpoints, &eid);
@@ -1703,10 +2000,14 @@ int from_network(struct __sk_buff *skb)
 	}
 
 	/* A backend answering ep's own flow at offset off: the source names
-	 * the backend and its port index. */
+	 * the backend and its port index. A source that is no wire block is
+	 * outside the cluster: a reply to one of ep's flows there. */
 	peer = wire_endpoint(p.saddr, p.sport, mask, &pid);
-	if (!peer)
-		return drop(DROP_UNKNOWN_PEER);
+	if (!peer) {
+		if (p.proto == IPPROTO_ICMP)
+			return drop(DROP_UNKNOWN_PEER);
+		return from_outside(skb, &p, eid, off);
+	}
 	idx = p.sport - peer->wire_base;
 	if (p.proto == IPPROTO_ICMP ? idx != 0 : idx >= peer->nports)
 		return drop(DROP_UNKNOWN_PEER);

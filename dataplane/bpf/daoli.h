@@ -55,7 +55,8 @@ enum drop_reason {
 	DROP_ARP = 13,            /* ARP that is not a request we answer */
 	DROP_TTL = 14,            /* TTL would reach 0 in our hop */
 	DROP_STALE_WIRE = 15,     /* wire port of ours that no local endpoint holds */
-	DROP_REASONS = 16,
+	DROP_EGRESS_DENIED = 16,  /* the network may not reach that outside address */
+	DROP_REASONS = 17,
 };
 
 /* DROP_SLOTS is the size of the drops map: room for new reasons without a
@@ -152,6 +153,15 @@ enum ct_dir {
 	CT_OUT = 0, /* client side, 5-tuple as the client sent it */
 	CT_REV = 1, /* client side, keyed by (client, backend, port index,
 		     * protocol, offset) */
+	CT_EGRESS = 2, /* client side, a flow to the outside, keyed by
+			* (client, outside address, outside port, protocol,
+			* offset) */
+};
+
+/* ct_entry.kind: where a flow goes. */
+enum ct_kind {
+	CT_KIND_SERVICE = 0, /* to a backend of a daoli service */
+	CT_KIND_EGRESS = 1,  /* to an address outside every daoli network */
 };
 
 /* ct_key names a flow on its client's server.
@@ -161,7 +171,12 @@ enum ct_dir {
  *
  * CT_REV: scope = client endpoint id, daddr = backend endpoint id, sport =
  * the offset, dport = the backend's port index (0 for ICMP echo), proto;
- * saddr is 0. An offset is unique per client and destination (backend,
+ * saddr is 0.
+ *
+ * CT_EGRESS: scope = client endpoint id, saddr = the outside address, dport
+ * = the outside port (0 for ICMP echo), sport = the offset, proto; daddr is
+ * 0. On the wire such a flow is (ServerIP_A, wire_C+offset) -> (address,
+ * port), so an offset is unique per client and outside destination. An offset is unique per client and destination (backend,
  * port, protocol), as a NAT's ports are: on the wire the flow is
  * (ServerIP_A, wire_C+offset) -> (ServerIP_B, wire_S+index), and at the
  * backend (IP_c, ident_C+offset) -> (IP_s, Port_s) inside S's own
@@ -201,8 +216,35 @@ struct ct_entry {
 	__u16 service_port; /* the port the client dialled */
 	__u8 proto;
 	__u8 flags; /* CT_* above */
-	__u16 pad;
+	__u8 kind;  /* enum ct_kind; CT_KIND_EGRESS: backend and port_index
+		     * are 0, the peer is in the key */
+	__u8 pad;
 	__u32 fin_in; /* TCP: sequence number just past the backend's FIN */
+};
+
+/* outside_key is an LPM key of the outside map: a prefix of addresses. */
+struct outside_key {
+	__u32 prefixlen;
+	__u32 addr; /* network order */
+};
+
+/* What the outside map says of an address. Absent: outside every daoli
+ * network, subject to the client network's egress. */
+enum outside_kind {
+	OUTSIDE_INTERNAL = 1, /* a daoli network's subnet, or an address that
+			       * must never leave (0/8, loopback, multicast,
+			       * class E, broadcast): never egress */
+	OUTSIDE_LOCATOR = 2, /* a server's locator: egress, but never to its
+			      * wire range, which belongs to the dataplane */
+};
+
+/* egress_key is an LPM key of the egress map: the client's network, then
+ * a prefix of outside addresses it may reach. prefixlen counts the 32
+ * bits of net_id. */
+struct egress_key {
+	__u32 prefixlen;
+	__u32 net_id;
+	__u32 addr; /* network order */
 };
 
 struct ep_stats {
@@ -297,6 +339,28 @@ struct {
 	__type(value, enum policy_verdict);
 	__uint(pinning, PIN_BY_NAME);
 } policies SEC(".maps");
+
+/* outside: the subnets of every network and every server's locators, so
+ * a new flow to none of them is known to leave the cluster. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct outside_key);
+	__type(value, enum outside_kind);
+	__uint(pinning, PIN_BY_NAME);
+} outside SEC(".maps");
+
+/* egress: per network, the outside prefixes its endpoints may open flows
+ * to; a network with no entry reaches nothing outside. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct egress_key);
+	__type(value, __u32); /* 1: allowed */
+	__uint(pinning, PIN_BY_NAME);
+} egress SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

@@ -21,6 +21,15 @@
 // Its servers' only route off their subnet is the default route via the
 // router.
 //
+// AddOutside adds the world outside the cluster: a host with an address of
+// 203.0.113.0/24 (TEST-NET-3), outside the fabric and every container
+// network, behind the router (one is added on br0 for a World built by New,
+// and becomes every server's default route):
+//
+//	router namespace   r0 192.0.2.254 (r1 ...)   x0 203.0.113.1
+//	                                               |
+//	outside namespace                            eth0 203.0.113.10
+//
 // Every name carries a random prefix, so parallel tests never clash, and
 // everything a World creates is removed in t.Cleanup, also when the test
 // fails. Nothing touches the root namespace's interfaces, addresses, routes
@@ -218,9 +227,63 @@ type World struct {
 	prefix string
 	Fabric *Namespace
 	// Router joins the two subnets of a World built by NewRouted; its
-	// legs are r0 (192.0.2.254) and r1 (198.51.100.254). Nil for New.
+	// legs are r0 (192.0.2.254) and r1 (198.51.100.254). A World built by
+	// New has one (r0 only) once AddOutside was called, else nil.
 	Router  *Namespace
 	Servers []*Server
+	// Outside is the host AddOutside added, or nil.
+	Outside *Outside
+}
+
+// Outside is a host outside the cluster, reached from the servers through
+// the router.
+type Outside struct {
+	*Namespace
+	// IP is its address, on eth0: OutsideIP.
+	IP netip.Addr
+}
+
+// The outside world's addresses: the host's and the router's leg towards
+// it, on OutsidePrefix.
+var (
+	OutsidePrefix   = netip.MustParsePrefix("203.0.113.0/24")
+	OutsideIP       = netip.MustParseAddr("203.0.113.10")
+	OutsideRouterIP = netip.MustParseAddr("203.0.113.1")
+)
+
+// AddOutside adds the host outside the cluster (see the package comment)
+// and returns it. mtu is the MTU of the router's leg towards the host; 0
+// means 1500. A smaller one makes the router send frag-needed for larger
+// packets from the servers, as a path to the Internet may, while the host
+// itself keeps 1500 (and announces a 1460-byte MSS).
+func (w *World) AddOutside(mtu int) *Outside {
+	w.t.Helper()
+	if w.Outside != nil {
+		w.t.Fatalf("testbed: AddOutside called twice")
+	}
+	if w.Router == nil {
+		w.Router = w.namespace("rt")
+		w.Router.Run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+		w.ip("-n", w.Router.Name, "link", "add", "r0", "type", "veth", "peer", "name", "rt0", "netns", w.Fabric.Name)
+		w.ip("-n", w.Fabric.Name, "link", "set", "rt0", "master", "br0", "up")
+		w.ip("-n", w.Router.Name, "addr", "add", netip.PrefixFrom(RouterIPs[0], Subnets[0].Bits()).String(), "dev", "r0")
+		w.ip("-n", w.Router.Name, "link", "set", "r0", "up")
+		for _, s := range w.Servers {
+			w.ip("-n", s.Name, "route", "add", "default", "via", RouterIPs[0].String(), "dev", "uplink")
+		}
+	}
+	o := &Outside{Namespace: w.namespace("out"), IP: OutsideIP}
+	w.ip("-n", w.Router.Name, "link", "add", "x0", "type", "veth", "peer", "name", "eth0", "netns", o.Name)
+	if mtu != 0 {
+		w.ip("-n", w.Router.Name, "link", "set", "x0", "mtu", fmt.Sprint(mtu))
+	}
+	w.ip("-n", w.Router.Name, "addr", "add", netip.PrefixFrom(OutsideRouterIP, OutsidePrefix.Bits()).String(), "dev", "x0")
+	w.ip("-n", w.Router.Name, "link", "set", "x0", "up")
+	w.ip("-n", o.Name, "addr", "add", netip.PrefixFrom(o.IP, OutsidePrefix.Bits()).String(), "dev", "eth0")
+	w.ip("-n", o.Name, "link", "set", "eth0", "up")
+	w.ip("-n", o.Name, "route", "add", "default", "via", OutsideRouterIP.String(), "dev", "eth0")
+	w.Outside = o
+	return o
 }
 
 // The subnets of the fabric; a World built by New uses only the first.
