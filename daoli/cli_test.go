@@ -355,6 +355,11 @@ func TestCLI(t *testing.T) {
 		{"move to an unknown server", []string{"endpoint", "move", "web-1", "--to", "s9"}, `server "s9" does not exist`},
 		{"network in use", []string{"network", "rm", "net1"}, "remove network net1: in use"},
 		{"server in use", []string{"server", "rm", "s1"}, "remove server s1: in use"},
+		{"egress not a CIDR", []string{"network", "create", "net9", "--subnet", "10.9.0.0/24", "--egress", "everywhere"},
+			`--egress: egress "everywhere": "everywhere" is not a CIDR; want allow, deny, or CIDRs`},
+		{"egress with host bits", []string{"network", "update", "net1", "--egress", "203.0.113.9/24"}, "did you mean 203.0.113.0/24"},
+		{"update of an unknown network", []string{"network", "update", "nope", "--egress", "deny"}, "update network nope: not found"},
+		{"update without a change", []string{"network", "update", "net1"}, "nothing to change; give --egress"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			c := c
@@ -463,6 +468,19 @@ func TestCLI(t *testing.T) {
 	c.json(&e4, "endpoint", "add", "--network", "net1", "--ip", "10.1.0.6", "--server", "s1", "--port", "53/udp")
 	if e4.ID != 4 || e4.Wire.Base != 16512 {
 		t.Errorf("endpoint added after the restart has ID %d and wire block %s, want ID 4 and block 192.168.0.11:16512-16639", e4.ID, e4.Wire)
+	}
+
+	// Egress: a setting of the network, changed in place.
+	if out := c.ok("network", "update", "net1", "--egress", "203.0.113.0/24,198.51.100.0/24"); !strings.Contains(out, "203.0.113.0/24,198.51.100.0/24") {
+		t.Errorf("network update printed %q, want the new egress", out)
+	}
+	if out := c.ok("network", "create", "net2", "--subnet", "10.2.0.0/24", "--egress", "deny"); !strings.Contains(out, " deny") {
+		t.Errorf("network create --egress deny printed %q", out)
+	}
+	var n1 mapper.Network
+	c.json(&n1, "network", "update", "net1", "--egress", "allow")
+	if !n1.Egress.IsZero() {
+		t.Errorf("egress after --egress allow: %+v, want the zero value", n1.Egress)
 	}
 	m.stop(t)
 }

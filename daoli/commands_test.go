@@ -129,10 +129,10 @@ func TestUsageErrors(t *testing.T) {
 // mapper that is not there gets a hint.
 func TestMapperAddress(t *testing.T) {
 	addr := startTestMapper(t)
-	if out := mustDaoli(t, addr, "network", "ls"); out != "NAME  ID  SUBNET  GATEWAY\n" {
+	if out := mustDaoli(t, addr, "network", "ls"); out != "NAME  ID  SUBNET  GATEWAY  EGRESS\n" {
 		t.Errorf("network ls via $DAOLI_MAPPER printed %q", out)
 	}
-	if out := mustDaoli(t, "127.0.0.1:1", "network", "ls", "--mapper", "http://"+addr); out != "NAME  ID  SUBNET  GATEWAY\n" {
+	if out := mustDaoli(t, "127.0.0.1:1", "network", "ls", "--mapper", "http://"+addr); out != "NAME  ID  SUBNET  GATEWAY  EGRESS\n" {
 		t.Errorf("network ls via --mapper printed %q", out)
 	}
 	_, err := daoli(t.Context(), "127.0.0.1:1", "network", "ls")

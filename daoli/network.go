@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 
 	"github.com/daolinet/daoli/mapper"
@@ -9,15 +11,15 @@ import (
 )
 
 func newNetworkCmd(a *app) *cobra.Command {
-	cmd := groupCmd("network", "Create, list and remove virtual networks")
+	cmd := groupCmd("network", "Create, list, update and remove virtual networks")
 	a.addClientFlags(cmd)
-	cmd.AddCommand(newNetworkCreateCmd(a), newNetworkLsCmd(a), newNetworkRmCmd(a))
+	cmd.AddCommand(newNetworkCreateCmd(a), newNetworkLsCmd(a), newNetworkUpdateCmd(a), newNetworkRmCmd(a))
 	return cmd
 }
 
 // networkCreateFlags are the flags of "network create".
 type networkCreateFlags struct {
-	subnet, gateway string
+	subnet, gateway, egress string
 }
 
 // spec parses the flags into a NetworkSpec for the network name.
@@ -32,18 +34,70 @@ func (f *networkCreateFlags) spec(name string) (mapper.NetworkSpec, error) {
 			return mapper.NetworkSpec{}, err
 		}
 	}
+	if f.egress != "" {
+		if spec.Egress, err = parseEgressFlag(f.egress); err != nil {
+			return mapper.NetworkSpec{}, err
+		}
+	}
 	return spec, nil
+}
+
+// parseEgressFlag parses --egress.
+func parseEgressFlag(s string) (mapper.Egress, error) {
+	e, err := mapper.ParseEgress(s)
+	if err != nil {
+		return mapper.Egress{}, fmt.Errorf("--egress: %w", err)
+	}
+	return e, nil
+}
+
+// egressHelp describes --egress.
+const egressHelp = "what outside every network its containers may reach, from their server's address: allow (anywhere), deny (nowhere) or CIDRs such as 203.0.113.0/24,198.51.100.0/24"
+
+func newNetworkUpdateCmd(a *app) *cobra.Command {
+	var egress string
+	cmd := &cobra.Command{
+		Use:   "update NAME --egress allow|deny|CIDR,...",
+		Short: "Change a network's settings",
+		Long: `Change a network's settings. --egress says which addresses outside every
+network its containers may open connections to: every server applies the
+change at once, to flows already open too.`,
+		Example: "  daoli network update blue --egress 203.0.113.0/24\n  daoli network update blue --egress deny",
+		Args:    exactArgs("NAME"),
+		RunE: a.withClient(func(ctx context.Context, s *session, args []string) error {
+			var u mapper.NetworkUpdate
+			if egress != "" {
+				e, err := parseEgressFlag(egress)
+				if err != nil {
+					return err
+				}
+				u.Egress = &e
+			}
+			if u == (mapper.NetworkUpdate{}) {
+				return errors.New("network update: nothing to change; give --egress")
+			}
+			n, err := s.cl.UpdateNetwork(ctx, args[0], u)
+			if err != nil {
+				return err
+			}
+			return s.out.print(n, func(w io.Writer) error { return writeNetworks(w, []mapper.Network{n}) })
+		}),
+	}
+	cmd.Flags().StringVar(&egress, "egress", "", egressHelp)
+	return cmd
 }
 
 func newNetworkCreateCmd(a *app) *cobra.Command {
 	var f networkCreateFlags
 	cmd := &cobra.Command{
-		Use:   "create NAME --subnet CIDR [--gateway IP]",
+		Use:   "create NAME --subnet CIDR [--gateway IP] [--egress allow|deny|CIDR,...]",
 		Short: "Create a virtual network",
 		Long: `Create a virtual network. CIDRs of different networks may overlap: each
 network is its own address space. The gateway defaults to the subnet's
-first address.`,
-		Example: "  daoli network create blue --subnet 10.1.0.0/24",
+first address. Its containers may reach every address outside the
+networks (egress, from their server's address) unless --egress says
+otherwise.`,
+		Example: "  daoli network create blue --subnet 10.1.0.0/24\n  daoli network create red --subnet 10.2.0.0/24 --egress deny",
 		Args:    exactArgs("NAME"),
 		RunE: a.withClient(func(ctx context.Context, s *session, args []string) error {
 			spec, err := f.spec(args[0])
@@ -55,6 +109,7 @@ first address.`,
 	}
 	cmd.Flags().StringVar(&f.subnet, "subnet", "", "the network's IPv4 CIDR, such as 10.1.0.0/24 (required)")
 	cmd.Flags().StringVar(&f.gateway, "gateway", "", "the gateway address (default: the subnet's first address)")
+	cmd.Flags().StringVar(&f.egress, "egress", "allow", egressHelp)
 	cmd.MarkFlagRequired("subnet")
 	return cmd
 }

@@ -118,9 +118,9 @@ func sortNetworks(ns []mapper.Network) {
 }
 
 func writeNetworks(w io.Writer, ns []mapper.Network) error {
-	t := newTable(w, "NAME", "ID", "SUBNET", "GATEWAY")
+	t := newTable(w, "NAME", "ID", "SUBNET", "GATEWAY", "EGRESS")
 	for _, n := range ns {
-		t.row(n.Name, itoa(n.ID), n.Subnet.String(), n.Gateway.String())
+		t.row(n.Name, itoa(n.ID), n.Subnet.String(), n.Gateway.String(), n.Egress.String())
 	}
 	return t.flush()
 }

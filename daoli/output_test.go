@@ -65,14 +65,14 @@ func TestTables(t *testing.T) {
 			name:  "networks",
 			write: func(w io.Writer) error { return writeNetworks(w, []mapper.Network{testNet}) },
 			want: lines(
-				"NAME  ID  SUBNET       GATEWAY",
-				"net1  1   10.1.0.0/24  10.1.0.1",
+				"NAME  ID  SUBNET       GATEWAY   EGRESS",
+				"net1  1   10.1.0.0/24  10.1.0.1  allow",
 			),
 		},
 		{
 			name:  "no networks",
 			write: func(w io.Writer) error { return writeNetworks(w, nil) },
-			want:  lines("NAME  ID  SUBNET  GATEWAY"),
+			want:  lines("NAME  ID  SUBNET  GATEWAY  EGRESS"),
 		},
 		{
 			name:  "servers: empty cells print as -, times in UTC to the second",

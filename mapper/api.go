@@ -99,6 +99,7 @@ func NewAPI(reg *Registry, log *slog.Logger) *API {
 		{"GET /v1/networks", a.listNetworks},
 		{"POST /v1/networks", a.createNetwork},
 		{"GET /v1/networks/{name}", a.getNetwork},
+		{"PATCH /v1/networks/{name}", a.updateNetwork},
 		{"DELETE /v1/networks/{name}", a.deleteNetwork},
 		{"GET /v1/servers", a.listServers},
 		{"POST /v1/servers", a.registerServer},
@@ -183,6 +184,15 @@ func (a *API) createNetwork(r *http.Request) (int, any, error) {
 
 func (a *API) getNetwork(r *http.Request) (int, any, error) {
 	n, err := a.reg.Network(r.Context(), r.PathValue("name"))
+	return http.StatusOK, n, err
+}
+
+func (a *API) updateNetwork(r *http.Request) (int, any, error) {
+	var u NetworkUpdate
+	if err := decodeRequest(r.Body, &u); err != nil {
+		return 0, nil, err
+	}
+	n, err := a.reg.UpdateNetwork(r.Context(), r.PathValue("name"), u)
 	return http.StatusOK, n, err
 }
 

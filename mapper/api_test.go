@@ -128,6 +128,14 @@ func TestAPIRoundTrip(t *testing.T) {
 	if !errors.Is(err, mapper.ErrConflict) || !errors.As(err, &ae) || ae.Field != "ports[0]" {
 		t.Errorf("joining a balance service in failover mode: %v, want a conflict on ports[0]", err)
 	}
+	deny := mapper.Egress{Deny: true}
+	if n := must[mapper.Network](t)(c.UpdateNetwork(ctx, "net1", mapper.NetworkUpdate{Egress: &deny})); !n.Egress.Deny {
+		t.Errorf("egress after PATCH: %s, want deny", n.Egress)
+	}
+	bad := mapper.Egress{To: []netip.Prefix{prefix("203.0.113.9/24")}}
+	if _, err := c.UpdateNetwork(ctx, "net1", mapper.NetworkUpdate{Egress: &bad}); !errors.As(err, &ae) || ae.Field != "egress.to[0]" {
+		t.Errorf("PATCH with a bad prefix: %v, want an error on egress.to[0]", err)
+	}
 	if err := c.DeleteNetwork(ctx, "net1"); !errors.Is(err, mapper.ErrInUse) {
 		t.Errorf("removing a network in use: %v, want ErrInUse", err)
 	}

@@ -97,6 +97,12 @@ func (c *Client) Network(ctx context.Context, name string) (Network, error) {
 	return n, c.do(ctx, http.MethodGet, "/v1/networks/"+url.PathEscape(name), nil, &n)
 }
 
+// UpdateNetwork changes a network.
+func (c *Client) UpdateNetwork(ctx context.Context, name string, u NetworkUpdate) (Network, error) {
+	var n Network
+	return n, c.do(ctx, http.MethodPatch, "/v1/networks/"+url.PathEscape(name), u, &n)
+}
+
 // DeleteNetwork removes a network.
 func (c *Client) DeleteNetwork(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/networks/"+url.PathEscape(name), nil, nil)

@@ -18,6 +18,94 @@ type Network struct {
 	ID      uint32       `json:"id"`
 	Subnet  netip.Prefix `json:"subnet"`
 	Gateway netip.Addr   `json:"gateway"`
+	// Egress says which addresses outside every network its endpoints
+	// may open flows to. The zero value allows all of them, and is
+	// left out of JSON.
+	Egress Egress `json:"egress,omitzero"`
+}
+
+// Egress says which addresses outside every network (the Internet, a
+// package mirror, a database outside the cluster) a network's endpoints
+// may open flows to. Such flows leave from their server's address. The
+// zero value allows all of them, as Docker does. Its text form is
+// "allow", "deny", or a comma-separated list of CIDRs.
+type Egress struct {
+	// Deny, when true, allows none; To must then be empty.
+	Deny bool `json:"deny,omitempty"`
+	// To, when not empty, allows only these IPv4 prefixes.
+	To []netip.Prefix `json:"to,omitempty"`
+}
+
+// IsZero reports whether e is the zero value: every address allowed.
+func (e Egress) IsZero() bool { return !e.Deny && len(e.To) == 0 }
+
+// MaxEgressPrefixes is how many prefixes one network's Egress may list.
+const MaxEgressPrefixes = 256
+
+func (e Egress) String() string {
+	switch {
+	case e.Deny:
+		return "deny"
+	case len(e.To) == 0:
+		return "allow"
+	}
+	s := make([]string, len(e.To))
+	for i, p := range e.To {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ",")
+}
+
+// ParseEgress parses "allow", "deny" or "CIDR,CIDR,...".
+func ParseEgress(s string) (Egress, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "allow":
+		return Egress{}, nil
+	case "deny":
+		return Egress{Deny: true}, nil
+	}
+	var e Egress
+	for _, f := range strings.Split(s, ",") {
+		p, err := netip.ParsePrefix(strings.TrimSpace(f))
+		if err != nil {
+			return Egress{}, fmt.Errorf("egress %q: %q is not a CIDR; want allow, deny, or CIDRs such as 203.0.113.0/24,198.51.100.0/24", s, f)
+		}
+		e.To = append(e.To, p)
+	}
+	return e, e.check()
+}
+
+// check reports what is wrong with e, naming the field.
+func (e Egress) check() error {
+	if e.Deny && len(e.To) > 0 {
+		return invalid("egress", "deny with %d prefixes to allow: want one or the other", len(e.To))
+	}
+	if len(e.To) > MaxEgressPrefixes {
+		return invalid("egress.to", "%d prefixes: at most %d", len(e.To), MaxEgressPrefixes)
+	}
+	for i, p := range e.To {
+		switch {
+		case !p.IsValid() || !p.Addr().Is4():
+			return invalid(fmt.Sprintf("egress.to[%d]", i), "%s is not an IPv4 CIDR", p)
+		case p.Masked() != p:
+			return invalid(fmt.Sprintf("egress.to[%d]", i), "%s has host bits set; did you mean %s?", p, p.Masked())
+		case slices.Contains(e.To[:i], p):
+			return invalid(fmt.Sprintf("egress.to[%d]", i), "%s is listed twice", p)
+		}
+	}
+	return nil
+}
+
+// Prefixes returns the prefixes e allows: none for Deny, 0.0.0.0/0 for
+// the zero value.
+func (e Egress) Prefixes() []netip.Prefix {
+	switch {
+	case e.Deny:
+		return nil
+	case len(e.To) == 0:
+		return []netip.Prefix{netip.PrefixFrom(netip.IPv4Unspecified(), 0)}
+	}
+	return slices.Clone(e.To)
 }
 
 // Server is a machine that runs containers.

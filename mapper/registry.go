@@ -256,17 +256,27 @@ func (r *Registry) update(ctx context.Context, fn func(tx) error) (int64, error)
 // ---- networks ----
 
 // NetworkSpec is what a network is created from. A zero Gateway means the
-// subnet's first address.
+// subnet's first address, a zero Egress that every address outside the
+// networks may be reached.
 type NetworkSpec struct {
 	Name    string       `json:"name"`
 	Subnet  netip.Prefix `json:"subnet"`
 	Gateway netip.Addr   `json:"gateway,omitzero"`
+	Egress  Egress       `json:"egress,omitzero"`
+}
+
+// NetworkUpdate changes a network; a nil field stays as it is.
+type NetworkUpdate struct {
+	Egress *Egress `json:"egress,omitempty"`
 }
 
 // CreateNetwork creates a network.
 func (r *Registry) CreateNetwork(ctx context.Context, spec NetworkSpec) (Network, error) {
-	n := Network{Name: spec.Name, Subnet: spec.Subnet, Gateway: spec.Gateway}
+	n := Network{Name: spec.Name, Subnet: spec.Subnet, Gateway: spec.Gateway, Egress: spec.Egress}
 	if err := validName("name", n.Name); err != nil {
+		return Network{}, err
+	}
+	if err := n.Egress.check(); err != nil {
 		return Network{}, err
 	}
 	if !n.Subnet.IsValid() {
@@ -300,6 +310,31 @@ func (r *Registry) CreateNetwork(ctx context.Context, spec NetworkSpec) (Network
 	})
 	if err != nil {
 		return Network{}, fmt.Errorf("create network %s: %w", spec.Name, err)
+	}
+	return n, nil
+}
+
+// UpdateNetwork changes the network with the name as u says and returns
+// it. Watchers see the new network; agents apply it at once.
+func (r *Registry) UpdateNetwork(ctx context.Context, name string, u NetworkUpdate) (Network, error) {
+	if u.Egress != nil {
+		if err := u.Egress.check(); err != nil {
+			return Network{}, fmt.Errorf("update network %s: %w", name, err)
+		}
+	}
+	var n Network
+	_, err := r.update(ctx, func(t tx) error {
+		if !t.get(networkKey(name), &n) {
+			return ErrNotFound
+		}
+		if u.Egress != nil {
+			n.Egress = *u.Egress
+		}
+		t.put(networkKey(name), n)
+		return nil
+	})
+	if err != nil {
+		return Network{}, fmt.Errorf("update network %s: %w", name, err)
 	}
 	return n, nil
 }

@@ -115,6 +115,14 @@ func TestCreateNetworkValidation(t *testing.T) {
 		{"gateway outside", mapper.NetworkSpec{Name: "n", Subnet: prefix("10.0.0.0/24"), Gateway: ip("10.0.1.1")}, mapper.ErrInvalid, "gateway", "outside"},
 		{"gateway broadcast", mapper.NetworkSpec{Name: "n", Subnet: prefix("10.0.0.0/24"), Gateway: ip("10.0.0.255")}, mapper.ErrInvalid, "gateway", "broadcast"},
 		{"taken", mapper.NetworkSpec{Name: "net1", Subnet: prefix("10.9.0.0/24")}, mapper.ErrExists, "name", "already exists"},
+		{"egress deny and prefixes", mapper.NetworkSpec{Name: "n", Subnet: prefix("10.0.0.0/24"),
+			Egress: mapper.Egress{Deny: true, To: []netip.Prefix{prefix("203.0.113.0/24")}}}, mapper.ErrInvalid, "egress", "one or the other"},
+		{"egress host bits", mapper.NetworkSpec{Name: "n", Subnet: prefix("10.0.0.0/24"),
+			Egress: mapper.Egress{To: []netip.Prefix{prefix("203.0.113.0/24"), prefix("198.51.100.7/24")}}}, mapper.ErrInvalid, "egress.to[1]", "did you mean 198.51.100.0/24"},
+		{"egress ipv6", mapper.NetworkSpec{Name: "n", Subnet: prefix("10.0.0.0/24"),
+			Egress: mapper.Egress{To: []netip.Prefix{prefix("2001:db8::/32")}}}, mapper.ErrInvalid, "egress.to[0]", "not an IPv4"},
+		{"egress twice", mapper.NetworkSpec{Name: "n", Subnet: prefix("10.0.0.0/24"),
+			Egress: mapper.Egress{To: []netip.Prefix{prefix("203.0.113.0/24"), prefix("203.0.113.0/24")}}}, mapper.ErrInvalid, "egress.to[1]", "twice"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -125,6 +133,52 @@ func TestCreateNetworkValidation(t *testing.T) {
 	n := must[mapper.Network](t)(reg.Network(ctx, "net1"))
 	if n.Gateway != ip("10.1.0.1") || n.ID != 1 {
 		t.Errorf("net1: gateway %s id %d, want the first address 10.1.0.1 and id 1", n.Gateway, n.ID)
+	}
+}
+
+// TestEgress: a network reaches every outside address unless created or
+// updated otherwise; an update is one change watchers see, and a bad one
+// changes nothing.
+func TestEgress(t *testing.T) {
+	reg, _ := newRegistry(t, mapper.Config{})
+	world(t, reg)
+	n := must[mapper.Network](t)(reg.Network(ctx, "net1"))
+	if n.Egress.Deny || len(n.Egress.To) != 0 || n.Egress.String() != "allow" {
+		t.Errorf("default egress %+v (%s), want the zero value: allow", n.Egress, n.Egress)
+	}
+	limited := mapper.Egress{To: []netip.Prefix{prefix("203.0.113.0/24")}}
+	n = must[mapper.Network](t)(reg.UpdateNetwork(ctx, "net1", mapper.NetworkUpdate{Egress: &limited}))
+	if n.Egress.String() != "203.0.113.0/24" || n.Subnet != prefix("10.1.0.0/24") {
+		t.Errorf("after the update: %+v", n)
+	}
+	bad := mapper.Egress{Deny: true, To: limited.To}
+	_, err := reg.UpdateNetwork(ctx, "net1", mapper.NetworkUpdate{Egress: &bad})
+	wantErr(t, err, mapper.ErrInvalid, "egress", "one or the other")
+	_, err = reg.UpdateNetwork(ctx, "nonet", mapper.NetworkUpdate{Egress: &limited})
+	wantErr(t, err, mapper.ErrNotFound, "", "nonet")
+	if got := must[mapper.Network](t)(reg.Network(ctx, "net1")); got.Egress.String() != "203.0.113.0/24" {
+		t.Errorf("a refused update changed the network: egress %s", got.Egress)
+	}
+	for _, tc := range []struct {
+		in, want string
+	}{
+		{"allow", "allow"}, {"DENY", "deny"}, {"203.0.113.0/24, 198.51.100.0/24", "203.0.113.0/24,198.51.100.0/24"},
+	} {
+		e, err := mapper.ParseEgress(tc.in)
+		if err != nil || e.String() != tc.want {
+			t.Errorf("ParseEgress(%q) = %s, %v; want %s", tc.in, e, err, tc.want)
+		}
+	}
+	for _, in := range []string{"", "everywhere", "203.0.113.0/24,", "203.0.113.9/24"} {
+		if _, err := mapper.ParseEgress(in); err == nil {
+			t.Errorf("ParseEgress(%q) succeeded", in)
+		}
+	}
+	if got := (mapper.Egress{}).Prefixes(); len(got) != 1 || got[0] != prefix("0.0.0.0/0") {
+		t.Errorf("allow: prefixes %v, want 0.0.0.0/0", got)
+	}
+	if got := (mapper.Egress{Deny: true}).Prefixes(); len(got) != 0 {
+		t.Errorf("deny: prefixes %v, want none", got)
 	}
 }
 

@@ -143,8 +143,9 @@ func (m *model) rev() int64 {
 }
 
 // desired derives the dataplane state of server self from the model:
-// every server and endpoint of the cluster, with the host-side ifindex of
-// self's own endpoints from ifindex (0 when the interface is not there).
+// every network, server and endpoint of the cluster, with the host-side
+// ifindex of self's own endpoints from ifindex (0 when the interface is not
+// there).
 func (m *model) desired(self string, blockSize uint16, ifindex func(name string) int) dataplane.State {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -155,6 +156,10 @@ func (m *model) desired(self string, blockSize uint16, ifindex func(name string)
 		}
 	}
 	slices.SortFunc(s.Servers, func(a, b dataplane.Server) int { return a.IP.Compare(b.IP) })
+	for _, n := range m.networks {
+		s.Networks = append(s.Networks, dataplane.Network{ID: n.ID, Subnet: n.Subnet, Egress: n.Egress.Prefixes()})
+	}
+	slices.SortFunc(s.Networks, func(a, b dataplane.Network) int { return cmp.Compare(a.ID, b.ID) })
 	for _, e := range m.endpoints {
 		d := dataplane.Endpoint{
 			ID: e.ID, Network: e.NetworkID, IP: e.IP, MAC: e.MAC.HardwareAddr(),
