@@ -56,7 +56,8 @@ const egressHelp = "what outside every network its containers may reach, from th
 
 func newNetworkUpdateCmd(a *app) *cobra.Command {
 	var egress string
-	cmd := &cobra.Command{
+	var cmd *cobra.Command
+	cmd = &cobra.Command{
 		Use:   "update NAME --egress allow|deny|CIDR,...",
 		Short: "Change a network's settings",
 		Long: `Change a network's settings. --egress says which addresses outside every
@@ -66,7 +67,7 @@ change at once, to flows already open too.`,
 		Args:    exactArgs("NAME"),
 		RunE: a.withClient(func(ctx context.Context, s *session, args []string) error {
 			var u mapper.NetworkUpdate
-			if egress != "" {
+			if cmd.Flags().Changed("egress") {
 				e, err := parseEgressFlag(egress)
 				if err != nil {
 					return err
@@ -100,6 +101,9 @@ otherwise.`,
 		Example: "  daoli network create blue --subnet 10.1.0.0/24\n  daoli network create red --subnet 10.2.0.0/24 --egress deny",
 		Args:    exactArgs("NAME"),
 		RunE: a.withClient(func(ctx context.Context, s *session, args []string) error {
+			if f.egress == "" {
+				return errors.New("--egress is empty; want allow, deny, or CIDRs")
+			}
 			spec, err := f.spec(args[0])
 			if err != nil {
 				return err

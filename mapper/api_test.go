@@ -87,7 +87,7 @@ func TestAPIRejectsBadInput(t *testing.T) {
 }
 
 func TestAPIRoundTrip(t *testing.T) {
-	c, _, _ := newAPI(t, 0)
+	c, srv, _ := newAPI(t, 0)
 	must[mapper.Network](t)(c.CreateNetwork(ctx, mapper.NetworkSpec{Name: "net1", Subnet: prefix("10.1.0.0/24")}))
 	for i, name := range []string{"s1", "s2"} {
 		must[mapper.Server](t)(c.RegisterServer(ctx, mapper.ServerSpec{Name: name,
@@ -131,6 +131,26 @@ func TestAPIRoundTrip(t *testing.T) {
 	deny := mapper.Egress{Deny: true}
 	if n := must[mapper.Network](t)(c.UpdateNetwork(ctx, "net1", mapper.NetworkUpdate{Egress: &deny})); !n.Egress.Deny {
 		t.Errorf("egress after PATCH: %s, want deny", n.Egress)
+	}
+	for _, tc := range []struct{ body, field, says string }{
+		{`{"egress": {"deyn": true}}`, "egress.deyn", "unknown field"},
+		{`{"egress": "deny"}`, "egress", "expected an object"},
+		{`{"egress": {"to": ["bogus"]}}`, "egress.to[0]", `"bogus" is not a CIDR string`},
+	} {
+		req, _ := http.NewRequest(http.MethodPatch, srv.URL+"/v1/networks/net1", strings.NewReader(tc.body))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e mapper.APIError
+		json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest || e.Field != tc.field || !strings.Contains(e.Message, tc.says) {
+			t.Errorf("PATCH %s: %d %+v, want 400 on %s saying %q", tc.body, resp.StatusCode, e, tc.field, tc.says)
+		}
+	}
+	if n := must[mapper.Network](t)(c.Network(ctx, "net1")); !n.Egress.Deny {
+		t.Errorf("refused PATCHes changed egress to %s", n.Egress)
 	}
 	bad := mapper.Egress{To: []netip.Prefix{prefix("203.0.113.9/24")}}
 	if _, err := c.UpdateNetwork(ctx, "net1", mapper.NetworkUpdate{Egress: &bad}); !errors.As(err, &ae) || ae.Field != "egress.to[0]" {

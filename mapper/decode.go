@@ -48,6 +48,18 @@ func decodeValue(path string, raw json.RawMessage, v reflect.Value) error {
 	t := v.Type()
 	custom := reflect.PointerTo(t).Implements(textUnmarshaler) || reflect.PointerTo(t).Implements(jsonUnmarshaler)
 	switch {
+	case !custom && t.Kind() == reflect.Pointer:
+		// An optional field (NetworkUpdate): null or absent leaves it
+		// nil; anything else is decoded as strictly as its element.
+		if string(raw) == "null" {
+			return nil
+		}
+		p := reflect.New(t.Elem())
+		if err := decodeValue(path, raw, p.Elem()); err != nil {
+			return err
+		}
+		v.Set(p)
+		return nil
 	case !custom && t.Kind() == reflect.Struct:
 		if string(raw) == "null" {
 			return nil
@@ -78,7 +90,7 @@ func decodeValue(path string, raw json.RawMessage, v reflect.Value) error {
 			}
 		}
 		return nil
-	case !custom && t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.Struct:
+	case !custom && t.Kind() == reflect.Slice && (t.Elem().Kind() == reflect.Struct || reflect.PointerTo(t.Elem()).Implements(textUnmarshaler)):
 		if string(raw) == "null" {
 			return nil
 		}
@@ -99,6 +111,9 @@ func decodeValue(path string, raw json.RawMessage, v reflect.Value) error {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) {
 			return invalid(orBody(path), "expected %s, got %s", describe(t), te.Value)
+		}
+		if reflect.PointerTo(t).Implements(textUnmarshaler) {
+			return invalid(orBody(path), "%s is not %s: %v", raw, describe(t), err)
 		}
 		return invalid(orBody(path), "%v", err)
 	}

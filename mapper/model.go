@@ -66,9 +66,14 @@ func ParseEgress(s string) (Egress, error) {
 	}
 	var e Egress
 	for _, f := range strings.Split(s, ",") {
-		p, err := netip.ParsePrefix(strings.TrimSpace(f))
+		f = strings.TrimSpace(f)
+		p, err := netip.ParsePrefix(f)
 		if err != nil {
-			return Egress{}, fmt.Errorf("egress %q: %q is not a CIDR; want allow, deny, or CIDRs such as 203.0.113.0/24,198.51.100.0/24", s, f)
+			hint := "want allow, deny, or CIDRs such as 203.0.113.0/24,198.51.100.0/24"
+			if a, aerr := netip.ParseAddr(f); aerr == nil && a.Is4() {
+				hint = "did you mean " + f + "/32?"
+			}
+			return Egress{}, fmt.Errorf("egress %q: %q is not a CIDR; %s", s, f, hint)
 		}
 		e.To = append(e.To, p)
 	}
@@ -78,7 +83,7 @@ func ParseEgress(s string) (Egress, error) {
 // check reports what is wrong with e, naming the field.
 func (e Egress) check() error {
 	if e.Deny && len(e.To) > 0 {
-		return invalid("egress", "deny with %d prefixes to allow: want one or the other", len(e.To))
+		return invalid("egress", "deny together with prefixes to allow (to): want one or the other")
 	}
 	if len(e.To) > MaxEgressPrefixes {
 		return invalid("egress.to", "%d prefixes: at most %d", len(e.To), MaxEgressPrefixes)
