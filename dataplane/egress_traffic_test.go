@@ -13,9 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/gopacket"
-	"github.com/google/gopacket/layers"
-
 	"github.com/daolinet/daoli/internal/testbed"
 )
 
@@ -86,13 +83,10 @@ func TestEgressTraffic(t *testing.T) {
 	}
 	var toOut, fromOut int
 	for _, f := range frames {
-		p := gopacket.NewPacket(f, layers.LayerTypeEthernet, gopacket.Default)
-		ip, ok := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+		_, src, dst, ok := ipv4Of(f)
 		if !ok {
 			continue
 		}
-		src, _ := netip.AddrFromSlice(ip.SrcIP)
-		dst, _ := netip.AddrFromSlice(ip.DstIP)
 		if src == c.IP || dst == c.IP {
 			t.Errorf("the fabric carried the container's address: %s -> %s", src, dst)
 		}
@@ -204,17 +198,8 @@ func TestEgressMove(t *testing.T) {
 	}
 
 	// The move: C's wire block is now one of server B's.
-	from, to := tw.servers[0], tw.servers[1]
-	if err := from.Do(func() error { return tw.dps[0].Detach(c.HostIfindex) }); err != nil {
-		t.Fatal(err)
-	}
-	tw.w.Move(c, to)
-	if err := to.Do(func() error { return tw.dps[1].AttachEndpoint(c.HostIfindex) }); err != nil {
-		t.Fatal(err)
-	}
-	e := tw.endpoint(t, 1)
-	e.Server, e.WireBase = to.IP, 33280
-	tw.apply(t)
+	tw.move(t, 1, 1, 33280)
+	to := tw.servers[1]
 
 	if got, err := exchange(udp, "after"); err != nil || got != "after from "+to.IP.String() {
 		t.Errorf("UDP after the move: %q, %v; want the answer, now seen from %s", got, err, to.IP)

@@ -252,7 +252,7 @@ func TestFailoverOffsetBusy(t *testing.T) {
 // to a flow that gets no offset, the end of a backend's TIME_WAIT: each
 // verified once per program). On Linux 6.18:
 //
-//   - from_container 49225 with egress (27294 before): a new flow may now
+//   - from_container 49217 with egress (27294 before): a new flow may now
 //     also start from an egress flow whose offset is gone, and may end
 //     outside. Its budget rose from 50000 to 80000 for that.
 //     27294 (27708 before choose_backend was shared by
@@ -261,7 +261,7 @@ func TestFailoverOffsetBusy(t *testing.T) {
 //     at up to 256 offsets now (32 before). Walked inline it cost 57215 at
 //     32 probes, and still 49263 at 256 with a global per-probe claim, so
 //     it runs in global functions, 16 probes per call.
-//   - from_network 5788 with egress (3714 before): echo replies, replies
+//   - from_network 5839 with egress (3714 before): echo replies, replies
 //     and ICMP errors from outside, and resets for outside peers of a
 //     stale wire port; its budget rose from 6000 to 9000. 2959 before (1971 before ICMP errors). Replies
 //     now find their backend through wire_blocks (3061), and

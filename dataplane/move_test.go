@@ -25,17 +25,7 @@ func TestLiveMove(t *testing.T) {
 		echo(t, conn, fmt.Sprintf("before the move %d", i))
 	}
 
-	from, to := tw.servers[1], tw.servers[2]
-	if err := from.Do(func() error { return tw.dps[1].Detach(m.HostIfindex) }); err != nil {
-		t.Fatal(err)
-	}
-	tw.w.Move(m, to)
-	if err := to.Do(func() error { return tw.dps[2].AttachEndpoint(m.HostIfindex) }); err != nil {
-		t.Fatal(err)
-	}
-	e := tw.endpoint(t, 2)
-	e.Server, e.WireBase = to.IP, 33024 // a new wire block on the new server
-	tw.apply(t)
+	tw.move(t, 2, 2, 33024) // a new wire block on the new server
 
 	for i := range 3 {
 		echo(t, conn, fmt.Sprintf("after the move %d", i))

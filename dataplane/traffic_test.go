@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -182,6 +183,37 @@ func (tw *trafficWorld) endpoint(t *testing.T, id uint32) *Endpoint {
 	}
 	t.Fatalf("no endpoint %d", id)
 	return nil
+}
+
+// move moves endpoint id's container to server to, as a live migration
+// does: detached from its old veth, plugged into to, attached there, and
+// every server given its new location with the wire block wireBase of to.
+func (tw *trafficWorld) move(t *testing.T, id uint32, to int, wireBase uint16) {
+	t.Helper()
+	c := tw.containers[id]
+	from := slices.Index(tw.servers, c.Server)
+	if err := c.Server.Do(func() error { return tw.dps[from].Detach(c.HostIfindex) }); err != nil {
+		t.Fatal(err)
+	}
+	tw.w.Move(c, tw.servers[to])
+	if err := tw.servers[to].Do(func() error { return tw.dps[to].AttachEndpoint(c.HostIfindex) }); err != nil {
+		t.Fatal(err)
+	}
+	e := tw.endpoint(t, id)
+	e.Server, e.WireBase = tw.servers[to].IP, wireBase
+	tw.apply(t)
+}
+
+// ipv4Of decodes a captured frame's IPv4 header and its addresses; ok is
+// false for a frame that carries no IPv4.
+func ipv4Of(frame []byte) (ip *layers.IPv4, src, dst netip.Addr, ok bool) {
+	p := gopacket.NewPacket(frame, layers.LayerTypeEthernet, gopacket.Default)
+	if ip, ok = p.Layer(layers.LayerTypeIPv4).(*layers.IPv4); !ok {
+		return nil, netip.Addr{}, netip.Addr{}, false
+	}
+	src, _ = netip.AddrFromSlice(ip.SrcIP)
+	dst, _ = netip.AddrFromSlice(ip.DstIP)
+	return ip, src, dst, true
 }
 
 // drops sums the drop counters of every server.
@@ -488,13 +520,10 @@ func TestTraffic(t *testing.T) {
 	var wire, inner int
 	serverNet := netip.MustParsePrefix("192.0.2.0/24")
 	for _, f := range frames {
-		p := gopacket.NewPacket(f, layers.LayerTypeEthernet, gopacket.Default)
-		ip, ok := p.Layer(layers.LayerTypeIPv4).(*layers.IPv4)
+		ip, src, dst, ok := ipv4Of(f)
 		if !ok {
 			continue
 		}
-		src, _ := netip.AddrFromSlice(ip.SrcIP)
-		dst, _ := netip.AddrFromSlice(ip.DstIP)
 		if dst.IsMulticast() {
 			continue // the servers' own IGMP reports, sent from 0.0.0.0
 		}

@@ -761,6 +761,22 @@ static __always_inline struct ct_key rev_key(__u32 cid, __u32 backend,
 	};
 }
 
+/* egress_key returns the CT_EGRESS key of client cid's flow at offset off
+ * to port of the outside address addr (0 for ICMP echo). */
+static __always_inline struct ct_key egress_key(__u32 cid, __u32 addr,
+						__u16 port, __u8 proto,
+						__u16 off)
+{
+	return (struct ct_key){
+		.scope = cid,
+		.saddr = addr,
+		.sport = off,
+		.dport = proto == IPPROTO_ICMP ? 0 : port,
+		.proto = proto,
+		.dir = CT_EGRESS,
+	};
+}
+
 /* ct_rev returns the CT_REV entry of client's flow to backend's port index
  * idx at offset. */
 static __always_inline struct ct_entry *ct_rev(__u32 client, __u32 backend,
@@ -1279,14 +1295,8 @@ __attribute__((noinline)) int error_from_network(struct __sk_buff *skb,
 		 * outside the cluster. */
 		peer = wire_endpoint(q.ip.daddr, dport, mask, &pid);
 		if (!peer) {
-			struct ct_key k = {
-				.scope = eid,
-				.saddr = q.ip.daddr,
-				.sport = off,
-				.dport = dport,
-				.proto = q.ip.protocol,
-				.dir = CT_EGRESS,
-			};
+			struct ct_key k = egress_key(eid, q.ip.daddr, dport,
+						     q.ip.protocol, off);
 
 			e = bpf_map_lookup_elem(&conntrack, &k);
 			if (!e || e->kind != CT_KIND_EGRESS)
@@ -1522,7 +1532,8 @@ static __always_inline __u32 outside_kind(__u32 addr)
 /* egress_verdict returns 0 when client c may send p to its destination
  * outside the cluster, else the drop reason: no_service for an address of
  * a daoli network (isolation: it never leaves), egress_denied for one the
- * client's network may not reach, or a locator's wire port. */
+ * client's network may not reach, or a locator's wire port, no_uplink
+ * while there is no way out. */
 static __always_inline __u32 egress_verdict(const struct endpoint *c,
 					    const struct pkt *p,
 					    const struct server_settings *cfg)
@@ -1540,6 +1551,8 @@ static __always_inline __u32 egress_verdict(const struct endpoint *c,
 	}
 	if (!bpf_map_lookup_elem(&egress, &k))
 		return DROP_EGRESS_DENIED;
+	if (!cfg->uplink_ifindex)
+		return DROP_NO_UPLINK;
 	return 0;
 }
 
@@ -1556,40 +1569,22 @@ static __always_inline int rewrite_echo(struct __sk_buff *skb,
 	return 0;
 }
 
-/* egress_key_of returns the CT_EGRESS key template of client cid's flows
- * to the destination of p (an echo's server port is 0). */
-static __always_inline struct ct_key egress_key_of(__u32 cid,
-						   const struct pkt *p)
-{
-	return (struct ct_key){
-		.scope = cid,
-		.saddr = p->daddr,
-		.dport = p->proto == IPPROTO_ICMP ? 0 : p->dport,
-		.proto = p->proto,
-		.dir = CT_EGRESS,
-	};
-}
-
-/* egress_send sends packet p of client cid, a flow to the outside at
- * offset off, out of the uplink as ServerIP:wire_C+off. A global function,
- * verified once. */
+/* egress_send sends packet p, a flow to the outside, out of the uplink
+ * as saddr:sport (ServerIP:wire_C+offset). A global function, verified
+ * once. */
 __attribute__((noinline)) int egress_send(struct __sk_buff *skb,
-					  struct pkt *p, __u32 cid, __u32 off)
+					  struct pkt *p, __u32 saddr,
+					  __u32 sport, __u32 uplink)
 {
-	struct server_settings *cfg = get_settings();
-	struct endpoint *c = bpf_map_lookup_elem(&endpoints, &cid);
-
-	if (!p || !cfg || !c)
+	if (!p)
 		return drop(DROP_MALFORMED);
 	if (p->proto == IPPROTO_ICMP) {
-		if (rewrite_echo(skb, p, c->server_ip, p->daddr,
-				 c->wire_base + off) < 0)
+		if (rewrite_echo(skb, p, saddr, p->daddr, sport) < 0)
 			return drop(DROP_MALFORMED);
-	} else if (rewrite(skb, p, c->server_ip, p->daddr, c->wire_base + off,
-			   p->dport, 0) < 0) {
+	} else if (rewrite(skb, p, saddr, p->daddr, sport, p->dport, 0) < 0) {
 		return drop(DROP_MALFORMED);
 	}
-	return bpf_redirect_neigh(cfg->uplink_ifindex, NULL, 0, 0);
+	return bpf_redirect_neigh(uplink, NULL, 0, 0);
 }
 
 /* egress_new says whether packet p of client c may open a flow to its
@@ -1608,8 +1603,6 @@ static __always_inline __u32 egress_new(const struct endpoint *c,
 	reason = egress_verdict(c, p, cfg);
 	if (reason)
 		return reason;
-	if (!cfg->uplink_ifindex)
-		return DROP_NO_UPLINK;
 	if (p->proto == IPPROTO_TCP &&
 	    (p->tcp_flags & (TH_SYN | TH_ACK | TH_RST)) != TH_SYN)
 		return DROP_CT_MISS;
@@ -1619,28 +1612,25 @@ static __always_inline __u32 egress_new(const struct endpoint *c,
 /* NEW_FLOW is what to_outside returns when p must start a new flow. */
 #define NEW_FLOW 0x7fffffff
 
-/* to_outside sends packet p of client cid, whose CT_OUT entry e says it
- * goes outside, on its way: source-translated to ServerIP:wire_C+offset,
- * out of the uplink. The verdict is checked on every packet, so a revoked
- * egress stops live flows too. It returns NEW_FLOW when the flow's offset
- * is no longer its own (the LRU evicted it, or a new flow took it once this
- * one was over). A global function, verified once. */
+/* to_outside sends packet p of client c (id cid), whose CT_OUT entry e
+ * says it goes outside, on its way: source-translated to
+ * ServerIP:wire_C+offset, out of the uplink. The verdict is checked on
+ * every packet, so a revoked egress stops live flows too. It returns
+ * NEW_FLOW when the flow's offset is no longer its own (the LRU evicted it,
+ * or a new flow took it once this one was over). A global function,
+ * verified once. */
 __attribute__((noinline)) int to_outside(struct __sk_buff *skb, struct pkt *p,
-					 __u32 cid, struct ct_entry *e)
+					 const struct endpoint *c, __u32 cid,
+					 struct ct_entry *e)
 {
 	struct server_settings *cfg = get_settings();
 	struct ct_entry *rev;
-	struct endpoint *c;
 	struct ct_key rk;
 	__u32 reason;
 
-	if (!p || !e || !cfg)
+	if (!p || !c || !e || !cfg)
 		return drop(DROP_MALFORMED);
-	c = bpf_map_lookup_elem(&endpoints, &cid);
-	if (!c)
-		return drop(DROP_UNKNOWN_IFINDEX);
-	rk = egress_key_of(cid, p);
-	rk.sport = e->offset;
+	rk = egress_key(cid, p->daddr, p->dport, p->proto, e->offset);
 	rev = bpf_map_lookup_elem(&conntrack, &rk);
 	if (!rev || rev->kind != CT_KIND_EGRESS ||
 	    rev->client_port != e->client_port)
@@ -1648,46 +1638,38 @@ __attribute__((noinline)) int to_outside(struct __sk_buff *skb, struct pkt *p,
 	reason = egress_verdict(c, p, cfg);
 	if (reason)
 		return drop(reason);
-	if (!cfg->uplink_ifindex)
-		return drop(DROP_NO_UPLINK);
 	if (p->proto == IPPROTO_TCP &&
 	    (p->tcp_flags & (TH_SYN | TH_ACK)) == TH_SYN && rev->flags)
 		rev->flags = 0;
 	if (ct_touch(rev, p, bpf_ktime_get_ns(), 0) == TW_RESET &&
 	    reset_flag(skb, p) < 0)
 		return drop(DROP_MALFORMED);
-	return egress_send(skb, p, cid, rev->offset);
+	return egress_send(skb, p, c->server_ip, c->wire_base + rev->offset,
+			   cfg->uplink_ifindex);
 }
 
 /* from_outside handles packet p from an address outside the cluster to
- * offset off of local endpoint eid's wire block: a reply of one of its
+ * offset off of endpoint ep's (id eid) wire block: a reply of one of its
  * flows to the outside, translated back to what the endpoint sent to and
  * put into it. A TCP segment of no such flow gets the reset a host without
  * the connection sends; other misses are dropped (ct_miss), except ICMP
  * echo replies, which are the host's own pings and pass. A global
  * function, verified once. */
 __attribute__((noinline)) int from_outside(struct __sk_buff *skb,
-					   struct pkt *p, __u32 eid, __u32 off)
+					   struct pkt *p,
+					   const struct endpoint *ep, __u32 eid,
+					   __u32 off)
 {
 	struct server_settings *cfg = get_settings();
 	int echo = p && p->proto == IPPROTO_ICMP;
-	struct endpoint *ep;
 	struct ct_entry *e;
 	struct ct_key k;
 
-	if (!p || !cfg)
+	if (!p || !ep || !cfg)
 		return TC_ACT_OK;
-	ep = bpf_map_lookup_elem(&endpoints, &eid);
-	if (!ep || !ep->ifindex || off < ep->nports || off >= ep->block_size)
+	if (!ep->ifindex || off < ep->nports || off >= ep->block_size)
 		return echo ? TC_ACT_OK : drop(DROP_UNKNOWN_PEER);
-	k = (struct ct_key){
-		.scope = eid,
-		.saddr = p->saddr,
-		.sport = off,
-		.dport = echo ? 0 : p->sport,
-		.proto = p->proto,
-		.dir = CT_EGRESS,
-	};
+	k = egress_key(eid, p->saddr, p->sport, p->proto, off);
 	e = bpf_map_lookup_elem(&conntrack, &k);
 	if (!e || e->kind != CT_KIND_EGRESS) {
 		if (echo)
@@ -1774,7 +1756,7 @@ int from_container(struct __sk_buff *skb)
 	};
 	e = bpf_map_lookup_elem(&conntrack, &k);
 	if (e && e->kind == CT_KIND_EGRESS) {
-		int ret = to_outside(skb, &p, cid, e);
+		int ret = to_outside(skb, &p, c, cid, e);
 
 		if (ret != NEW_FLOW)
 			return ret;
@@ -1872,7 +1854,7 @@ new_flow:
 		if (reason)
 			return drop(reason);
 		v.kind = CT_KIND_EGRESS;
-		tmpl = egress_key_of(cid, &p);
+		tmpl = egress_key(cid, p.daddr, p.dport, p.proto, 0);
 		s = NULL;
 	} else if (reason) {
 		return drop(reason);
@@ -1893,7 +1875,8 @@ new_flow:
 		return drop(DROP_OFFSETS_FULL);
 	}
 	if (!s)
-		return egress_send(skb, &p, cid, v.offset);
+		return egress_send(skb, &p, c->server_ip, c->wire_base + v.offset,
+				   cfg->uplink_ifindex);
 	return deliver_out(skb, &p, c, s, sid, &v, cfg);
 }
 
@@ -1948,7 +1931,10 @@ int from_network(struct __sk_buff *skb)
 		if (!id)
 			return TC_ACT_OK;
 		eid = *id;
-		return from_outside(skb, &p, eid, p.dport - (p.dport & mask));
+		ep = bpf_map_lookup_elem(&endpoints, &eid);
+		if (!ep)
+			return TC_ACT_OK;
+		return from_outside(skb, &p, ep, eid, p.dport - ep->wire_base);
 	}
 	id = bpf_map_lookup_elem(&wire_blocks, &wk);
 	if (!id) {
@@ -2006,7 +1992,7 @@ int from_network(struct __sk_buff *skb)
 	if (!peer) {
 		if (p.proto == IPPROTO_ICMP)
 			return drop(DROP_UNKNOWN_PEER);
-		return from_outside(skb, &p, eid, off);
+		return from_outside(skb, &p, ep, eid, off);
 	}
 	idx = p.sport - peer->wire_base;
 	if (p.proto == IPPROTO_ICMP ? idx != 0 : idx >= peer->nports)

@@ -262,12 +262,7 @@ func (w *World) AddOutside(mtu int) *Outside {
 		w.t.Fatalf("testbed: AddOutside called twice")
 	}
 	if w.Router == nil {
-		w.Router = w.namespace("rt")
-		w.Router.Run("sysctl", "-qw", "net.ipv4.ip_forward=1")
-		w.ip("-n", w.Router.Name, "link", "add", "r0", "type", "veth", "peer", "name", "rt0", "netns", w.Fabric.Name)
-		w.ip("-n", w.Fabric.Name, "link", "set", "rt0", "master", "br0", "up")
-		w.ip("-n", w.Router.Name, "addr", "add", netip.PrefixFrom(RouterIPs[0], Subnets[0].Bits()).String(), "dev", "r0")
-		w.ip("-n", w.Router.Name, "link", "set", "r0", "up")
+		w.addRouter(1)
 		for _, s := range w.Servers {
 			w.ip("-n", s.Name, "route", "add", "default", "via", RouterIPs[0].String(), "dev", "uplink")
 		}
@@ -350,15 +345,7 @@ func NewRouted(t testing.TB, left, right int) *World {
 		t.Fatalf("testbed: %d and %d servers: want 1 to 200 on each side", left, right)
 	}
 	w := newWorld(t, 2)
-	w.Router = w.namespace("rt")
-	w.Router.Run("sysctl", "-qw", "net.ipv4.ip_forward=1")
-	for i := range 2 {
-		leg, port := fmt.Sprintf("r%d", i), fmt.Sprintf("rt%d", i)
-		w.ip("-n", w.Router.Name, "link", "add", leg, "type", "veth", "peer", "name", port, "netns", w.Fabric.Name)
-		w.ip("-n", w.Fabric.Name, "link", "set", port, "master", fmt.Sprintf("br%d", i), "up")
-		w.ip("-n", w.Router.Name, "addr", "add", netip.PrefixFrom(RouterIPs[i], Subnets[i].Bits()).String(), "dev", leg)
-		w.ip("-n", w.Router.Name, "link", "set", leg, "up")
-	}
+	w.addRouter(2)
 	for i := range left {
 		w.addServer(i, 0, byte(i+1))
 	}
@@ -366,6 +353,21 @@ func NewRouted(t testing.TB, left, right int) *World {
 		w.addServer(left+i, 1, byte(i+1))
 	}
 	return w
+}
+
+// addRouter creates the router namespace with a leg rI (RouterIPs[i]) on
+// each of the first n bridges.
+func (w *World) addRouter(n int) {
+	w.t.Helper()
+	w.Router = w.namespace("rt")
+	w.Router.Run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+	for i := range n {
+		leg, port := fmt.Sprintf("r%d", i), fmt.Sprintf("rt%d", i)
+		w.ip("-n", w.Router.Name, "link", "add", leg, "type", "veth", "peer", "name", port, "netns", w.Fabric.Name)
+		w.ip("-n", w.Fabric.Name, "link", "set", port, "master", fmt.Sprintf("br%d", i), "up")
+		w.ip("-n", w.Router.Name, "addr", "add", netip.PrefixFrom(RouterIPs[i], Subnets[i].Bits()).String(), "dev", leg)
+		w.ip("-n", w.Router.Name, "link", "set", leg, "up")
+	}
 }
 
 func newWorld(t TB, bridges int) *World {
