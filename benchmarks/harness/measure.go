@@ -44,6 +44,9 @@ func (r *run) dataPath() {
 	if want("nat") {
 		ps = append(ps, paths.BridgeNAT(r.t))
 	}
+	if want("nat-egress") {
+		ps = append(ps, paths.NATEgress(r.t))
+	}
 	r.check()
 	r.cluster = paths.NewCluster(r.t, paths.ClusterConfig{Bin: r.cfg.Daoli, Logs: r.logs})
 	if want("daoli") {
@@ -52,6 +55,9 @@ func (r *run) dataPath() {
 	}
 	if want("service") {
 		ps = append(ps, r.cluster.Service(r.ctx))
+	}
+	if want("egress") {
+		ps = append(ps, r.cluster.Egress(r.ctx))
 	}
 	needStream := false
 	for _, p := range ps {

@@ -245,6 +245,18 @@ func (c *Cluster) Daoli(ctx context.Context) *Path {
 		Client: client, Servers: []*testbed.Namespace{server}, Target: e.IP, IPerf: true, MTU: 1500}
 }
 
+// Egress is daoli's egress: a client container on server 0 dialling the
+// host outside the cluster (testbed's, behind a router, added here), from
+// server 0's address.
+func (c *Cluster) Egress(ctx context.Context) *Path {
+	c.t.Helper()
+	out := c.World.AddOutside(0)
+	client, _ := c.Attach(ctx, "eg-client", 0, agent.AttachRequest{IP: netip.MustParseAddr("10.1.0.7")})
+	c.Settle(ctx)
+	return &Path{Key: "egress", Title: "daoli egress, container to a host outside", World: c.World,
+		Client: client, Servers: []*testbed.Namespace{out.Namespace}, Target: out.IP, IPerf: true, MTU: 1500}
+}
+
 // Service is daoli with one IP:Port balanced over three backends, two on
 // server 1 and one on server 2, and its own client on server 0.
 func (c *Cluster) Service(ctx context.Context) *Path {

@@ -6,8 +6,13 @@
 //	Routes     plain host routes, one per container (Calico / flannel host-gw style)
 //	VXLAN      a Linux VXLAN overlay bridged with the containers, MTU 1450 (flannel vxlan style)
 //	BridgeNAT  a bridge per server, MASQUERADE out, DNAT ServerIP:port in (Docker's default)
+//	NATEgress  a container behind a bridge + MASQUERADE to a host outside (Docker's egress)
 //	Daoli      daoli's eBPF path, container to container (a Cluster with real agents)
 //	Service    daoli with a service balanced over 3 backends on 2 servers
+//	Egress     daoli's egress: a container to a host outside every network
+//
+// Both egress paths reach the same kind of host: testbed's outside host,
+// behind a router, running no daoli.
 //
 // Every builder takes a testbed.TB, creates what it needs with unique
 // names and registers its removal (namespaces, processes, iptables rules,
@@ -145,6 +150,27 @@ func BridgeNAT(t testbed.TB) *Path {
 	return &Path{Key: "nat", Title: "bridge + iptables DNAT/MASQUERADE (Docker's default style)", World: w,
 		Client: cs[0].Namespace, Servers: []*testbed.Namespace{cs[1].Namespace},
 		Target: w.Servers[1].IP, IPerf: true, MTU: 1500}
+}
+
+// NATEgress is a container on server 0 behind a bridge and MASQUERADE, as
+// BridgeNAT builds it, dialling the host outside the cluster (behind the
+// router): what a Docker container reaching a host outside costs.
+func NATEgress(t testbed.TB) *Path {
+	t.Helper()
+	w := testbed.Build(t, 1)
+	out := w.AddOutside(0)
+	bridgeIP := netip.MustParsePrefix("172.17.0.1/16")
+	s := w.Servers[0]
+	s.Run("sysctl", "-qw", "net.ipv4.ip_forward=1")
+	s.Run("ip", "link", "add", "docker0", "type", "bridge")
+	s.Run("ip", "addr", "add", bridgeIP.String(), "dev", "docker0")
+	s.Run("ip", "link", "set", "docker0", "up")
+	c := w.AddContainer(s, netip.MustParsePrefix("172.17.0.2/16"), bridgeIP.Addr())
+	s.Run("ip", "link", "set", c.HostIfname, "master", "docker0")
+	natRules(t, s, c.IP)
+	return &Path{Key: "nat-egress", Title: "bridge + MASQUERADE, container to a host outside (Docker's egress)", World: w,
+		Client: c.Namespace, Servers: []*testbed.Namespace{out.Namespace},
+		Target: out.IP, IPerf: true, MTU: 1500}
 }
 
 type rule struct {
