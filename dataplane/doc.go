@@ -186,13 +186,19 @@
 //	                              200 ms, 600 ms, 1.4 s: three chances)
 //	UDP                           30 s (conntrack's udp timeout; a later
 //	                              datagram takes the flow up again if nobody
-//	                              took its offset meanwhile)
+//	                              took its offset meanwhile); 1 s once
+//	                              answered, for a new flow that finds no
+//	                              offset free
 //	ICMP echo                     1 min
 //
 // When no offset is free, a new TCP flow may take one whose flow is over,
 // both FINs acknowledged (tracked by sequence number) or reset, for at
 // least 2 ms, as a kernel reuses a port in TIME_WAIT; the 2 s hold only
-// decides who goes first. The programs never take a busy offset: that
+// decides who goes first. Likewise a UDP flow that was answered and is
+// idle for 1 s gives its offset to a new flow that finds none free, so a
+// client sending each request from a new socket (DNS) is not held to a
+// block's worth per 30 s; a UDP flow that sends again after that goes on
+// from another offset. The programs never take a busy offset: that
 // would hand one flow's replies to another. Two CPUs never take the same
 // one: a claim is a compare-and-swap of the entry's last_seen, and the
 // search looks before it inserts, because an insert into the full LRU
@@ -274,9 +280,11 @@
 //   - Conntrack full: the LRU evicts the oldest flows, and such a flow
 //     restarts as a new one with a new offset (TCP then gets a reset). A
 //     client has 256 - len(Ports) offsets per destination (backend, port):
-//     flows beyond that are refused (see Offsets and conntrack), and a
-//     client sending UDP from a new socket per request to one backend port
-//     (DNS) is held to about 256 per 30 s. Block sizes above 256 are
+//     flows beyond that are refused (see Offsets and conntrack); a client
+//     sending UDP from a new socket per request to one backend port (DNS)
+//     reuses the offsets of answered requests after 1 s, so it is held to
+//     about 256 requests in flight or answered within the last second, and
+//     to 256 per 30 s of requests nobody answers. Block sizes above 256 are
 //     searched 256 offsets at a time from the cursor.
 //   - Upgrading over the change to per-destination offsets (CT_REV keys)
 //     restarts live flows: their CT_REV entries are not found any more,

@@ -58,7 +58,8 @@ func listenOutside[L io.Closer](t *testing.T, out *testbed.Outside, listen func(
 }
 
 // TestEgressTraffic: a container reaches a host outside the cluster with
-// TCP (HTTP), UDP and ping; the host sees the server's address, never the
+// TCP (HTTP), UDP (also a query per new socket, more than its offsets)
+// and ping; the host sees the server's address, never the
 // container's, and so does the fabric; 2 MB with DF set cross a 1400-byte
 // hop outside (the router's frag-needed reaches the container); a network
 // without egress reaches nothing.
@@ -105,6 +106,16 @@ func TestEgressTraffic(t *testing.T) {
 	serveUDPOutside(t, out, 53)
 	if got, err := askUDP(c, netip.AddrPortFrom(out.IP, 53), "question"); err != nil || got != "question from "+tw.a.IP.String() {
 		t.Errorf("UDP to the outside: %q, %v; want the answer, seen from %s; drops %v", got, err, tw.a.IP, tw.drops(t))
+	}
+
+	// DNS-like: every query from a new socket, more of them than C has
+	// offsets towards the resolver (256); an answered one gives its
+	// offset to a new query after 1 s.
+	for i := range 300 {
+		if got, err := askUDP(c, netip.AddrPortFrom(out.IP, 53), fmt.Sprint(i)); err != nil || got != fmt.Sprint(i)+" from "+tw.a.IP.String() {
+			t.Fatalf("query %d from a new socket: %q, %v; drops %v", i, got, err, tw.drops(t))
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 
 	if err := pingFor(c, out.IP, 0x77, 2*time.Second); err != nil {

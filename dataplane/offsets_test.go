@@ -254,6 +254,9 @@ func closeFlow(t *testing.T, a *Dataplane, sport, off uint16, steps ...string) {
 		case "S ACK", "S FIN", "S FIN!", "S RST":
 			out = fromS(layers.IPProtocolTCP, 0, off)
 			prog = a.objs.FromNetwork
+		case "S UDP": // S's answer from 53/udp, its port index 1
+			out = fromS(layers.IPProtocolUDP, 1, off)
+			prog = a.objs.FromNetwork
 		default:
 			t.Fatalf("unknown step %q", s)
 		}
@@ -388,6 +391,8 @@ func TestConntrackTimeouts(t *testing.T) {
 		{"tcp reset", tcp, []string{"S ACK", "C RST"}, 5 * time.Millisecond, true},
 		{"udp", udp, nil, 29 * time.Second, false},
 		{"udp expired", udp, nil, 31 * time.Second, true},
+		{"udp answered", udp, []string{"S UDP"}, 900 * time.Millisecond, false},
+		{"udp answered, idle 1 s", udp, []string{"S UDP"}, 1100 * time.Millisecond, true},
 		{"icmp", icmp, nil, 59 * time.Second, false},
 		{"icmp expired", icmp, nil, 61 * time.Second, true},
 	} {

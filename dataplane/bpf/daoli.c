@@ -48,6 +48,7 @@ char __license[] SEC("license") = "Dual BSD/GPL";
 #define CT_TCP_CLOSED (2 * NS_PER_SEC)       /* both FINs, or a RST */
 #define CT_TCP_REUSE (2 * NS_PER_MSEC) /* over, and needed by a new flow */
 #define CT_UDP (30 * NS_PER_SEC)
+#define CT_UDP_REUSE (1 * NS_PER_SEC) /* answered, and needed by a new flow */
 #define CT_ICMP (60 * NS_PER_SEC)
 
 /* TCP flags, byte 13 of the header. */
@@ -495,11 +496,18 @@ static __always_inline __s64 ct_timeout(__u8 proto, __u8 flags)
 /* NO_OFFSET: no offset noted. */
 #define NO_OFFSET 0xffffffff
 
-/* ct_over says whether a TCP flow idle for idle ns is over for good: reset,
- * or both FINs acknowledged, at least CT_TCP_REUSE ago. Such an offset may
- * go to a new flow before its CT_TCP_CLOSED hold ends. */
+/* ct_over says whether a flow idle for idle ns may give its offset to a
+ * new flow that finds none free, before its hold ends: a TCP flow over for
+ * good (reset, or both FINs acknowledged) at least CT_TCP_REUSE ago, or a
+ * UDP flow that was answered and is idle at least CT_UDP_REUSE (a request
+ * and its answer, as a DNS query from a new socket each time: holding
+ * each for 30 s would hold such a client to a block's worth of requests
+ * per 30 s). A UDP flow that sends again after losing its offset goes on
+ * as a new flow, from another port. */
 static __always_inline int ct_over(__u8 proto, __u8 flags, __s64 idle)
 {
+	if (proto == IPPROTO_UDP)
+		return (flags & CT_REPLIED) && idle >= (__s64)CT_UDP_REUSE;
 	return proto == IPPROTO_TCP &&
 	       ((flags & CT_RST) || (flags & CT_ACKED) == CT_ACKED) &&
 	       idle >= (__s64)CT_TCP_REUSE;
@@ -507,7 +515,7 @@ static __always_inline int ct_over(__u8 proto, __u8 flags, __s64 idle)
 
 /* ct_claim records v under the CT_REV key k when k is free: absent, or its
  * flow expired. When over is not NULL it only notes in *over (if still
- * NO_OFFSET) the offset of a TCP flow that is over (ct_over); when it is
+ * NO_OFFSET) the offset of a flow that is over (ct_over); when it is
  * NULL it takes such an offset too. It returns 0 when it recorded v, -1
  * otherwise. It looks before it inserts: an insert into the full LRU
  * takes a node, possibly evicting another flow, even when it then fails.
