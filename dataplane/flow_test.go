@@ -252,7 +252,7 @@ func TestFailoverOffsetBusy(t *testing.T) {
 // to a flow that gets no offset, the end of a backend's TIME_WAIT: each
 // verified once per program). On Linux 6.18:
 //
-//   - from_container 49217 with egress (27294 before): a new flow may now
+//   - from_container 49225 with egress (27294 before): a new flow may now
 //     also start from an egress flow whose offset is gone, and may end
 //     outside. Its budget rose from 50000 to 80000 for that.
 //     27294 (27708 before choose_backend was shared by
