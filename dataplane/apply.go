@@ -106,6 +106,12 @@ func (d *Dataplane) Apply(s State) error {
 	}
 
 	outside, egress := outsideMaps(s)
+	published := map[daoliPublishedKey]daoliServiceKey{}
+	for _, p := range s.Published {
+		published[daoliPublishedKey{Port: p.HostPort, Proto: uint8(p.Proto)}] = daoliServiceKey{
+			NetId: p.Network, Ip: addr(p.IP), Port: p.Port, Proto: uint8(p.Proto),
+		}
+	}
 
 	m := &d.objs.daoliMaps
 	err = d.updateSettings(func(v *daoliServerSettings) {
@@ -121,6 +127,9 @@ func (d *Dataplane) Apply(s State) error {
 	if err != nil {
 		return fmt.Errorf("apply state: %w", err)
 	}
+	if err := d.updateGateway(s.GatewayBase); err != nil {
+		return fmt.Errorf("apply state: %w", err)
+	}
 	// Upsert the records before the indexes that point at them, delete in
 	// the reverse order, so a packet never finds a dangling index.
 	var del []func() error
@@ -134,6 +143,7 @@ func (d *Dataplane) Apply(s State) error {
 		func() (func() error, error) { return syncMap(m.Outside, outside) },
 		func() (func() error, error) { return syncMap(m.Egress, egress) },
 		func() (func() error, error) { return syncMap(m.Services, services) },
+		func() (func() error, error) { return syncMap(m.Published, published) },
 	} {
 		f, err := step()
 		if err != nil {

@@ -242,3 +242,12 @@ func (d *Dataplane) updateSettings(f func(*daoliServerSettings)) error {
 	}
 	return nil
 }
+
+// updateGateway writes the gateway block's base (0: no ingress).
+func (d *Dataplane) updateGateway(base uint16) error {
+	v := daoliGatewaySettings{Base: base}
+	if err := d.objs.Gateway.Update(uint32(0), &v, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write gateway settings: %w", err)
+	}
+	return nil
+}

@@ -28,6 +28,7 @@ const (
 	DropTTL            = DropReason(daoliDropReasonDROP_TTL)
 	DropStaleWire      = DropReason(daoliDropReasonDROP_STALE_WIRE)
 	DropEgressDenied   = DropReason(daoliDropReasonDROP_EGRESS_DENIED)
+	DropTooBig         = DropReason(daoliDropReasonDROP_TOO_BIG)
 	dropReasons        = DropReason(daoliDropReasonDROP_REASONS)
 )
 
@@ -49,6 +50,7 @@ var dropNames = [...]string{
 	DropTTL:            "ttl",
 	DropStaleWire:      "stale_wire",
 	DropEgressDenied:   "egress_denied",
+	DropTooBig:         "too_big",
 }
 
 // String returns the reason as named in the C enum, lower case, without

@@ -61,7 +61,8 @@ const (
 	daoliDropReasonDROP_TTL             daoliDropReason = 14
 	daoliDropReasonDROP_STALE_WIRE      daoliDropReason = 15
 	daoliDropReasonDROP_EGRESS_DENIED   daoliDropReason = 16
-	daoliDropReasonDROP_REASONS         daoliDropReason = 17
+	daoliDropReasonDROP_TOO_BIG         daoliDropReason = 17
+	daoliDropReasonDROP_REASONS         daoliDropReason = 18
 )
 
 type daoliEgressKey struct {
@@ -95,12 +96,41 @@ type daoliEpStats struct {
 	RxBytes   uint64
 }
 
+type daoliGatewaySettings struct {
+	_    structs.HostLayout
+	Base uint16
+	Pad  uint16
+}
+
 type daoliIdentKey struct {
 	_     structs.HostLayout
 	NetId uint32
 	Ip    uint32
 	Base  uint16
 	Pad   uint16
+}
+
+type daoliIngressEntry struct {
+	_           structs.HostLayout
+	Client      uint32
+	Gateway     uint32
+	ClientPort  uint16
+	GatewayPort uint16
+	Index       uint16
+	Offset      uint16
+	Local       uint8
+	Pad         [3]uint8
+}
+
+type daoliIngressKey struct {
+	_       structs.HostLayout
+	Backend uint32
+	Addr    uint32
+	Port    uint16
+	Sport   uint16
+	Proto   uint8
+	Dir     uint8
+	Pad     uint16
 }
 
 type daoliOutsideKey struct {
@@ -128,6 +158,13 @@ const (
 	daoliPolicyVerdictPOLICY_DENY  daoliPolicyVerdict = 0
 	daoliPolicyVerdictPOLICY_ALLOW daoliPolicyVerdict = 1
 )
+
+type daoliPublishedKey struct {
+	_     structs.HostLayout
+	Port  uint16
+	Proto uint8
+	Pad   uint8
+}
 
 type daoliServedPort struct {
 	_     structs.HostLayout
@@ -184,11 +221,14 @@ const (
 	daoliMapEndpointByIfindex = "endpoint_by_ifindex"
 	daoliMapEndpointStats     = "endpoint_stats"
 	daoliMapEndpoints         = "endpoints"
+	daoliMapGateway           = "gateway"
 	daoliMapIdentBlocks       = "ident_blocks"
+	daoliMapIngress           = "ingress"
 	daoliMapMaglev            = "maglev"
 	daoliMapOffsetCursor      = "offset_cursor"
 	daoliMapOutside           = "outside"
 	daoliMapPolicies          = "policies"
+	daoliMapPublished         = "published"
 	daoliMapServices          = "services"
 	daoliMapSettings          = "settings"
 	daoliMapWireBlocks        = "wire_blocks"
@@ -252,11 +292,14 @@ type daoliMapSpecs struct {
 	EndpointByIfindex *ebpf.MapSpec `ebpf:"endpoint_by_ifindex"`
 	EndpointStats     *ebpf.MapSpec `ebpf:"endpoint_stats"`
 	Endpoints         *ebpf.MapSpec `ebpf:"endpoints"`
+	Gateway           *ebpf.MapSpec `ebpf:"gateway"`
 	IdentBlocks       *ebpf.MapSpec `ebpf:"ident_blocks"`
+	Ingress           *ebpf.MapSpec `ebpf:"ingress"`
 	Maglev            *ebpf.MapSpec `ebpf:"maglev"`
 	OffsetCursor      *ebpf.MapSpec `ebpf:"offset_cursor"`
 	Outside           *ebpf.MapSpec `ebpf:"outside"`
 	Policies          *ebpf.MapSpec `ebpf:"policies"`
+	Published         *ebpf.MapSpec `ebpf:"published"`
 	Services          *ebpf.MapSpec `ebpf:"services"`
 	Settings          *ebpf.MapSpec `ebpf:"settings"`
 	WireBlocks        *ebpf.MapSpec `ebpf:"wire_blocks"`
@@ -294,11 +337,14 @@ type daoliMaps struct {
 	EndpointByIfindex *ebpf.Map `ebpf:"endpoint_by_ifindex"`
 	EndpointStats     *ebpf.Map `ebpf:"endpoint_stats"`
 	Endpoints         *ebpf.Map `ebpf:"endpoints"`
+	Gateway           *ebpf.Map `ebpf:"gateway"`
 	IdentBlocks       *ebpf.Map `ebpf:"ident_blocks"`
+	Ingress           *ebpf.Map `ebpf:"ingress"`
 	Maglev            *ebpf.Map `ebpf:"maglev"`
 	OffsetCursor      *ebpf.Map `ebpf:"offset_cursor"`
 	Outside           *ebpf.Map `ebpf:"outside"`
 	Policies          *ebpf.Map `ebpf:"policies"`
+	Published         *ebpf.Map `ebpf:"published"`
 	Services          *ebpf.Map `ebpf:"services"`
 	Settings          *ebpf.Map `ebpf:"settings"`
 	WireBlocks        *ebpf.Map `ebpf:"wire_blocks"`
@@ -312,11 +358,14 @@ func (m *daoliMaps) Close() error {
 		m.EndpointByIfindex,
 		m.EndpointStats,
 		m.Endpoints,
+		m.Gateway,
 		m.IdentBlocks,
+		m.Ingress,
 		m.Maglev,
 		m.OffsetCursor,
 		m.Outside,
 		m.Policies,
+		m.Published,
 		m.Services,
 		m.Settings,
 		m.WireBlocks,

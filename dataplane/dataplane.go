@@ -134,6 +134,7 @@ func New(cfg Config) (*Dataplane, error) {
 	for name, n := range map[string]int{
 		"endpoints": cfg.MaxEndpoints, "wire_blocks": cfg.MaxEndpoints, "ident_blocks": cfg.MaxEndpoints,
 		"services": 4 * cfg.MaxEndpoints, "conntrack": 2 * cfg.MaxFlows, "offset_cursor": cfg.MaxFlows,
+		"ingress": 2 * cfg.MaxFlows,
 	} {
 		spec.Maps[name].MaxEntries = uint32(n)
 	}

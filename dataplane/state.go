@@ -193,6 +193,15 @@ type State struct {
 	// network not listed has no egress, and its subnet is not known to
 	// be internal.
 	Networks []Network
+	// Published lists the published ports: every server serves each on
+	// all its LocalIPs, to clients outside the cluster. Nil serves none.
+	Published []Published
+	// GatewayBase is the first port of the gateway block, the same on
+	// every locator of every server: the wire block, in WirePorts, that
+	// ingress flows leave the dialled server from towards a backend on
+	// another server. It must be a multiple of BlockSize that no
+	// endpoint's wire block uses. Zero turns ingress off.
+	GatewayBase uint16
 	// Policies connect networks; nil means every network is isolated.
 	// Two networks shown in one network by Allow or deny Policies must
 	// not serve the same IP, port and protocol, and the identity blocks of
@@ -201,6 +210,24 @@ type State struct {
 	// talk to each other.
 	Policies []Policy
 }
+
+// Published is a port of every server that leads to a service: a client
+// outside the cluster that reaches HostPort (over Proto) on any server's
+// locator reaches the service (Network, IP, Port), balanced or failed
+// over like a flow from a container, and its backend sees the client's
+// own address and port. HostPort must lie outside the wire range, and
+// the server's own sockets should not use it: a packet to a published
+// port never reaches the server's stack.
+type Published struct {
+	HostPort uint16
+	Proto    Proto
+	Network  uint32
+	IP       netip.Addr
+	Port     uint16
+}
+
+// MaxPublished is how many published ports a State may list.
+const MaxPublished = 4096
 
 // InvalidEndpointError is the ErrInvalidState Apply returns when one
 // endpoint is at fault: a caller can leave it out and apply the rest.
@@ -263,6 +290,14 @@ func (s State) validate() (State, error) {
 	for _, ip := range s.LocalIPs {
 		if !ip.Is4() {
 			return bad("local IP %s: want an IPv4 address", ip)
+		}
+	}
+	if g := s.GatewayBase; g != 0 {
+		switch {
+		case g%s.BlockSize != 0:
+			return bad("gateway base %d: want a multiple of the block size %d", g, s.BlockSize)
+		case s.WirePorts == (PortRange{}) || g < s.WirePorts.First || uint32(g)+uint32(s.BlockSize)-1 > uint32(s.WirePorts.Last):
+			return bad("gateway block %d-%d: want it inside the wire ports %d-%d", g, uint32(g)+uint32(s.BlockSize)-1, s.WirePorts.First, s.WirePorts.Last)
 		}
 	}
 	nets := map[uint32]bool{}
@@ -343,6 +378,9 @@ func (s State) validate() (State, error) {
 			}
 			ifindexes[e.Ifindex] = e.ID
 		}
+		if s.GatewayBase != 0 && e.WireBase == s.GatewayBase {
+			return badEP(e.ID, "endpoint %d: wire block %s:%d is the gateway block", e.ID, e.Server, e.WireBase)
+		}
 		wk := wireKey{e.Server, e.WireBase}
 		if other, ok := wire[wk]; ok {
 			return badEP(e.ID, "endpoint %d: wire block %s:%d already owned by endpoint %d", e.ID, e.Server, e.WireBase, other)
@@ -368,6 +406,9 @@ func (s State) validate() (State, error) {
 			modes[sid] = e.Mode
 		}
 	}
+	if err := validatePublished(s, modes); err != nil {
+		return State{}, err
+	}
 	if err := validatePolicies(s, ident); err != nil {
 		return State{}, err
 	}
@@ -381,6 +422,35 @@ func (s State) validate() (State, error) {
 		}
 	}
 	return s, nil
+}
+
+// validatePublished rejects a published port listed twice, one inside the
+// wire range, and one that leads to no service of s.
+func validatePublished(s State, services map[serviceID]Mode) error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), ErrInvalidState)
+	}
+	if len(s.Published) > MaxPublished {
+		return bad("%d published ports: at most %d", len(s.Published), MaxPublished)
+	}
+	seen := map[[2]uint16]bool{}
+	for _, p := range s.Published {
+		name := fmt.Sprintf("published port %d/%s", p.HostPort, p.Proto)
+		k := [2]uint16{p.HostPort, uint16(p.Proto)}
+		switch {
+		case p.HostPort == 0 || (p.Proto != TCP && p.Proto != UDP):
+			return bad("%s: want a nonzero TCP or UDP port", name)
+		case seen[k]:
+			return bad("%s: listed twice", name)
+		case s.WirePorts != (PortRange{}) && p.HostPort >= s.WirePorts.First && p.HostPort <= s.WirePorts.Last:
+			return bad("%s: inside the wire ports %d-%d", name, s.WirePorts.First, s.WirePorts.Last)
+		}
+		seen[k] = true
+		if _, ok := services[serviceID{p.Network, p.IP, p.Port, uint8(p.Proto)}]; !ok {
+			return bad("%s: leads to %s:%d/%s of network %d, which no endpoint serves", name, p.IP, p.Port, p.Proto, p.Network)
+		}
+	}
+	return nil
 }
 
 type ipKey struct {

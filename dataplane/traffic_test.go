@@ -37,6 +37,9 @@ type trafficWorld struct {
 	// wirePorts, when set, is the State's WirePorts, with each server's
 	// own address as its LocalIPs.
 	wirePorts PortRange
+	// published and gatewayBase are the State's (ingress).
+	published   []Published
+	gatewayBase uint16
 	// a, b, dpA and dpB are the first two servers and their Dataplanes.
 	a, b     *testbed.Server
 	dpA, dpB *Dataplane
@@ -148,7 +151,8 @@ func (tw *trafficWorld) apply(t *testing.T) {
 		}
 	}
 	for i, s := range tw.servers {
-		st := State{Servers: servers, Policies: tw.policies, Networks: networks, WirePorts: tw.wirePorts}
+		st := State{Servers: servers, Policies: tw.policies, Networks: networks, WirePorts: tw.wirePorts,
+			Published: tw.published, GatewayBase: tw.gatewayBase}
 		if tw.wirePorts != (PortRange{}) {
 			st.LocalIPs = []netip.Addr{s.IP}
 		}

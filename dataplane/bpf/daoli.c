@@ -1704,6 +1704,433 @@ __attribute__((noinline)) int from_outside(struct __sk_buff *skb,
 	return bpf_redirect_peer(ep->ifindex, 0);
 }
 
+/* Ingress: flows from a client outside the cluster to a published port of
+ * any server (see ../doc.go, Ingress). The dialled server X is the flow's
+ * client side, under the scope GATEWAY_ID: it picks the backend, takes an
+ * offset of its gateway block and sends the flow to the backend's server
+ * B as ServerIP_X:gateway+offset -> ServerIP_B:wire_S+index, with the
+ * client's address in an IPv4 option until the backend answers. B keeps
+ * the client (the ingress map), so the backend sees the client's true
+ * address, and sends the answers back to X, which sends them on from the
+ * published port.
+ *
+ * The backend sees the client's own address and port, so a new flow on a
+ * reused gateway offset is another 4-tuple at the backend: the TIME_WAIT
+ * endings of a container's flows (ct_touch's TW_*) are not needed, and
+ * ingress leaves them out. */
+
+/* is_local_ip reports whether addr is one of this server's locators. */
+static __always_inline int is_local_ip(const struct server_settings *cfg,
+				       __u32 addr)
+{
+	for (__u32 i = 0; i < MAX_LOCAL_IPS; i++) {
+		if (i >= cfg->local_ip_count)
+			break;
+		if (cfg->local_ips[i] == addr)
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline struct gateway_settings *get_gateway(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&gateway, &zero);
+}
+
+/* in_gateway reports whether port lies in the gateway block. */
+static __always_inline int in_gateway(const struct gateway_settings *gw,
+				      const struct server_settings *cfg,
+				      __u16 port)
+{
+	return gw && gw->base && port >= gw->base &&
+	       port - gw->base < cfg->block_size;
+}
+
+/* ip_fix sets the IPv4 header's length fields for a header of ihl words
+ * and a packet of tot_len bytes, and recomputes its checksum. It returns
+ * 0, or -1. */
+static __always_inline int ip_fix(struct __sk_buff *skb, __u8 ihl,
+				  __u16 tot_len)
+{
+	__u8 hdr[28] = {};
+	__u32 len = ihl * 4;
+	__s64 sum;
+
+	if (len != 20 && len != 28)
+		return -1;
+	if (bpf_skb_load_bytes(skb, IP_OFF, hdr, len) < 0)
+		return -1;
+	hdr[0] = 0x40 | ihl;
+	hdr[2] = tot_len >> 8;
+	hdr[3] = tot_len & 0xff;
+	hdr[10] = 0;
+	hdr[11] = 0;
+	sum = bpf_csum_diff(NULL, 0, (__be32 *)hdr, len, 0);
+	if (sum < 0)
+		return -1;
+	*(__u16 *)&hdr[10] = ~csum_fold32((__u32)sum);
+	return bpf_skb_store_bytes(skb, IP_OFF, hdr, len, 0);
+}
+
+/* ingress_tag puts the client's address and port in an IPv4 option of
+ * packet p (no options yet), whose IPv4 length is len. */
+static __always_inline int ingress_tag(struct __sk_buff *skb, __u32 len,
+				       __u32 client, __u16 port)
+{
+	struct ingress_opt o = {
+		.type = INGRESS_OPT,
+		.len = INGRESS_OPT_LEN,
+		.port = bpf_htons(port),
+		.addr = client,
+	};
+
+	if (bpf_skb_adjust_room(skb, INGRESS_OPT_LEN, BPF_ADJ_ROOM_NET, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, IP_OFF + 20, &o, sizeof(o), 0) < 0 ||
+	    ip_fix(skb, 7, len + INGRESS_OPT_LEN) < 0)
+		return -1;
+	return 0;
+}
+
+/* ingress_send sends packet p of the gateway's flow out (its CT_OUT
+ * entry: backend s, port index, offset) and rev (its CT_REV entry) on:
+ * into s when it runs here, with only the destination translated, else to
+ * s's server from the dialled address and the gateway port of the flow,
+ * tagged with the client until the backend answers. A global function,
+ * verified once. */
+__attribute__((noinline)) int ingress_send(struct __sk_buff *skb,
+					   struct pkt *p,
+					   const struct endpoint *s,
+					   const struct ct_entry *out,
+					   const struct ct_entry *rev)
+{
+	struct server_settings *cfg = get_settings();
+	struct gateway_settings *gw = get_gateway();
+	struct ingress_entry v = {};
+	struct ingress_key k = {};
+	__u32 mtu = 0, idx;
+	__u16 port;
+	int tag;
+
+	if (!p || !s || !out || !rev || !cfg || !gw)
+		return drop(DROP_MALFORMED);
+	tag = !(rev->flags & CT_REPLIED);
+	idx = out->port_index;
+	asm volatile("" : "+r"(idx));
+	if (idx >= MAX_PORTS)
+		return drop(DROP_NO_BACKEND);
+	port = s->ports[idx].port;
+	if (s->ifindex) {
+		if (tag) {
+			k.backend = out->backend;
+			k.addr = p->saddr;
+			k.port = p->sport;
+			k.sport = port;
+			k.proto = p->proto;
+			k.dir = IN_REPLY;
+			v.client = p->saddr;
+			v.gateway = p->daddr;
+			v.client_port = p->sport;
+			v.gateway_port = p->dport;
+			v.index = idx;
+			v.offset = out->offset;
+			v.local = 1;
+			if (bpf_map_update_elem(&ingress, &k, &v, BPF_ANY) < 0)
+				return drop(DROP_OFFSETS_FULL);
+		}
+		if (rewrite(skb, p, p->saddr, s->ip, p->sport,
+			    port, 0) < 0 ||
+		    set_macs(skb, s->mac, cfg->gateway_mac) < 0)
+			return drop(DROP_MALFORMED);
+		count(out->backend, skb->len, 1);
+		return bpf_redirect_peer(s->ifindex, 0);
+	}
+	if (!cfg->uplink_ifindex)
+		return drop(DROP_NO_UPLINK);
+	if (tag && bpf_check_mtu(skb, cfg->uplink_ifindex, &mtu,
+				 INGRESS_OPT_LEN, 0) != BPF_MTU_CHK_RET_SUCCESS)
+		return drop(DROP_TOO_BIG);
+	if (rewrite(skb, p, p->daddr, s->server_ip, gw->base + out->offset,
+		    s->wire_base + idx, 0) < 0)
+		return drop(DROP_MALFORMED);
+	if (tag && ingress_tag(skb, p->end - IP_OFF, rev->backend,
+			       rev->client_port) < 0)
+		return drop(DROP_MALFORMED);
+	return bpf_redirect_neigh(cfg->uplink_ifindex, NULL, 0, 0);
+}
+
+/* ingress_front handles packet p from a client outside to published port
+ * p->dport of this server's locator p->daddr, which leads to service *pk,
+ * when it belongs to a flow of the gateway (scope GATEWAY_ID, a flow in
+ * conntrack as a container's is) whose backend is active. It returns
+ * NEW_FLOW otherwise: for a new flow, or one whose backend is gone, which
+ * starts again on another (a TCP connection then gets a reset). A global
+ * function, verified once. */
+__attribute__((noinline)) int ingress_front(struct __sk_buff *skb,
+					    struct pkt *p)
+{
+	struct ct_entry *e, *rev;
+	struct endpoint *s;
+	struct ct_key k;
+	__u32 sid;
+
+	if (!p)
+		return drop(DROP_MALFORMED);
+	k = (struct ct_key){
+		.scope = GATEWAY_ID,
+		.saddr = p->saddr,
+		.daddr = p->daddr,
+		.sport = p->sport,
+		.dport = p->dport,
+		.proto = p->proto,
+		.dir = CT_OUT,
+	};
+	e = bpf_map_lookup_elem(&conntrack, &k);
+	if (!e || e->kind != CT_KIND_INGRESS)
+		return NEW_FLOW;
+	k = rev_key(GATEWAY_ID, e->backend, e->port_index, p->proto);
+	k.sport = e->offset;
+	rev = bpf_map_lookup_elem(&conntrack, &k);
+	if (!rev || rev->kind != CT_KIND_INGRESS ||
+	    rev->backend != p->saddr || rev->client_port != p->sport ||
+	    rev->service_port != p->dport)
+		return NEW_FLOW;
+	sid = e->backend;
+	s = bpf_map_lookup_elem(&endpoints, &sid);
+	if (!s || s->state != ENDPOINT_ACTIVE) {
+		bpf_map_delete_elem(&conntrack, &k);
+		return NEW_FLOW;
+	}
+	if (p->proto == IPPROTO_TCP &&
+	    (p->tcp_flags & (TH_SYN | TH_ACK)) == TH_SYN && rev->flags)
+		rev->flags = 0;
+	ct_touch(rev, p, bpf_ktime_get_ns(), 0);
+	return ingress_send(skb, p, s, e, rev);
+}
+
+/* ingress_new starts the gateway's flow for packet p to service *pk: it
+ * picks the backend as a container's new flow does (Maglev or failover),
+ * takes an offset of the gateway block towards the backend's port and
+ * sends p on. A new TCP flow must start with a SYN; another segment gets
+ * a reset. A global function, verified once. */
+__attribute__((noinline)) int ingress_new(struct __sk_buff *skb,
+					  struct pkt *p,
+					  const struct service_key *pk)
+{
+	struct server_settings *cfg = get_settings();
+	struct ct_entry *rev, v = {};
+	struct service *svc;
+	struct endpoint *s;
+	struct ct_key k;
+	__u32 sid;
+	int idx;
+
+	if (!p || !pk || !cfg)
+		return drop(DROP_MALFORMED);
+	if (p->proto == IPPROTO_TCP) {
+		if (p->tcp_flags & TH_RST)
+			return drop(DROP_CT_MISS);
+		if ((p->tcp_flags & (TH_SYN | TH_ACK)) != TH_SYN)
+			return refuse(skb, p, 0, DROP_CT_MISS);
+	}
+	svc = bpf_map_lookup_elem(&services, pk);
+	if (!svc)
+		return drop(DROP_NO_SERVICE);
+	sid = select_backend(svc, p);
+	s = bpf_map_lookup_elem(&endpoints, &sid);
+	if (!s)
+		return drop(DROP_NO_BACKEND);
+	idx = port_index(s, pk->port, p->proto);
+	if (idx < 0)
+		return drop(DROP_NO_BACKEND);
+	v.last_seen = bpf_ktime_get_ns();
+	v.backend = p->saddr;
+	v.port_index = idx;
+	v.client_port = p->sport;
+	v.service_port = p->dport;
+	v.proto = p->proto;
+	v.kind = CT_KIND_INGRESS;
+	ct_touch(&v, p, v.last_seen, 0);
+	k = rev_key(GATEWAY_ID, sid, idx, p->proto);
+	if (alloc_offset(&k, 0, cfg->block_size, NO_PREFER, &v) < 0)
+		return refuse(skb, p, 0, DROP_OFFSETS_FULL);
+	k.sport = v.offset;
+	rev = bpf_map_lookup_elem(&conntrack, &k);
+	if (!rev)
+		return drop(DROP_OFFSETS_FULL);
+	v.backend = sid;
+	k = (struct ct_key){
+		.scope = GATEWAY_ID,
+		.saddr = p->saddr,
+		.daddr = p->daddr,
+		.sport = p->sport,
+		.dport = p->dport,
+		.proto = p->proto,
+		.dir = CT_OUT,
+	};
+	if (bpf_map_update_elem(&conntrack, &k, &v, BPF_ANY) < 0) {
+		k = rev_key(GATEWAY_ID, sid, idx, p->proto);
+		ct_forget(&k, v.offset);
+		return drop(DROP_OFFSETS_FULL);
+	}
+	return ingress_send(skb, p, s, &v, rev);
+}
+
+/* ingress_answer handles packet p from backend s (id sid, port index idx)
+ * to the gateway block of this server: an answer to an outside client of
+ * one of the gateway's flows, sent on to the client from the published
+ * port it dialled. A global function, verified once. */
+__attribute__((noinline)) int ingress_answer(struct __sk_buff *skb,
+					     struct pkt *p, __u32 sid,
+					     __u32 idx)
+{
+	struct server_settings *cfg = get_settings();
+	struct gateway_settings *gw = get_gateway();
+	struct ct_entry *e;
+
+	if (!p || !cfg || !gw || !gw->base)
+		return drop(DROP_MALFORMED);
+	e = ct_rev(GATEWAY_ID, sid, idx, p->proto, p->dport - gw->base);
+	if (!e || e->kind != CT_KIND_INGRESS)
+		return drop(DROP_CT_MISS);
+	if (p->ttl <= 1)
+		return drop(DROP_TTL);
+	if (!cfg->uplink_ifindex)
+		return drop(DROP_NO_UPLINK);
+	ct_touch(e, p, bpf_ktime_get_ns(), 1);
+	if (rewrite(skb, p, p->daddr, e->backend, e->service_port,
+		    e->client_port, 0) < 0)
+		return drop(DROP_MALFORMED);
+	return bpf_redirect_neigh(cfg->uplink_ifindex, NULL, 0, 0);
+}
+
+/* ingress_back handles packet p from the gateway port of another server's
+ * locator to port index idx of local endpoint ep (id eid): an
+ * ingress flow's packet, translated to what the client sent, from its
+ * true address. The packet that carries the client (ingress_opt) records
+ * it, both ways; the others find it. A TCP segment of an unknown flow
+ * gets a reset, which the gateway passes to the client. A global
+ * function, verified once. */
+__attribute__((noinline)) int ingress_back(struct __sk_buff *skb,
+					   struct pkt *p,
+					   const struct endpoint *ep,
+					   __u32 eid, __u32 idx)
+{
+	struct server_settings *cfg = get_settings();
+	struct ingress_key fk = {}, rk = {};
+	struct ingress_entry *f, v = {};
+	struct ingress_opt o;
+	__u32 reason, port;
+
+	if (!p || !ep || !cfg)
+		return drop(DROP_MALFORMED);
+	/* Bounded where the verifier sees it: idx is any scalar here. */
+	asm volatile("" : "+r"(idx));
+	if (idx >= MAX_PORTS)
+		return drop(DROP_MALFORMED);
+	port = ep->ports[idx].port;
+	fk.backend = eid;
+	fk.addr = p->saddr;
+	fk.port = p->sport;
+	fk.sport = idx;
+	fk.proto = p->proto;
+	fk.dir = IN_FWD;
+	if (p->l4_off == IP_OFF + 20 + INGRESS_OPT_LEN) {
+		if (bpf_skb_load_bytes(skb, IP_OFF + 20, &o, sizeof(o)) < 0 ||
+		    o.type != INGRESS_OPT || o.len != INGRESS_OPT_LEN)
+			return drop(DROP_UNSUPPORTED);
+		if (bpf_skb_adjust_room(skb, -INGRESS_OPT_LEN, BPF_ADJ_ROOM_NET,
+					0) < 0 ||
+		    ip_fix(skb, 5, p->end - IP_OFF - INGRESS_OPT_LEN) < 0 ||
+		    parse_ipv4(skb, p, &reason) < 0)
+			return drop(DROP_MALFORMED);
+		v.client = o.addr;
+		v.client_port = bpf_ntohs(o.port);
+		v.gateway = p->saddr;
+		v.gateway_port = p->sport;
+		v.index = idx;
+		rk.backend = eid;
+		rk.addr = v.client;
+		rk.port = v.client_port;
+		rk.sport = port;
+		rk.proto = p->proto;
+		rk.dir = IN_REPLY;
+		if (bpf_map_update_elem(&ingress, &fk, &v, BPF_ANY) < 0 ||
+		    bpf_map_update_elem(&ingress, &rk, &v, BPF_ANY) < 0)
+			return drop(DROP_OFFSETS_FULL);
+		f = &v;
+	} else if (p->l4_off != IP_OFF + 20) {
+		return drop(DROP_UNSUPPORTED);
+	} else {
+		f = bpf_map_lookup_elem(&ingress, &fk);
+		if (!f) {
+			if (p->proto == IPPROTO_TCP)
+				return refuse(skb, p, 0, DROP_CT_MISS);
+			return drop(DROP_CT_MISS);
+		}
+	}
+	if (rewrite(skb, p, f->client, ep->ip, f->client_port, port, 0) < 0 ||
+	    set_macs(skb, ep->mac, cfg->gateway_mac) < 0)
+		return drop(DROP_MALFORMED);
+	count(eid, skb->len, 1);
+	return bpf_redirect_peer(ep->ifindex, 0);
+}
+
+/* ingress_reply handles packet p that backend c (id cid) sends to an
+ * outside client of an ingress flow (NEW_FLOW when p is none): to the gateway
+ * of the flow over the wire, or, when the client dialled this server,
+ * straight out from the published port. A packet of a flow the gateway
+ * port no longer holds (the port went to another client) is dropped: it
+ * must never reach another client. A global function, verified once. */
+__attribute__((noinline)) int ingress_reply(struct __sk_buff *skb,
+					    struct pkt *p,
+					    const struct endpoint *c, __u32 cid)
+{
+	struct server_settings *cfg = get_settings();
+	struct ingress_key fk = {};
+	struct ingress_entry *f, *in;
+	struct ct_entry *e;
+
+	if (!p || !c || !cfg)
+		return drop(DROP_MALFORMED);
+	fk.backend = cid;
+	fk.addr = p->daddr;
+	fk.port = p->dport;
+	fk.sport = p->sport;
+	fk.proto = p->proto;
+	fk.dir = IN_REPLY;
+	in = bpf_map_lookup_elem(&ingress, &fk);
+	if (!in)
+		return NEW_FLOW;
+	if (!cfg->uplink_ifindex)
+		return drop(DROP_NO_UPLINK);
+	if (in->local) {
+		e = ct_rev(GATEWAY_ID, cid, in->index, p->proto, in->offset);
+		if (!e || e->kind != CT_KIND_INGRESS ||
+		    e->backend != p->daddr || e->client_port != p->dport)
+			return drop(DROP_CT_MISS);
+		ct_touch(e, p, bpf_ktime_get_ns(), 1);
+		if (rewrite(skb, p, in->gateway, p->daddr, in->gateway_port,
+			    p->dport, 0) < 0)
+			return drop(DROP_MALFORMED);
+		return bpf_redirect_neigh(cfg->uplink_ifindex, NULL, 0, 0);
+	}
+	fk.backend = cid;
+	fk.addr = in->gateway;
+	fk.port = in->gateway_port;
+	fk.sport = in->index;
+	fk.proto = p->proto;
+	fk.dir = IN_FWD;
+	f = bpf_map_lookup_elem(&ingress, &fk);
+	if (!f || f->client != p->daddr || f->client_port != p->dport)
+		return drop(DROP_CT_MISS);
+	if (rewrite(skb, p, c->server_ip, in->gateway, c->wire_base + in->index,
+		    in->gateway_port, 0) < 0)
+		return drop(DROP_MALFORMED);
+	return bpf_redirect_neigh(cfg->uplink_ifindex, NULL, 0, 0);
+}
+
 SEC("tcx/ingress")
 int from_container(struct __sk_buff *skb)
 {
@@ -1834,6 +2261,14 @@ keep:
 		return deliver_out(skb, &p, c, s, sid, e, cfg);
 	}
 
+	/* A backend answering an outside client of a published port. */
+	if (p.proto != IPPROTO_ICMP) {
+		int ret = ingress_reply(skb, &p, c, cid);
+
+		if (ret != NEW_FLOW)
+			return ret;
+	}
+
 	/* A backend answering a client: the destination port lies in the
 	 * identity block of an endpoint of this network. */
 	if (!is_request(&p) && cfg->block_size) {
@@ -1896,13 +2331,53 @@ static __always_inline int owns_wire_port(const struct server_settings *cfg,
 	if (!cfg->wire_last || p->dport < cfg->wire_first ||
 	    p->dport > cfg->wire_last)
 		return 0;
-	for (__u32 i = 0; i < MAX_LOCAL_IPS; i++) {
-		if (i >= cfg->local_ip_count)
-			break;
-		if (cfg->local_ips[i] == p->daddr)
-			return 1;
+	return is_local_ip(cfg, p->daddr);
+}
+
+/* not_wire handles packet p to no wire block: an answer to the gateway,
+ * a client of a published port, a packet to a wire port of ours that no
+ * block holds any more, or the host's own. */
+static __always_inline int not_wire(struct __sk_buff *skb, struct pkt *p,
+				    const struct server_settings *cfg,
+				    __u16 mask)
+{
+	struct gateway_settings *gw = get_gateway();
+	struct published_key pk = { .port = p->dport, .proto = p->proto };
+	struct service_key *svc;
+	struct endpoint *peer;
+	__u32 pid;
+	int ret;
+
+	if (p->proto != IPPROTO_ICMP && in_gateway(gw, cfg, p->dport) &&
+	    is_local_ip(cfg, p->daddr)) {
+		peer = wire_endpoint(p->saddr, p->sport, mask, &pid);
+		if (!peer || p->sport - peer->wire_base >= peer->nports)
+			return drop(DROP_UNKNOWN_PEER);
+		return ingress_answer(skb, p, pid, p->sport - peer->wire_base);
 	}
-	return 0;
+	if (owns_wire_port(cfg, p)) {
+		/* An outside peer of a flow whose container moved away gets
+		 * a reset instead of silence; a server's packet may be in
+		 * flight to an endpoint that just moved, and is dropped. */
+		if (p->proto == IPPROTO_TCP &&
+		    outside_kind(p->saddr) != OUTSIDE_LOCATOR)
+			return refuse(skb, p, 0, DROP_STALE_WIRE);
+		return drop(DROP_STALE_WIRE);
+	}
+	if (p->proto == IPPROTO_ICMP)
+		return TC_ACT_OK;
+	svc = bpf_map_lookup_elem(&published, &pk);
+	if (!svc || !is_local_ip(cfg, p->daddr) || !gw || !gw->base)
+		return TC_ACT_OK;
+	/* From here on the packet is ours: a published port is served. */
+	if (p->l4_off != IP_OFF + sizeof(struct iphdr))
+		return drop(DROP_UNSUPPORTED);
+	if (p->ttl <= 1)
+		return drop(DROP_TTL);
+	ret = ingress_front(skb, p);
+	if (ret != NEW_FLOW)
+		return ret;
+	return ingress_new(skb, p, svc);
 }
 
 SEC("tcx/ingress")
@@ -1945,17 +2420,8 @@ int from_network(struct __sk_buff *skb)
 		return from_outside(skb, &p, ep, eid, p.dport - ep->wire_base);
 	}
 	id = bpf_map_lookup_elem(&wire_blocks, &wk);
-	if (!id) {
-		if (!owns_wire_port(cfg, &p))
-			return TC_ACT_OK;
-		/* An outside peer of a flow whose container moved away gets
-		 * a reset instead of silence; a server's packet may be in
-		 * flight to an endpoint that just moved, and is dropped. */
-		if (p.proto == IPPROTO_TCP &&
-		    outside_kind(p.saddr) != OUTSIDE_LOCATOR)
-			return refuse(skb, &p, 0, DROP_STALE_WIRE);
-		return drop(DROP_STALE_WIRE);
-	}
+	if (!id)
+		return not_wire(skb, &p, cfg, mask);
 	/* From here on the packet is ours: it never reaches the host. */
 	eid = *id;
 	ep = bpf_map_lookup_elem(&endpoints, &eid);
@@ -1978,8 +2444,14 @@ int from_network(struct __sk_buff *skb)
 			port = ep->ports[off].port;
 		}
 		peer = wire_endpoint(p.saddr, p.sport, mask, &pid);
-		if (!peer)
+		if (!peer) {
+			/* An outside client's flow, from a gateway. */
+			if (p.proto != IPPROTO_ICMP &&
+			    in_gateway(get_gateway(), cfg, p.sport) &&
+			    outside_kind(p.saddr) == OUTSIDE_LOCATOR)
+				return ingress_back(skb, &p, ep, eid, off);
 			return drop(DROP_UNKNOWN_PEER);
+		}
 		off = p.sport - peer->wire_base;
 		if (off < peer->nports)
 			return drop(DROP_UNKNOWN_PEER);

@@ -56,7 +56,9 @@ enum drop_reason {
 	DROP_TTL = 14,            /* TTL would reach 0 in our hop */
 	DROP_STALE_WIRE = 15,     /* wire port of ours that no local endpoint holds */
 	DROP_EGRESS_DENIED = 16,  /* the network may not reach that outside address */
-	DROP_REASONS = 17,
+	DROP_TOO_BIG = 17,        /* ingress: the client's address would make
+				   * the packet too big for the uplink */
+	DROP_REASONS = 18,
 };
 
 /* DROP_SLOTS is the size of the drops map: room for new reasons without a
@@ -158,10 +160,21 @@ enum ct_dir {
 			* offset) */
 };
 
+/* GATEWAY_ID is the conntrack scope of this server's gateway: the client,
+ * as its server sees it, of every flow an outside client opens to a
+ * published port of this server. No endpoint has this id. */
+#define GATEWAY_ID 0xffffffff
+
 /* ct_entry.kind: where a flow goes. */
 enum ct_kind {
 	CT_KIND_SERVICE = 0, /* to a backend of a daoli service */
 	CT_KIND_EGRESS = 1,  /* to an address outside every daoli network */
+	CT_KIND_INGRESS = 2, /* from an outside client to a published port:
+			      * scope GATEWAY_ID. In the CT_OUT entry, backend
+			      * is the backend's id; in the CT_REV entry, which
+			      * the backend's answers find, it is the client's
+			      * address (network order), client_port its port
+			      * and service_port the published port. */
 };
 
 /* ct_key names a flow on its client's server.
@@ -220,6 +233,73 @@ struct ct_entry {
 		     * are 0, the peer is in the key */
 	__u8 pad;
 	__u32 fin_in; /* TCP: sequence number just past the backend's FIN */
+};
+
+/* published_key names a published port of every server: a client
+ * outside that reaches any locator of a server at port over proto reaches
+ * the service the value (a struct service_key) names. */
+struct published_key {
+	__u16 port; /* host order */
+	__u8 proto;
+	__u8 pad;
+};
+
+/* gateway_settings says which wire block of every locator is its server's
+ * gateway block (key 0 only): the ports an ingress flow leaves the
+ * dialled server from, one per flow to a backend's port, as a client's
+ * wire block. base 0: no ingress. The same on every server. */
+struct gateway_settings {
+	__u16 base;
+	__u16 pad;
+};
+
+/* INGRESS_OPT is the IPv4 option the dialled server puts on an ingress
+ * flow's packets until the backend answers, so the backend's server knows
+ * the client: RFC 4727's experimental option 30 with the copy flag set,
+ * then the client's port and address. */
+#define INGRESS_OPT 0x9e
+#define INGRESS_OPT_LEN 8
+
+struct ingress_opt {
+	__u8 type; /* INGRESS_OPT */
+	__u8 len;  /* INGRESS_OPT_LEN */
+	__be16 port;
+	__be32 addr;
+};
+
+enum ingress_dir {
+	IN_FWD = 0,   /* from the gateway: (backend, gateway locator, gateway
+		       * port, the backend's port index) */
+	IN_REPLY = 1, /* from the backend: (backend, client address, client
+		       * port, the backend's port) */
+};
+
+/* ingress_key names an ingress flow on its backend's server, one way or
+ * the other (enum ingress_dir). Ports in host order. */
+struct ingress_key {
+	__u32 backend; /* endpoint id */
+	__u32 addr;    /* IN_FWD: the gateway's locator; IN_REPLY: the client */
+	__u16 port;    /* IN_FWD: the gateway port; IN_REPLY: the client's */
+	__u16 sport;   /* IN_FWD: the backend's port index; IN_REPLY: its port */
+	__u8 proto;
+	__u8 dir;
+	__u16 pad;
+};
+
+/* ingress_entry is what the backend's server knows of an ingress flow:
+ * who the client is, and where its gateway is. A flow whose backend is
+ * on the dialled server itself (local) has only an IN_REPLY entry, whose
+ * gateway_port is the published port and offset the flow's offset of the
+ * gateway block. */
+struct ingress_entry {
+	__u32 client;      /* network order */
+	__u32 gateway;     /* the dialled server's locator, network order */
+	__u16 client_port;
+	__u16 gateway_port;
+	__u16 index;  /* the backend's port index */
+	__u16 offset; /* local: the CT_REV offset of the gateway's flow */
+	__u8 local;
+	__u8 pad[3];
 };
 
 /* outside_key is an LPM key of the outside map: a prefix of addresses. */
@@ -361,6 +441,32 @@ struct {
 	__type(value, __u32); /* 1: allowed */
 	__uint(pinning, PIN_BY_NAME);
 } egress SEC(".maps");
+
+/* published: every server's published ports -> the service behind. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct published_key);
+	__type(value, struct service_key);
+	__uint(pinning, PIN_BY_NAME);
+} published SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct gateway_settings);
+	__uint(pinning, PIN_BY_NAME);
+} gateway SEC(".maps");
+
+/* ingress: the backend's side of ingress flows (see ingress_key). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct ingress_key);
+	__type(value, struct ingress_entry);
+	__uint(pinning, PIN_BY_NAME);
+} ingress SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
