@@ -81,6 +81,7 @@ left behind.`,
 			e, err := cl.Attach(ctx, agent.AttachRequest{
 				Netns: netns, Ifname: ifname, Network: spec.Network, IP: spec.IP, MAC: spec.MAC,
 				Name: spec.Name, Ports: spec.Ports, Mode: spec.Mode, Priority: spec.Priority,
+				Published: spec.Published,
 			})
 			if err != nil {
 				return err
@@ -99,6 +100,7 @@ left behind.`,
 	fl.StringArrayVar(&ep.ports, "port", nil, "a port it serves, PORT[/tcp|/udp]; repeat for more")
 	fl.StringVar(&ep.mode, "mode", "balance", "balance or failover, for the services it serves")
 	fl.Uint16Var(&ep.priority, "priority", 0, "failover priority: the active backend of highest priority serves")
+	fl.StringArrayVarP(&ep.published, "publish", "p", nil, "publish a port to clients outside the cluster on every server, HOSTPORT:PORT[/tcp|/udp]; repeat for more")
 	return cmd
 }
 

@@ -20,6 +20,7 @@ func newEndpointCmd(a *app) *cobra.Command {
 		newEndpointShowCmd(a),
 		newEndpointRmCmd(a),
 		newEndpointMoveCmd(a),
+		newEndpointPublishCmd(a),
 		newEndpointStateCmd(a, mapper.Down),
 		newEndpointStateCmd(a, mapper.Active),
 	)
@@ -29,7 +30,7 @@ func newEndpointCmd(a *app) *cobra.Command {
 // endpointAddFlags are the flags of "endpoint add".
 type endpointAddFlags struct {
 	network, ip, mac, name, server, iface string
-	ports                                 []string
+	ports, published                      []string
 	mode                                  string
 	priority                              uint16
 }
@@ -52,6 +53,9 @@ func (f *endpointAddFlags) spec() (mapper.EndpointSpec, error) {
 		return mapper.EndpointSpec{}, err
 	}
 	if spec.Mode, err = parseModeFlag("mode", f.mode); err != nil {
+		return mapper.EndpointSpec{}, err
+	}
+	if spec.Published, err = parsePublishedFlag("publish", f.published); err != nil {
 		return mapper.EndpointSpec{}, err
 	}
 	return spec, nil
@@ -91,6 +95,7 @@ service must agree on the mode.`,
 	fl.StringSliceVar(&f.ports, "port", nil, "a port served, as PORT[/tcp|/udp]; repeat or separate with commas for more")
 	fl.StringVar(&f.mode, "mode", string(mapper.Balance), "how a service spreads flows over its backends: balance or failover")
 	fl.Uint16Var(&f.priority, "priority", 0, "preference among failover backends; the highest active one gets the traffic")
+	fl.StringSliceVarP(&f.published, "publish", "p", nil, "publish a port to clients outside the cluster on every server, HOSTPORT:PORT[/tcp|/udp]")
 	for _, name := range []string{"network", "ip", "server"} {
 		cmd.MarkFlagRequired(name)
 	}
@@ -218,6 +223,44 @@ func endpointMove(ctx context.Context, s *session, ref, to, iface string) error 
 		return fmt.Errorf("moved endpoint %s to %s, but reading it back: %w", ref, to, err)
 	}
 	return printEndpointDetail(s.out, d)
+}
+
+func newEndpointPublishCmd(a *app) *cobra.Command {
+	var none bool
+	cmd := &cobra.Command{
+		Use:   "publish ID|NAME HOSTPORT:PORT[/tcp|/udp]... | --none",
+		Short: "Publish ports of an endpoint to clients outside the cluster, on every server",
+		Long: `Publish ports of an endpoint: a client outside the cluster that dials
+any server's address at HOSTPORT reaches the service the endpoint serves
+on PORT (balanced or failed over, as inside the cluster), and the backend
+sees the client's own address. The list replaces what the endpoint
+published; --none clears it. A host port leads to one service: the
+endpoints of that service (replicas, a backup) may all publish it, and
+should, so that it stays published when one of them is removed.`,
+		Example: `  daoli endpoint publish web-1 8080:80
+  daoli endpoint publish dns-1 5353:53/udp 8053:53/tcp
+  daoli endpoint publish web-1 --none`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: a.withClient(func(ctx context.Context, s *session, args []string) error {
+			if none != (len(args) == 1) {
+				return errors.New("publish: give ports to publish, or --none to publish none")
+			}
+			ps, err := parsePublishedFlag("port", args[1:])
+			if err != nil {
+				return err
+			}
+			if _, err := s.cl.SetPublished(ctx, args[0], ps); err != nil {
+				return err
+			}
+			d, err := s.cl.Endpoint(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			return printEndpointDetail(s.out, d)
+		}),
+	}
+	cmd.Flags().BoolVar(&none, "none", false, "publish no port")
+	return cmd
 }
 
 // newEndpointStateCmd returns "endpoint down" or "endpoint up".

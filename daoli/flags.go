@@ -94,6 +94,18 @@ func parsePortsFlag(flag string, ss []string) ([]mapper.PortSpec, error) {
 	return out, nil
 }
 
+func parsePublishedFlag(flag string, ss []string) ([]mapper.PublishedPort, error) {
+	var out []mapper.PublishedPort
+	for _, s := range ss {
+		p, err := mapper.ParsePublishedPort(s)
+		if err != nil {
+			return nil, badFlag(flag, s, err)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
 func parseModeFlag(flag, s string) (mapper.Mode, error) {
 	switch m := mapper.Mode(strings.ToLower(s)); m {
 	case mapper.Balance, mapper.Failover:

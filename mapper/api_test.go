@@ -98,7 +98,7 @@ func TestAPIRoundTrip(t *testing.T) {
 		created = append(created, must[mapper.Endpoint](t)(c.CreateEndpoint(ctx, web(fmt.Sprintf("web%d", i), srv))))
 	}
 	alloc := must[mapper.Allocation](t)(c.Allocation(ctx))
-	if want := (mapper.Allocation{BlockSize: 256, WirePorts: mapper.DefaultWirePorts, IdentityPorts: mapper.DefaultIdentityPorts}); alloc != want {
+	if want := (mapper.Allocation{BlockSize: 256, WirePorts: mapper.DefaultWirePorts, IdentityPorts: mapper.DefaultIdentityPorts, GatewayBase: 32512}); alloc != want {
 		t.Errorf("allocation: %+v, want %+v", alloc, want)
 	}
 	d := must[mapper.EndpointDetail](t)(c.Endpoint(ctx, "web2"))

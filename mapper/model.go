@@ -227,16 +227,17 @@ type Endpoint struct {
 	// Identity is the block peers see as this endpoint's client ports. It
 	// is unique among endpoints sharing (network, IP) and never changes.
 	Identity Block `json:"identity_block"`
-	// Published are ports of the endpoint's server that lead to ports it
-	// serves (docker run -p 8080:80), each unique on the server. They
-	// follow the endpoint when it moves. The dataplane does not serve
-	// them yet: they are recorded for orchestrators and operators.
+	// Published are ports of every server that lead to ports it serves
+	// (docker run -p 8080:80): a client outside the cluster that dials
+	// any server's address at HostPort reaches the service. One host
+	// port leads to one service cluster-wide; its endpoints may all
+	// publish it.
 	Published []PublishedPort `json:"published,omitempty"`
 }
 
-// PublishedPort is one published port: HostPort on the endpoint's server
-// leads to Port, one of the ports the endpoint serves, over Protocol. Its
-// text form is "8080->80/tcp".
+// PublishedPort is one published port: HostPort of every server leads to
+// Port, one of the ports the endpoint serves, over Protocol. Its text
+// form is "8080->80/tcp".
 type PublishedPort struct {
 	HostPort uint16   `json:"host_port"`
 	Port     uint16   `json:"port"`
@@ -245,6 +246,29 @@ type PublishedPort struct {
 
 func (p PublishedPort) String() string {
 	return strconv.Itoa(int(p.HostPort)) + "->" + strconv.Itoa(int(p.Port)) + "/" + string(p.Protocol)
+}
+
+// ParsePublishedPort parses "8080:80", "8080:80/udp" (Docker's -p) or
+// "8080->80/tcp" (the text form); a lone "8080" publishes port 8080 on
+// 8080. The protocol defaults to tcp.
+func ParsePublishedPort(s string) (PublishedPort, error) {
+	host, port, found := strings.Cut(s, "->")
+	if !found {
+		host, port, found = strings.Cut(s, ":")
+	}
+	spec, err := ParsePortSpec(port)
+	if !found {
+		host, _, _ = strings.Cut(s, "/")
+		spec, err = ParsePortSpec(s)
+	}
+	if err != nil {
+		return PublishedPort{}, fmt.Errorf("published port %q: %w", s, err)
+	}
+	h, err := strconv.ParseUint(host, 10, 16)
+	if err != nil || h == 0 {
+		return PublishedPort{}, fmt.Errorf("published port %q: host port %q: want HOSTPORT:PORT[/tcp|/udp] with ports from 1 to 65535", s, host)
+	}
+	return PublishedPort{HostPort: uint16(h), Port: spec.Port, Protocol: spec.Protocol}, nil
 }
 
 // Ref is how the CLI names an endpoint: its name, else its ID.

@@ -46,9 +46,23 @@ func membersKey(net uint32, ip netip.Addr) string {
 	return fmt.Sprintf("%smembers/%d/%s", idxPrefix, net, ip)
 }
 func ifaceKey(server, iface string) string { return idxPrefix + "interface/" + server + "/" + iface }
-func publishedKey(server string, proto Protocol, hostPort uint16) string {
-	return fmt.Sprintf("%spublished/%s/%s/%d", idxPrefix, server, proto, hostPort)
+
+// hostPortKey names a published port of the cluster. (Before ports were
+// published on every server, the index was per server, under
+// published/SERVER/; those keys are no longer read.)
+func hostPortKey(proto Protocol, hostPort uint16) string {
+	return fmt.Sprintf("%shostport/%s/%d", idxPrefix, proto, hostPort)
 }
+
+// hostPortIndex records the service a published port leads to and the
+// endpoints that publish it.
+type hostPortIndex struct {
+	NetworkID uint32     `json:"network_id"`
+	IP        netip.Addr `json:"ip"`
+	Port      uint16     `json:"port"`
+	Endpoints []uint32   `json:"endpoints"`
+}
+
 func serviceKey(net uint32, ip netip.Addr, p PortSpec) string {
 	return fmt.Sprintf("%sservice/%d/%s/%s/%d", idxPrefix, net, ip, p.Protocol, p.Port)
 }
@@ -100,6 +114,11 @@ type Registry struct {
 	now  func() time.Time
 	wire PortRange
 	id   PortRange
+	// gateway is the base of the last block of the wire range, every
+	// server's gateway block (ingress flows leave a server from it);
+	// blocks is the rest, what endpoints' wire blocks are taken from.
+	gateway uint16
+	blocks  PortRange
 }
 
 // New returns a registry over cfg.Store.
@@ -129,6 +148,9 @@ func New(cfg Config) (*Registry, error) {
 			return nil, fmt.Errorf("new registry: %s port range %s holds no aligned block of %d ports", r.name, r.r, cfg.BlockSize)
 		}
 	}
+	if cfg.WirePorts.blocks(cfg.BlockSize) < 2 {
+		return nil, fmt.Errorf("new registry: wire port range %s holds one aligned block of %d ports: want two or more, the last is the servers' gateway block", cfg.WirePorts, cfg.BlockSize)
+	}
 	if cfg.WirePorts.First <= cfg.IdentityPorts.Last && cfg.IdentityPorts.First <= cfg.WirePorts.Last {
 		return nil, fmt.Errorf("new registry: wire ports %s overlap identity ports %s", cfg.WirePorts, cfg.IdentityPorts)
 	}
@@ -136,7 +158,10 @@ func New(cfg Config) (*Registry, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Registry{st: cfg.Store, cfg: cfg, log: log, now: time.Now, wire: cfg.WirePorts, id: cfg.IdentityPorts}, nil
+	r := &Registry{st: cfg.Store, cfg: cfg, log: log, now: time.Now, wire: cfg.WirePorts, id: cfg.IdentityPorts}
+	r.gateway = uint16((uint32(cfg.WirePorts.Last)+1)/uint32(cfg.BlockSize)*uint32(cfg.BlockSize) - uint32(cfg.BlockSize))
+	r.blocks = PortRange{First: cfg.WirePorts.First, Last: r.gateway - 1}
+	return r, nil
 }
 
 // fixBlockSize returns the registry's block size: the stored one, or want
@@ -185,17 +210,21 @@ type Allocation struct {
 	BlockSize     uint16    `json:"block_size"`
 	WirePorts     PortRange `json:"wire_ports"`
 	IdentityPorts PortRange `json:"identity_ports"`
+	// GatewayBase is the first port of every server's gateway block: the
+	// last block of WirePorts, which no endpoint gets. Ingress flows
+	// leave the server a client dialled from its ports.
+	GatewayBase uint16 `json:"gateway_base"`
 }
 
 // Allocation returns the registry's allocation settings.
 func (r *Registry) Allocation() Allocation {
-	return Allocation{BlockSize: r.cfg.BlockSize, WirePorts: r.wire, IdentityPorts: r.id}
+	return Allocation{BlockSize: r.cfg.BlockSize, WirePorts: r.wire, IdentityPorts: r.id, GatewayBase: r.gateway}
 }
 
 // Capacity says how many blocks one locator address and one (network, IP)
 // hold with the current configuration.
 func (r *Registry) Capacity() (wirePerAddr, identityPerIP int) {
-	return r.wire.blocks(r.cfg.BlockSize), r.id.blocks(r.cfg.BlockSize)
+	return r.blocks.blocks(r.cfg.BlockSize), r.id.blocks(r.cfg.BlockSize)
 }
 
 // tx wraps an STM with JSON helpers. A decoding failure means the store
@@ -504,6 +533,9 @@ type EndpointSpec struct {
 	Mode      Mode       `json:"mode,omitempty"`
 	Priority  uint16     `json:"priority,omitempty"`
 	State     State      `json:"state,omitempty"`
+	// Published are ports every server serves to clients outside the
+	// cluster, leading to ports the endpoint serves (see SetPublished).
+	Published []PublishedPort `json:"published,omitempty"`
 }
 
 // check validates what can be validated without the registry's state.
@@ -561,6 +593,37 @@ func (r *Registry) check(spec *EndpointSpec) error {
 	case Active, Down:
 	default:
 		return invalid("state", "unknown state %q, want active or down", spec.State)
+	}
+	if err := r.checkPublished(spec.Published); err != nil {
+		return err
+	}
+	for i, p := range spec.Published {
+		if !slices.Contains(spec.Ports, PortSpec{Port: p.Port, Protocol: p.Protocol}) {
+			return invalid(fmt.Sprintf("published[%d].port", i), "the endpoint does not serve %d/%s (it serves %v)", p.Port, p.Protocol, spec.Ports)
+		}
+	}
+	return nil
+}
+
+// checkPublished validates published ports without the registry's state.
+func (r *Registry) checkPublished(ps []PublishedPort) error {
+	for i, p := range ps {
+		f := fmt.Sprintf("published[%d]", i)
+		switch {
+		case p.HostPort == 0:
+			return invalid(f+".host_port", "want a port from 1 to 65535")
+		case p.Port == 0:
+			return invalid(f+".port", "want a port from 1 to 65535")
+		case p.Protocol != TCP && p.Protocol != UDP:
+			return invalid(f+".protocol", "unknown protocol %q, want tcp or udp", p.Protocol)
+		case r.wire.First <= p.HostPort && p.HostPort <= r.wire.Last:
+			return invalid(f+".host_port", "%d is inside the wire range %s, which belongs to the dataplane", p.HostPort, r.wire)
+		}
+		for j, q := range ps[:i] {
+			if q.HostPort == p.HostPort && q.Protocol == p.Protocol {
+				return invalid(f+".host_port", "%d/%s is also published[%d]", p.HostPort, p.Protocol, j)
+			}
+		}
 	}
 	return nil
 }
@@ -735,6 +798,12 @@ func (r *Registry) create(t tx, spec *EndpointSpec) (Endpoint, error) {
 		t.put(ifaceKey(e.Server, e.Interface), id)
 	}
 	t.put(membersKey(n.ID, e.IP), append(members, id))
+	if len(spec.Published) > 0 {
+		e.Published = slices.Clone(spec.Published)
+		if err := takePublished(t, &e, e.Published); err != nil {
+			return Endpoint{}, err
+		}
+	}
 	t.put(endpointKey(id), e)
 	return e, nil
 }
@@ -745,7 +814,7 @@ func (r *Registry) allocWire(t tx, srv *Server, id uint32) (Block, error) {
 	held := 0
 	for _, ip := range srv.IPs {
 		bt := t.slots(wireKey(ip))
-		if base, ok := bt.take(r.wire, r.cfg.BlockSize); ok {
+		if base, ok := bt.take(r.blocks, r.cfg.BlockSize); ok {
 			t.putSlots(wireKey(ip), bt)
 			return Block{Addr: ip, Base: base, Size: r.cfg.BlockSize}, nil
 		}
@@ -753,7 +822,7 @@ func (r *Registry) allocWire(t tx, srv *Server, id uint32) (Block, error) {
 	}
 	return Block{}, fieldErr("server", ErrPortSpaceFull,
 		"server %s has no free wire block of %d ports in %s on its %d addresses (%d endpoints hold blocks); add a locator address",
-		srv.Name, r.cfg.BlockSize, r.wire, len(srv.IPs), held)
+		srv.Name, r.cfg.BlockSize, r.blocks, len(srv.IPs), held)
 }
 
 func (r *Registry) freeWire(t tx, e *Endpoint) {
@@ -843,9 +912,7 @@ func (r *Registry) remove(t tx, e *Endpoint) {
 	} else {
 		t.put(membersKey(e.NetworkID, e.IP), members)
 	}
-	for _, p := range e.Published {
-		t.Del(publishedKey(e.Server, p.Protocol, p.HostPort))
-	}
+	releasePublished(t, e)
 	t.Del(endpointKey(e.ID))
 }
 
@@ -893,28 +960,15 @@ type PublishedRequest struct {
 	Published []PublishedPort `json:"published"`
 }
 
-// SetPublished replaces the ports an endpoint publishes on its server
-// (none: an empty list). Each must lead to a port the endpoint serves,
-// lie outside the wire range (those ports are the dataplane's), and be
-// free on the server.
+// SetPublished replaces the ports an endpoint publishes (none: an empty
+// list). Every server serves them, to clients outside the cluster. Each
+// must lead to a port the endpoint serves, lie outside the wire range
+// (those ports are the dataplane's), and lead nowhere else: endpoints of
+// one service may publish the same port, endpoints of different services
+// may not.
 func (r *Registry) SetPublished(ctx context.Context, ref string, ps []PublishedPort) (Endpoint, error) {
-	for i, p := range ps {
-		f := fmt.Sprintf("published[%d]", i)
-		switch {
-		case p.HostPort == 0:
-			return Endpoint{}, invalid(f+".host_port", "want a port from 1 to 65535")
-		case p.Port == 0:
-			return Endpoint{}, invalid(f+".port", "want a port from 1 to 65535")
-		case p.Protocol != TCP && p.Protocol != UDP:
-			return Endpoint{}, invalid(f+".protocol", "unknown protocol %q, want tcp or udp", p.Protocol)
-		case r.wire.First <= p.HostPort && p.HostPort <= r.wire.Last:
-			return Endpoint{}, invalid(f+".host_port", "%d is inside the wire range %s, which belongs to the dataplane", p.HostPort, r.wire)
-		}
-		for j, q := range ps[:i] {
-			if q.HostPort == p.HostPort && q.Protocol == p.Protocol {
-				return Endpoint{}, invalid(f+".host_port", "%d/%s is also published[%d]", p.HostPort, p.Protocol, j)
-			}
-		}
+	if err := r.checkPublished(ps); err != nil {
+		return Endpoint{}, err
 	}
 	var e Endpoint
 	_, err := r.update(ctx, func(t tx) error {
@@ -927,10 +981,8 @@ func (r *Registry) SetPublished(ctx context.Context, ref string, ps []PublishedP
 				return invalid(fmt.Sprintf("published[%d].port", i), "endpoint %s does not serve %d/%s (it serves %v)", ref, p.Port, p.Protocol, e.Ports)
 			}
 		}
-		for _, p := range e.Published {
-			t.Del(publishedKey(e.Server, p.Protocol, p.HostPort))
-		}
-		if err := takePublished(t, e.Server, e.ID, ps); err != nil {
+		releasePublished(t, &e)
+		if err := takePublished(t, &e, ps); err != nil {
 			return err
 		}
 		e.Published = slices.Clone(ps)
@@ -946,18 +998,49 @@ func (r *Registry) SetPublished(ctx context.Context, ref string, ps []PublishedP
 	return e, nil
 }
 
-// takePublished records that endpoint id publishes ps on server, or names
-// the first host port another endpoint there already publishes.
-func takePublished(t tx, server string, id uint32, ps []PublishedPort) error {
+// takePublished records that endpoint e publishes ps, or names the first
+// host port that leads to another service. Every server serves a
+// published port, so one port leads to one service cluster-wide; the
+// endpoints of that service (replicas, a backup) may all publish it.
+func takePublished(t tx, e *Endpoint, ps []PublishedPort) error {
 	for i, p := range ps {
-		var other uint32
-		if t.get(publishedKey(server, p.Protocol, p.HostPort), &other) && other != id {
+		var idx hostPortIndex
+		k := hostPortKey(p.Protocol, p.HostPort)
+		if t.get(k, &idx) && len(idx.Endpoints) > 0 &&
+			(idx.NetworkID != e.NetworkID || idx.IP != e.IP || idx.Port != p.Port) {
+			var other Endpoint
+			t.get(endpointKey(idx.Endpoints[0]), &other)
 			return fieldErr(fmt.Sprintf("published[%d].host_port", i), ErrConflict,
-				"%d/%s on server %s is already published by endpoint %d", p.HostPort, p.Protocol, server, other)
+				"%d/%s already leads to %s/%s (published by endpoint %s); a published port is served by every server, so it leads to one service",
+				p.HostPort, p.Protocol, other.Network, netip.AddrPortFrom(idx.IP, idx.Port), other.Ref())
 		}
-		t.put(publishedKey(server, p.Protocol, p.HostPort), id)
+		if len(idx.Endpoints) == 0 {
+			idx = hostPortIndex{NetworkID: e.NetworkID, IP: e.IP, Port: p.Port}
+		}
+		if !slices.Contains(idx.Endpoints, e.ID) {
+			idx.Endpoints = append(idx.Endpoints, e.ID)
+		}
+		t.put(k, idx)
 	}
 	return nil
+}
+
+// releasePublished removes endpoint e from the index of the ports it
+// publishes.
+func releasePublished(t tx, e *Endpoint) {
+	for _, p := range e.Published {
+		var idx hostPortIndex
+		k := hostPortKey(p.Protocol, p.HostPort)
+		if !t.get(k, &idx) {
+			continue
+		}
+		idx.Endpoints = slices.DeleteFunc(idx.Endpoints, func(id uint32) bool { return id == e.ID })
+		if len(idx.Endpoints) == 0 {
+			t.Del(k)
+		} else {
+			t.put(k, idx)
+		}
+	}
 }
 
 // move puts endpoint e on srv, through iface, inside a transaction.
@@ -965,12 +1048,6 @@ func (r *Registry) move(t tx, e *Endpoint, srv *Server, iface string) error {
 	var err error
 	r.freeWire(t, e)
 	if e.Wire, err = r.allocWire(t, srv, e.ID); err != nil {
-		return err
-	}
-	for _, p := range e.Published {
-		t.Del(publishedKey(e.Server, p.Protocol, p.HostPort))
-	}
-	if err := takePublished(t, srv.Name, e.ID, e.Published); err != nil {
 		return err
 	}
 	setIface(t, e, srv.Name, iface)

@@ -303,9 +303,10 @@ func TestSharedIPAllocation(t *testing.T) {
 }
 
 func TestPortSpaceFull(t *testing.T) {
-	// Two wire blocks per address, three identity blocks per IP.
+	// Two wire blocks per address (and the gateway block), three identity
+	// blocks per IP.
 	reg, _ := newRegistry(t, mapper.Config{BlockSize: 16,
-		WirePorts: mapper.PortRange{First: 20000, Last: 20031}, IdentityPorts: mapper.PortRange{First: 40000, Last: 40047}})
+		WirePorts: mapper.PortRange{First: 20000, Last: 20047}, IdentityPorts: mapper.PortRange{First: 40000, Last: 40047}})
 	world(t, reg)
 	for i := 0; i < 2; i++ {
 		must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, web("", "s1")))
@@ -556,8 +557,9 @@ func TestConfigValidation(t *testing.T) {
 	}
 }
 
-// TestPublished: the ports an endpoint publishes on its server are
-// checked, unique on the server, follow a move and are freed on removal.
+// TestPublished: the ports an endpoint publishes on every server are
+// checked, lead to one service cluster-wide (its replicas may share
+// them), stay through a move and are freed on removal.
 func TestPublished(t *testing.T) {
 	reg, _ := newRegistry(t, mapper.Config{})
 	world(t, reg)
@@ -581,6 +583,12 @@ func TestPublished(t *testing.T) {
 		t.Errorf("stored endpoint %+v: want 2 published ports and the same wire block", e)
 	}
 
+	// Another service, on another IP.
+	dbSpec := web("db", "s2")
+	dbSpec.IP = ip("10.1.0.6")
+	dbSpec.Ports = append(dbSpec.Ports, mapper.PortSpec{Port: 80, Protocol: mapper.UDP})
+	must[mapper.Endpoint](t)(reg.CreateEndpoint(ctx, dbSpec))
+
 	tests := []struct {
 		name     string
 		ref      string
@@ -594,39 +602,46 @@ func TestPublished(t *testing.T) {
 		{"protocol", "web2", []mapper.PublishedPort{pub(8081, 80, "sctp")}, mapper.ErrInvalid, "published[0].protocol", "sctp"},
 		{"not served", "web2", []mapper.PublishedPort{pub(8081, 81, mapper.TCP)}, mapper.ErrInvalid, "published[0].port", "does not serve 81/tcp"},
 		{"wire range", "web2", []mapper.PublishedPort{pub(16400, 80, mapper.TCP)}, mapper.ErrInvalid, "published[0].host_port", "wire range"},
+		{"gateway block", "web2", []mapper.PublishedPort{pub(32600, 80, mapper.TCP)}, mapper.ErrInvalid, "published[0].host_port", "wire range"},
 		{"twice", "web2", []mapper.PublishedPort{pub(8081, 80, mapper.TCP), pub(8081, 80, mapper.TCP)}, mapper.ErrInvalid, "published[1].host_port", "also published[0]"},
-		{"taken on the server", "web2", []mapper.PublishedPort{pub(8080, 80, mapper.TCP)}, mapper.ErrConflict, "published[0].host_port", "already published by endpoint 1"},
+		{"another service", "db", []mapper.PublishedPort{pub(8080, 80, mapper.TCP)}, mapper.ErrConflict, "published[0].host_port", "already leads to net1/10.1.0.5:80 (published by endpoint web1)"},
+		{"another port", "web2", []mapper.PublishedPort{pub(5353, 80, mapper.UDP)}, mapper.ErrInvalid, "published[0].port", "does not serve 80/udp"},
 		{"unknown endpoint", "nope", nil, mapper.ErrNotFound, "", "not found"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			before := must[mapper.Endpoint](t)(reg.Endpoint(ctx, "db"))
 			_, err := reg.SetPublished(ctx, tt.ref, tt.ps)
 			wantErr(t, err, tt.sentinel, tt.field, tt.fragment)
+			if after := must[mapper.Endpoint](t)(reg.Endpoint(ctx, "db")); len(after.Published) != len(before.Published) {
+				t.Errorf("a refused publish changed db's ports: %v", after.Published)
+			}
 		})
 	}
-	// The same host port over another protocol, or on another server, is
-	// free.
+	// Replicas of one service, on any server, publish the same port; the
+	// same host port over another protocol leads elsewhere.
+	must[mapper.Endpoint](t)(reg.SetPublished(ctx, "web2", []mapper.PublishedPort{pub(8080, 80, mapper.TCP)}))
 	must[mapper.Endpoint](t)(reg.SetPublished(ctx, "web3", []mapper.PublishedPort{pub(8080, 80, mapper.TCP)}))
+	must[mapper.Endpoint](t)(reg.SetPublished(ctx, "db", []mapper.PublishedPort{pub(8080, 80, mapper.UDP)}))
+	_, err := reg.SetPublished(ctx, "db", []mapper.PublishedPort{pub(5353, 80, mapper.UDP)})
+	wantErr(t, err, mapper.ErrConflict, "published[0].host_port", "5353/udp already leads to net1/10.1.0.5:53")
 
-	// A move takes the published ports along, and is refused where they
-	// are taken.
-	_, err := reg.MoveEndpoint(ctx, "web1", "s2", "")
-	wantErr(t, err, mapper.ErrConflict, "published[0].host_port", "8080/tcp on server s2 is already published by endpoint 3")
-	must[mapper.Endpoint](t)(reg.SetPublished(ctx, "web3", nil))
+	// A move keeps the published ports: they are the cluster's.
 	moved := must[mapper.Endpoint](t)(reg.MoveEndpoint(ctx, "web1", "s2", ""))
 	if len(moved.Published) != 2 {
 		t.Errorf("moved endpoint publishes %v, want both ports", moved.Published)
 	}
-	// Free on s1 now, taken on s2.
-	must[mapper.Endpoint](t)(reg.SetPublished(ctx, "web2", []mapper.PublishedPort{pub(8080, 80, mapper.TCP)}))
-	_, err = reg.SetPublished(ctx, "web3", []mapper.PublishedPort{pub(8080, 80, mapper.TCP)})
-	wantErr(t, err, mapper.ErrConflict, "published[0].host_port", "already published by endpoint 1")
 
-	// Removing the endpoint frees its host ports.
+	// The port leads to the service while any endpoint publishes it.
 	must[mapper.Endpoint](t)(reg.DeleteEndpoint(ctx, "web1"))
-	must[mapper.Endpoint](t)(reg.SetPublished(ctx, "web3", []mapper.PublishedPort{pub(8080, 80, mapper.TCP)}))
-	if e := must[mapper.Endpoint](t)(reg.SetPublished(ctx, "web3", nil)); e.Published != nil {
-		t.Errorf("after clearing: %v", e.Published)
+	must[mapper.Endpoint](t)(reg.SetPublished(ctx, "web2", nil))
+	_, err = reg.SetPublished(ctx, "db", []mapper.PublishedPort{pub(8080, 80, mapper.TCP)})
+	wantErr(t, err, mapper.ErrConflict, "published[0].host_port", "published by endpoint web3")
+	must[mapper.Endpoint](t)(reg.SetPublished(ctx, "web3", nil))
+	must[mapper.Endpoint](t)(reg.SetPublished(ctx, "db", []mapper.PublishedPort{pub(8080, 80, mapper.TCP)}))
+	// 5353/udp went with web1.
+	if e := must[mapper.Endpoint](t)(reg.SetPublished(ctx, "db", []mapper.PublishedPort{pub(8080, 80, mapper.TCP), pub(5353, 80, mapper.UDP)})); len(e.Published) != 2 {
+		t.Errorf("db publishes %v, want 8080 and 5353", e.Published)
 	}
 }
 

@@ -40,6 +40,10 @@ type PlaceRequest struct {
 	Priority    uint16      `json:"priority,omitempty"`
 	State       State       `json:"state,omitempty"`
 	Constraints Constraints `json:"constraints,omitzero"`
+	// HostPort, when not 0, is published by every replica: a client
+	// outside the cluster reaches the service at HostPort of any
+	// server.
+	HostPort uint16 `json:"host_port,omitempty"`
 }
 
 // ScaleRequest sets a service's number of replicas.
@@ -75,6 +79,7 @@ type ScheduledService struct {
 	Priority    uint16      `json:"priority"`
 	State       State       `json:"state"`
 	Constraints Constraints `json:"constraints"`
+	HostPort    uint16      `json:"host_port,omitempty"`
 	Replicas    []Placement `json:"replicas"`
 }
 
@@ -86,6 +91,7 @@ type schedRecord struct {
 	Priority    uint16      `json:"priority"`
 	State       State       `json:"state"`
 	Constraints Constraints `json:"constraints"`
+	HostPort    uint16      `json:"host_port,omitempty"`
 	Endpoints   []uint32    `json:"endpoints"`
 	Next        int         `json:"next"` // the index of the next replica's name
 }
@@ -153,7 +159,7 @@ func (s *schedTx) replicas() []Endpoint {
 
 func (s *schedTx) view() ScheduledService {
 	v := ScheduledService{ServiceKey: s.k, Name: s.rec.Name, Mode: s.rec.Mode, Priority: s.rec.Priority,
-		State: s.rec.State, Constraints: s.rec.Constraints, Replicas: []Placement{}}
+		State: s.rec.State, Constraints: s.rec.Constraints, HostPort: s.rec.HostPort, Replicas: []Placement{}}
 	for _, e := range s.replicas() {
 		var srv Server
 		s.t.get(serverKey(e.Server), &srv)
@@ -192,7 +198,7 @@ func (s *schedTx) choose(not string) (Server, error) {
 		for _, ip := range srv.IPs {
 			bt := s.t.slots(wireKey(ip))
 			used += bt.count()
-			free = free || bt.takeable(s.r.wire, s.r.cfg.BlockSize)
+			free = free || bt.takeable(s.r.blocks, s.r.cfg.BlockSize)
 		}
 		if free {
 			cands = append(cands, candidate{srv: srv, mine: mine[srv.Name], used: used})
@@ -226,6 +232,16 @@ func (s *schedTx) add() error {
 	e, err := s.r.create(s.t, &spec)
 	if err != nil {
 		return schedField(err)
+	}
+	if s.rec.HostPort != 0 {
+		e.Published = []PublishedPort{{HostPort: s.rec.HostPort, Port: s.k.Port, Protocol: s.k.Protocol}}
+		if err := takePublished(s.t, &e, e.Published); err != nil {
+			if fe, ok := err.(*FieldError); ok {
+				fe.Field = "host_port"
+			}
+			return err
+		}
+		s.t.put(endpointKey(e.ID), e)
 	}
 	s.rec.Endpoints = append(s.rec.Endpoints, e.ID)
 	return nil
@@ -310,9 +326,12 @@ func (r *Registry) PlaceService(ctx context.Context, k ServiceKey, req PlaceRequ
 	if req.State != Active && req.State != Down {
 		return ScheduledService{}, false, fmt.Errorf("place service: %w", invalid("state", "unknown state %q, want active or down", req.State))
 	}
+	if req.HostPort != 0 && r.wire.First <= req.HostPort && req.HostPort <= r.wire.Last {
+		return ScheduledService{}, false, fmt.Errorf("place service: %w", invalid("host_port", "%d is inside the wire range %s, which belongs to the dataplane", req.HostPort, r.wire))
+	}
 	v, err := r.sched(ctx, "place service", k, func(s *schedTx, ok bool) error {
 		created = false
-		want := schedRecord{Name: req.Name, Mode: req.Mode, Priority: req.Priority, State: req.State, Constraints: req.Constraints}
+		want := schedRecord{Name: req.Name, Mode: req.Mode, Priority: req.Priority, State: req.State, Constraints: req.Constraints, HostPort: req.HostPort}
 		if ok {
 			switch {
 			case s.rec.Name != want.Name:
@@ -326,6 +345,8 @@ func (r *Registry) PlaceService(ctx context.Context, k ServiceKey, req PlaceRequ
 			case !slices.Equal(s.rec.Constraints.Servers, want.Constraints.Servers) || !slices.Equal(s.rec.Constraints.Exclude, want.Constraints.Exclude) ||
 				s.rec.Constraints.MaxPerServer != want.Constraints.MaxPerServer:
 				return fieldErr("constraints", ErrConflict, "service %s is scheduled with constraints %+v", s.k, s.rec.Constraints)
+			case s.rec.HostPort != want.HostPort:
+				return fieldErr("host_port", ErrConflict, "service %s is scheduled with host port %d", s.k, s.rec.HostPort)
 			case len(s.rec.Endpoints) != int(req.Replicas):
 				return fieldErr("replicas", ErrConflict, "service %s has %d replicas; POST .../scale changes that", s.k, len(s.rec.Endpoints))
 			}

@@ -26,7 +26,7 @@ func schedWorld(t *testing.T, blocks int) (*mapper.Client, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg := must[*mapper.Registry](t)(mapper.New(mapper.Config{Store: st, WirePorts: mapper.PortRange{First: 16384, Last: uint16(16384 + 256*blocks - 1)}}))
+	reg := must[*mapper.Registry](t)(mapper.New(mapper.Config{Store: st, WirePorts: mapper.PortRange{First: 16384, Last: uint16(16384 + 256*(blocks+1) - 1)}}))
 	srv := httptest.NewServer(mapper.NewAPI(reg, nil))
 	t.Cleanup(func() { srv.Close(); st.Close() })
 	c := mapper.NewClient(srv.URL, nil)
@@ -156,6 +156,34 @@ func TestSchedulerScaleMoveRemove(t *testing.T) {
 	}
 }
 
+// TestSchedulerHostPort: every replica of a service placed with a host
+// port publishes it, a new replica too, and another service cannot take
+// it.
+func TestSchedulerHostPort(t *testing.T) {
+	c, _ := schedWorld(t, 4)
+	svc := must[mapper.ScheduledService](t)(c.PlaceService(ctx, webKey, mapper.PlaceRequest{Name: "web", Replicas: 2, HostPort: 8080}))
+	if svc.HostPort != 8080 {
+		t.Errorf("scheduled service: host port %d, want 8080", svc.HostPort)
+	}
+	must[mapper.ScheduledService](t)(c.ScaleService(ctx, webKey, 3))
+	eps := must[[]mapper.Endpoint](t)(c.Endpoints(ctx, "net1", ""))
+	if len(eps) != 3 {
+		t.Fatalf("%d endpoints, want 3", len(eps))
+	}
+	for _, e := range eps {
+		if fmt.Sprint(e.Published) != "[8080->80/tcp]" {
+			t.Errorf("replica %s publishes %v, want [8080->80/tcp]", e.Name, e.Published)
+		}
+	}
+	other := webKey
+	other.IP = netip.MustParseAddr("10.1.0.6")
+	_, err := c.PlaceService(ctx, other, mapper.PlaceRequest{Name: "db", Replicas: 1, HostPort: 8080})
+	wantAPIErr(t, err, mapper.ErrConflict, "host_port", "8080/tcp already leads to net1/10.1.0.5:80")
+	if eps := must[[]mapper.Endpoint](t)(c.Endpoints(ctx, "net1", "")); len(eps) != 3 {
+		t.Errorf("a refused placement left %d endpoints, want 3", len(eps))
+	}
+}
+
 // TestSchedulerAllOrNothing: when not every replica fits, none is placed.
 func TestSchedulerAllOrNothing(t *testing.T) {
 	c, _ := schedWorld(t, 1) // one wire block per server
@@ -204,6 +232,7 @@ func TestSchedulerRejectsBadInput(t *testing.T) {
 		{"scale unscheduled", "POST", svc + "/scale", `{"replicas":2}`, 404, "", "not scheduled"},
 		{"scale to 0", "POST", svc + "/scale", `{"replicas":0}`, 400, "replicas", "DELETE removes"},
 		{"move without replica", "POST", svc + "/move", `{}`, 400, "replica", "missing"},
+		{"host port in the wire range", "POST", svc, `{"name":"web","replicas":1,"host_port":16500}`, 400, "host_port", "inside the wire range"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

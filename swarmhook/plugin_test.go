@@ -336,13 +336,13 @@ func TestLifecycle(t *testing.T) {
 	if got := fmt.Sprint(f.endpoints("net1")[0].Published); got != "[8080->80/tcp]" {
 		t.Errorf("after ProgramExternalConnectivity the mapper endpoint publishes %s, want [8080->80/tcp] (53/udp has no host port)", got)
 	}
-	// Another container of this server may not publish 8080/tcp too.
+	// A container of another service may not publish 8080/tcp too.
 	if _, _, err := f.endpoint(pool, "n1", "e2bbbbbbbbbbbbbbbb", "10.1.0.6", map[string]any{optExposedPorts: []map[string]any{{"Proto": 6, "Port": 80}}}); err != nil {
 		t.Fatal(err)
 	}
 	err = f.call("NetworkDriver.ProgramExternalConnectivity", externalConnectivityRequest{NetworkID: "n1", EndpointID: "e2bbbbbbbbbbbbbbbb",
 		Options: map[string]any{optPortMap: []map[string]any{{"Proto": 6, "Port": 80, "HostPort": 8080}}}}, nil)
-	if err == nil || !strings.Contains(err.Error(), "8080/tcp on server server-a is already published") {
+	if err == nil || !strings.Contains(err.Error(), "8080/tcp already leads to net1/10.1.0.5:80") {
 		t.Errorf("second container publishing 8080: %v, want a refusal", err)
 	}
 	f.must("NetworkDriver.DeleteEndpoint", endpointRequest{NetworkID: "n1", EndpointID: "e2bbbbbbbbbbbbbbbb"}, nil)

@@ -389,6 +389,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	st := a.model.desired(a.cfg.Name, a.alloc.BlockSize, a.vethIndex)
 	st.WirePorts = dataplane.PortRange{First: a.alloc.WirePorts.First, Last: a.alloc.WirePorts.Last}
 	st.LocalIPs = a.ips
+	st.GatewayBase = a.alloc.GatewayBase
 	local := map[int]bool{}
 	for _, e := range st.Endpoints {
 		if e.Ifindex == 0 {
@@ -417,6 +418,7 @@ func (a *Agent) reconcile(ctx context.Context) error {
 	// An endpoint the dataplane refuses (the registry should have refused
 	// it first) must cost only itself, not every endpoint of the server.
 	for {
+		st.Published = servedPublished(st)
 		err := a.dp.Apply(st)
 		var bad *dataplane.InvalidEndpointError
 		if err == nil {

@@ -31,6 +31,9 @@ type AttachRequest struct {
 	Ports    []mapper.PortSpec `json:"ports,omitempty"`
 	Mode     mapper.Mode       `json:"mode,omitempty"`
 	Priority uint16            `json:"priority,omitempty"`
+	// Published are ports every server serves to clients outside the
+	// cluster, leading to ports it serves.
+	Published []mapper.PublishedPort `json:"published,omitempty"`
 }
 
 // MoveRequest re-attaches an endpoint's container to this server: live
@@ -134,6 +137,7 @@ func (a *Agent) Attach(ctx context.Context, req AttachRequest) (mapper.Endpoint,
 	e, err := a.mc.CreateEndpoint(mctx, mapper.EndpointSpec{
 		Name: req.Name, Network: req.Network, IP: req.IP, MAC: req.MAC, Server: a.cfg.Name,
 		Interface: host, Ports: req.Ports, Mode: req.Mode, Priority: req.Priority,
+		Published: req.Published,
 	})
 	if err != nil {
 		var ae *mapper.APIError

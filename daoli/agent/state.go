@@ -2,6 +2,7 @@ package agent
 
 import (
 	"cmp"
+	"net/netip"
 	"slices"
 	"sync"
 
@@ -183,7 +184,47 @@ func (m *model) desired(self string, blockSize uint16, ifindex func(name string)
 			d.Ifindex = ifindex(e.Interface)
 		}
 		s.Endpoints = append(s.Endpoints, d)
+		for _, p := range e.Published {
+			proto := dataplane.TCP
+			if p.Protocol == mapper.UDP {
+				proto = dataplane.UDP
+			}
+			pp := dataplane.Published{HostPort: p.HostPort, Proto: proto, Network: e.NetworkID, IP: e.IP, Port: p.Port}
+			if !slices.Contains(s.Published, pp) {
+				s.Published = append(s.Published, pp)
+			}
+		}
 	}
 	slices.SortFunc(s.Endpoints, func(a, b dataplane.Endpoint) int { return cmp.Compare(a.ID, b.ID) })
+	slices.SortFunc(s.Published, func(a, b dataplane.Published) int {
+		return cmp.Or(cmp.Compare(a.HostPort, b.HostPort), cmp.Compare(a.Proto, b.Proto))
+	})
 	return s
+}
+
+// servedPublished returns the published ports of s that lead to a
+// service some endpoint of s serves: those of endpoints left out of s
+// go with them. Where the registry let two services publish one port
+// (it refuses that), the first is kept.
+func servedPublished(s dataplane.State) []dataplane.Published {
+	type svc struct {
+		network uint32
+		ip      netip.Addr
+		port    uint16
+		proto   dataplane.Proto
+	}
+	served := map[svc]bool{}
+	for _, e := range s.Endpoints {
+		for _, p := range e.Ports {
+			served[svc{e.Network, e.IP, p.Number, p.Proto}] = true
+		}
+	}
+	var out []dataplane.Published
+	for _, p := range s.Published {
+		if served[svc{p.Network, p.IP, p.Port, p.Proto}] &&
+			!slices.ContainsFunc(out, func(q dataplane.Published) bool { return q.HostPort == p.HostPort && q.Proto == p.Proto }) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
