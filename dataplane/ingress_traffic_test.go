@@ -248,4 +248,3 @@ func TestIngressFailoverUDP(t *testing.T) {
 		}
 	}
 }
-
