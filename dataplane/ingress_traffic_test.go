@@ -248,3 +248,77 @@ func TestIngressFailoverUDP(t *testing.T) {
 		}
 	}
 }
+
+// TestIngressEdges: a port nobody published is the server's own (its
+// stack refuses the connection); an established TCP connection whose
+// backend goes down ends with a reset, not a hang; a first datagram that
+// the client's address would make too big for the uplink is dropped as
+// too_big, one that fits gets through, and once answered the flow takes
+// full-size datagrams.
+func TestIngressEdges(t *testing.T) {
+	tw, out := ingressWorld(t)
+	serveCopy(t, tw.containers[1], 7)
+	serveUDP(t, tw.containers[1], 53, "master")
+
+	err := out.Do(func() error {
+		c, err := net.DialTimeout("tcp4", netip.AddrPortFrom(tw.a.IP, 7070).String(), 2*time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err
+	})
+	if err == nil || !strings.Contains(err.Error(), "refused") {
+		t.Errorf("dial an unpublished port of server A: %v, want the server's own refusal", err)
+	}
+
+	var conn net.Conn
+	if err := out.Do(func() (err error) {
+		conn, err = net.DialTimeout("tcp4", netip.AddrPortFrom(tw.b.IP, 7007).String(), 3*time.Second)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 5)
+	if _, err := conn.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(conn, buf); err != nil || string(buf) != "hello" {
+		t.Fatalf("echo through B: %q, %v", buf, err)
+	}
+	tw.setState(1, Down)
+	tw.apply(t)
+	start := time.Now()
+	conn.Write([]byte("again"))
+	_, err = io.ReadFull(conn, buf)
+	if err == nil || !strings.Contains(err.Error(), "reset") {
+		t.Errorf("the connection after its backend went down: %v after %v, want a reset", err, time.Since(start))
+	}
+	tw.setState(1, Active)
+	tw.apply(t)
+
+	// Through B to the master on A: the option takes 8 bytes.
+	var uc *net.UDPConn
+	if err := out.Do(func() (err error) {
+		uc, err = net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(tw.b.IP, 5353)))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	before := tw.drops(t)[DropTooBig]
+	if _, err := exchange(uc, strings.Repeat("x", 1500-20-8)); err == nil {
+		t.Errorf("a full-size first datagram through B was answered; want it dropped as too_big")
+	}
+	if n := tw.drops(t)[DropTooBig]; n <= before {
+		t.Errorf("too_big drops: %d, want more than %d", n, before)
+	}
+	if got, err := exchange(uc, strings.Repeat("y", 1500-20-8-8)); err != nil || !strings.HasPrefix(got, "master ") {
+		t.Errorf("a datagram 8 bytes smaller: %q, %v; want the master's answer", got, err)
+	}
+	// Answered, the flow carries the option no more: full size passes.
+	if got, err := exchange(uc, strings.Repeat("z", 1500-20-8)); err != nil || !strings.HasPrefix(got, "master ") {
+		t.Errorf("a full-size datagram once the flow was answered: %q, %v; want the master's answer", got, err)
+	}
+}
