@@ -54,8 +54,11 @@ type Config struct {
 	// cannot be adopted: remove them (BPFFSPath) to resize.
 	MaxEndpoints int
 	// MaxFlows is how many flows whose client runs on this server
-	// conntrack holds (two entries each); the oldest are evicted beyond
-	// it. Zero means DefaultMaxFlows.
+	// conntrack holds (two entries each; a flow from outside to a
+	// published port counts on the server dialled); the oldest are
+	// evicted beyond it. The ingress map holds as many entries as
+	// conntrack, for ingress flows whose backend runs here. Zero means
+	// DefaultMaxFlows.
 	MaxFlows int
 }
 

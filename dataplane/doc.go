@@ -78,6 +78,60 @@
 // own ICMP echo replies pass untouched unless their identifier is a wire
 // port of an egress echo flow to the same address.
 //
+// # Ingress
+//
+// A published port (State.Published) leads from HostPort of every
+// server's locators to a service. A client outside the cluster that
+// dials ServerIP_X:HostPort opens a flow of X's gateway: from_network
+// keeps it in conntrack under the scope GATEWAY_ID, as a container's
+// flow (CT_OUT keyed by the client's 5-tuple, CT_REV by backend, port
+// index, protocol and offset; kind CT_KIND_INGRESS, the CT_REV entry
+// holding the client's address), picks the backend as a container's new
+// flow does (Maglev, or the failover choice) and takes an offset of the
+// gateway block (State.GatewayBase: one wire block, the same on every
+// locator). A TCP flow must start with a SYN; another segment of no flow
+// is answered with a reset. Then:
+//
+//   - a backend on X gets the packet straight, with only the destination
+//     translated: it sees the client's own address and port;
+//   - a backend S on server B gets it over the wire as
+//     ServerIP_X:gateway+offset -> ServerIP_B:wire_S+index, carrying the
+//     client's address and port in an IPv4 option (INGRESS_OPT, 8 bytes,
+//     inserted with bpf_skb_adjust_room) on every packet until the
+//     backend answers. from_network on B recognises a gateway by its
+//     port (the gateway block of a locator), strips the option, records
+//     the client both ways in the ingress map (IN_FWD: gateway and
+//     gateway port -> client; IN_REPLY: the client's address and port
+//     -> gateway) and delivers the packet from the client's address.
+//
+// The backend's answers go back through X, so a stateful firewall in
+// front of X sees both directions: from_container looks the answer up in
+// the ingress map (IN_REPLY) before anything else, sends it to
+// ServerIP_X:gateway+offset (or, for a local flow, straight out of the
+// uplink from ServerIP_X:HostPort), and from_network on X translates it
+// back to ServerIP_X:HostPort -> client. An answer whose gateway port no
+// longer names its client (the offset went to another client's flow) is
+// dropped, never delivered to another client. A flow whose backend goes
+// down takes another on its next packet: UDP goes on, a TCP connection
+// gets a reset (the new backend has no socket for it).
+//
+// The backend sees the client's own address and port, so two flows from
+// one client address and port to one backend through two servers would be
+// one 4-tuple at the backend: the newer takes the answers. A new flow on a
+// reused gateway offset is another 4-tuple at the backend, so the
+// TIME_WAIT endings of container flows (end_time_wait) are not used.
+// Packets with IPv4 options are not served (DropUnsupported); a packet
+// that the option would make larger than the uplink's MTU is dropped
+// (DropTooBig): a TCP SYN never is, a UDP flow's first datagrams must
+// leave 8 bytes. ICMP errors about ingress flows are not translated.
+// A backend that moves keeps its ingress flows when its new server knows
+// them: the server dialled (the flow lives there, and the backend's
+// entry is written again on the next packet) or one it ran on during the
+// flow. Elsewhere the client's next TCP segment gets a reset (which X
+// passes to the client), the backend's next one too, and other packets
+// are dropped. A packet to a published port never reaches the server's
+// own stack.
+//
 // # ICMP errors
 //
 // Destination unreachable (frag-needed included, so path MTU discovery
@@ -132,15 +186,21 @@
 //	policies             (from network, to network) -> allow or deny
 //	outside              LPM: network subnets and never-egress prefixes -> internal; server locators -> locator
 //	egress               LPM: (network, prefix) -> allowed outside destinations
+//	published            (host port, protocol) -> the service it leads to
+//	gateway              the gateway block's base (one entry)
 //	conntrack            LRU; CT_OUT: client's 5-tuple -> flow; CT_REV: (client, backend, port index, protocol, offset) -> flow;
-//	                     CT_EGRESS: (client, outside address, outside port, protocol, offset) -> flow
+//	                     CT_EGRESS: (client, outside address, outside port, protocol, offset) -> flow;
+//	                     ingress flows under the client GATEWAY_ID
+//	ingress              LRU; the backend's side of ingress flows: IN_FWD (backend, gateway, gateway port, index) and
+//	                     IN_REPLY (backend, client address, client port, port) -> client and gateway
 //	offset_cursor        LRU; where a client's next offset search towards one destination starts
 //	drops                per-CPU counters by DropReason (32 slots, room for new reasons)
 //	endpoint_stats       per-CPU packet and byte counters per local endpoint
 //
 // Apply owns settings, endpoints, endpoint_by_ifindex, wire_blocks,
-// ident_blocks, services, maglev, policies, outside, egress and the entries of
-// endpoint_stats; the programs own conntrack, offset_cursor and the counts.
+// ident_blocks, services, maglev, policies, outside, egress, published,
+// gateway and the entries of endpoint_stats; the programs own conntrack,
+// offset_cursor, ingress and the counts.
 // Apply creates a zeroed endpoint_stats entry for every local endpoint and
 // deletes it when the endpoint leaves the server; the programs only add to
 // their CPU's copy, so counts are exact under concurrency and never

@@ -30,8 +30,14 @@ var (
 // 10.1.0.9:53/udp, 7007 -> 10.1.0.9:7/tcp and 9090 -> 10.1.0.20:8080/tcp.
 // The wire range is 32768-36863; its last block is the gateway block.
 func ingressWorld(t *testing.T) (*trafficWorld, *testbed.Outside) {
+	return ingressWorldOf(t, 2)
+}
+
+// ingressWorldOf is ingressWorld with n servers (the third and later
+// empty).
+func ingressWorldOf(t *testing.T, n int) (*trafficWorld, *testbed.Outside) {
 	t.Helper()
-	w := testbed.New(t, 2)
+	w := testbed.New(t, n)
 	out := w.AddOutside(0)
 	svc := []Port{{80, TCP}, {53, UDP}, {7, TCP}}
 	bal := []Port{{8080, TCP}}
@@ -320,5 +326,54 @@ func TestIngressEdges(t *testing.T) {
 	// Answered, the flow carries the option no more: full size passes.
 	if got, err := exchange(uc, strings.Repeat("z", 1500-20-8)); err != nil || !strings.HasPrefix(got, "master ") {
 		t.Errorf("a full-size datagram once the flow was answered: %q, %v; want the master's answer", got, err)
+	}
+}
+
+// TestIngressMove: an outside client's connection through server B to
+// the master on A goes on when the master moves to B, the server the
+// client dialled (its flow lives there), and back to A, which still knows
+// the flow; when the master moves to a third server, which does not, the
+// connection ends with a reset at the client's next segment, never a
+// hang.
+func TestIngressMove(t *testing.T) {
+	tw, out := ingressWorldOf(t, 3)
+	serveCopy(t, tw.containers[1], 7)
+	var conn net.Conn
+	if err := out.Do(func() (err error) {
+		conn, err = net.DialTimeout("tcp4", netip.AddrPortFrom(tw.b.IP, 7007).String(), 3*time.Second)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	echo := func(msg string) error {
+		conn.SetDeadline(time.Now().Add(3 * time.Second))
+		if _, err := conn.Write([]byte(msg)); err != nil {
+			return err
+		}
+		buf := make([]byte, len(msg))
+		if _, err := io.ReadFull(conn, buf); err != nil {
+			return err
+		}
+		if string(buf) != msg {
+			return fmt.Errorf("echoed %q, want %q", buf, msg)
+		}
+		return nil
+	}
+	if err := echo("before"); err != nil {
+		t.Fatalf("through B to the master on A: %v; drops %v", err, tw.drops(t))
+	}
+	tw.move(t, 1, 1, 33280)
+	if err := echo("moved to B"); err != nil {
+		t.Fatalf("after the master moved to B, the server dialled: %v; drops %v", err, tw.drops(t))
+	}
+	tw.move(t, 1, 0, 33280)
+	if err := echo("back on A"); err != nil {
+		t.Fatalf("after the master moved back to A: %v; drops %v", err, tw.drops(t))
+	}
+	tw.move(t, 1, 2, 32768)
+	err := echo("on C")
+	if err == nil || !strings.Contains(err.Error(), "reset") {
+		t.Errorf("after the master moved to a third server: %v, want a reset", err)
 	}
 }

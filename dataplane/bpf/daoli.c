@@ -1822,6 +1822,21 @@ __attribute__((noinline)) int ingress_send(struct __sk_buff *skb,
 		return drop(DROP_NO_BACKEND);
 	port = s->ports[idx].port;
 	if (s->ifindex) {
+		/* Until answered, and whenever the backend's server does not
+		 * know the flow (it moved here while the flow was open). */
+		if (!tag) {
+			struct ingress_entry *in;
+
+			k.backend = out->backend;
+			k.addr = p->saddr;
+			k.port = p->sport;
+			k.sport = port;
+			k.proto = p->proto;
+			k.dir = IN_REPLY;
+			in = bpf_map_lookup_elem(&ingress, &k);
+			tag = !in || !in->local || in->offset != out->offset ||
+			      in->gateway != p->daddr;
+		}
 		if (tag) {
 			k.backend = out->backend;
 			k.addr = p->saddr;
