@@ -245,9 +245,13 @@ should, so that it stays published when one of them is removed.`,
 			if none != (len(args) == 1) {
 				return errors.New("publish: give ports to publish, or --none to publish none")
 			}
-			ps, err := parsePublishedFlag("port", args[1:])
-			if err != nil {
-				return err
+			var ps []mapper.PublishedPort
+			for _, a := range args[1:] {
+				p, err := mapper.ParsePublishedPort(a)
+				if err != nil {
+					return err
+				}
+				ps = append(ps, p)
 			}
 			if _, err := s.cl.SetPublished(ctx, args[0], ps); err != nil {
 				return err

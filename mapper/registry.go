@@ -968,7 +968,7 @@ type PublishedRequest struct {
 // may not.
 func (r *Registry) SetPublished(ctx context.Context, ref string, ps []PublishedPort) (Endpoint, error) {
 	if err := r.checkPublished(ps); err != nil {
-		return Endpoint{}, err
+		return Endpoint{}, fmt.Errorf("publish ports of endpoint %s: %w", ref, err)
 	}
 	var e Endpoint
 	_, err := r.update(ctx, func(t tx) error {

@@ -730,3 +730,28 @@ func TestLocatorLimit(t *testing.T) {
 	_, err := reg.RegisterServer(ctx, mapper.ServerSpec{Name: "big", IPs: ips, MAC: mac("52:54:00:00:00:01")})
 	wantErr(t, err, mapper.ErrInvalid, "ips", "at most 8")
 }
+
+func TestParsePublishedPort(t *testing.T) {
+	for _, tt := range []struct {
+		in, want, err string
+	}{
+		{"8080:80", "8080->80/tcp", ""},
+		{"5353:53/udp", "5353->53/udp", ""},
+		{"8080->80/tcp", "8080->80/tcp", ""},
+		{"8080", "8080->8080/tcp", ""},
+		{"9000/udp", "9000->9000/udp", ""},
+		{"x:80", "", `host port "x"`},
+		{"0:80", "", `host port "0"`},
+		{"8080:0", "", "from 1 to 65535"},
+		{"8080:80/sctp", "", `unknown protocol "sctp"`},
+		{"70000:80", "", `host port "70000"`},
+	} {
+		p, err := mapper.ParsePublishedPort(tt.in)
+		switch {
+		case tt.err == "" && (err != nil || p.String() != tt.want):
+			t.Errorf("ParsePublishedPort(%q) = %v, %v; want %s", tt.in, p, err, tt.want)
+		case tt.err != "" && (err == nil || !strings.Contains(err.Error(), tt.err) || !strings.Contains(err.Error(), tt.in)):
+			t.Errorf("ParsePublishedPort(%q) = %v, %v; want an error naming %q and saying %q", tt.in, p, err, tt.in, tt.err)
+		}
+	}
+}
