@@ -52,7 +52,7 @@ func TestQuickBench(t *testing.T) {
 	for _, e := range res.Errors {
 		t.Errorf("measurement failed: %s", e)
 	}
-	want := []string{"baseline", "routes", "vxlan", "nat", "nat-egress", "daoli", "service", "egress"}
+	want := []string{"baseline", "routes", "vxlan", "nat", "nat-egress", "nat-ingress", "daoli", "service", "egress", "ingress", "ingress-remote"}
 	if len(res.Paths) != len(want) {
 		t.Errorf("measured paths %v, want %v", res.Paths, want)
 	}

@@ -47,6 +47,9 @@ func (r *run) dataPath() {
 	if want("nat-egress") {
 		ps = append(ps, paths.NATEgress(r.t))
 	}
+	if want("nat-ingress") {
+		ps = append(ps, paths.NATIngress(r.t))
+	}
 	r.check()
 	r.cluster = paths.NewCluster(r.t, paths.ClusterConfig{Bin: r.cfg.Daoli, Logs: r.logs})
 	if want("daoli") {
@@ -58,6 +61,12 @@ func (r *run) dataPath() {
 	}
 	if want("egress") {
 		ps = append(ps, r.cluster.Egress(r.ctx))
+	}
+	if want("ingress") {
+		ps = append(ps, r.cluster.Ingress(r.ctx))
+	}
+	if want("ingress-remote") {
+		ps = append(ps, r.cluster.IngressRemote(r.ctx))
 	}
 	needStream := false
 	for _, p := range ps {
@@ -72,7 +81,7 @@ func (r *run) dataPath() {
 		}
 	}
 	for _, p := range ps {
-		addr := netip.AddrPortFrom(p.Target, paths.BenchPort).String()
+		addr := p.Addr(paths.BenchPort).String()
 		err := retry(r.ctx, 20*time.Second, func() error {
 			ctx, cancel := context.WithTimeout(r.ctx, 300*time.Millisecond)
 			defer cancel()
@@ -93,7 +102,7 @@ func (r *run) dataPath() {
 			r.check()
 			t0 := time.Now()
 			rd.Values[p.Key] = r.measure(p, needStream && p.Key == "baseline")
-			r.printf("round %d/%d %-9s %s (%.1f s)", round+1, r.cfg.Rounds, p.Key, brief(rd.Values[p.Key]), time.Since(t0).Seconds())
+			r.printf("round %d/%d %-14s %s (%.1f s)", round+1, r.cfg.Rounds, p.Key, brief(rd.Values[p.Key]), time.Since(t0).Seconds())
 		}
 		r.res.Rounds = append(r.res.Rounds, rd)
 	}
@@ -180,7 +189,7 @@ func (r *run) measure(p *paths.Path, alsoStream bool) map[string]float64 {
 	if alsoStream {
 		throughput(".netbench", false)
 	}
-	addr := netip.AddrPortFrom(p.Target, paths.BenchPort).String()
+	addr := p.Addr(paths.BenchPort).String()
 	d := dur.String()
 
 	r.check()
@@ -242,7 +251,7 @@ func (r *run) udp(p *paths.Path) (pps float64, received uint64, err error) {
 		return 0, 0, err
 	}
 	var res netbench.UDPResult
-	addr := netip.AddrPortFrom(p.Target, paths.BenchPort).String()
+	addr := p.Addr(paths.BenchPort).String()
 	if err := r.netbench(p, &res, "udp", "--to", addr, "--duration", r.cfg.Duration.String(), "--send-only"); err != nil {
 		return 0, 0, err
 	}
@@ -272,7 +281,8 @@ func (r *run) iperf(p *paths.Path, streams int, rate float64) (bytes, secs float
 		return 0, 0, fmt.Errorf("iperf3 server did not start: %s", ready.String())
 	}
 	t := max(1, int(r.cfg.Duration.Round(time.Second)/time.Second))
-	args := []string{"iperf3", "-c", p.Target.String(), "-p", strconv.Itoa(paths.IperfPort), "-t", strconv.Itoa(t), "-J", "-P", strconv.Itoa(streams)}
+	to := p.Addr(paths.IperfPort)
+	args := []string{"iperf3", "-c", to.Addr().String(), "-p", strconv.Itoa(int(to.Port())), "-t", strconv.Itoa(t), "-J", "-P", strconv.Itoa(streams)}
 	if rate > 0 {
 		args = append(args, "-b", strconv.FormatFloat(rate, 'f', 0, 64))
 	}
@@ -304,7 +314,7 @@ func (r *run) iperf(p *paths.Path, streams int, rate float64) (bytes, secs float
 // stream is iperf for paths iperf3 cannot run on: netbench stream.
 func (r *run) stream(p *paths.Path, streams int, rate float64) (bytes, secs float64, err error) {
 	var s netbench.StreamResult
-	args := []string{"stream", "--to", netip.AddrPortFrom(p.Target, paths.BenchPort).String(),
+	args := []string{"stream", "--to", p.Addr(paths.BenchPort).String(),
 		"--duration", r.cfg.Duration.String(), "--streams", strconv.Itoa(streams)}
 	if rate > 0 {
 		args = append(args, "--rate", strconv.FormatFloat(rate, 'f', 0, 64))

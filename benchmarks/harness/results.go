@@ -387,11 +387,9 @@ func (r *Results) fig(path, metric string) (Figure, bool) {
 func (r *Results) goals() {
 	r.Goals = nil
 	const d = "daoli"
-	if _, ok := r.Summary[d]; !ok {
-		return
-	}
+	_, daoli := r.Summary[d]
 	// Throughput against plain routing.
-	if _, ok := r.Summary["routes"]; ok {
+	if _, ok := r.Summary["routes"]; ok && daoli {
 		var parts []string
 		met := true
 		for _, k := range []string{"tcp1", "tcp4"} {
@@ -403,7 +401,7 @@ func (r *Results) goals() {
 		r.Goals = append(r.Goals, Goal{"daoli ≥ plain routing in throughput", strings.Join(parts, "; "), met})
 	}
 	// Latency within 5 % of the baseline.
-	{
+	if daoli {
 		var parts []string
 		met := true
 		for _, k := range []string{"rr_p50", "rr_p99"} {
@@ -414,9 +412,12 @@ func (r *Results) goals() {
 		r.Goals = append(r.Goals, Goal{"daoli within 5 % of the baseline in latency", strings.Join(parts, "; "), met})
 	}
 	// Ahead of VXLAN and bridge + NAT on every figure, and daoli's
-	// egress ahead of Docker's.
+	// egress and ingress ahead of Docker's. ingress-remote has no goal:
+	// a port Docker publishes leads only to the server it was dialled
+	// on, so nothing of Docker's takes that extra hop.
 	for _, other := range []struct{ ours, key, name string }{
 		{d, "vxlan", "VXLAN"}, {d, "nat", "bridge + NAT"}, {"egress", "nat-egress", "bridge + MASQUERADE (egress)"},
+		{"ingress", "nat-ingress", "bridge + DNAT (ingress)"},
 	} {
 		if _, ok := r.Summary[other.key]; !ok {
 			continue

@@ -246,15 +246,64 @@ func (c *Cluster) Daoli(ctx context.Context) *Path {
 }
 
 // Egress is daoli's egress: a client container on server 0 dialling the
-// host outside the cluster (testbed's, behind a router, added here), from
-// server 0's address.
+// host outside the cluster (testbed's, behind a router, shared with the
+// ingress paths), from server 0's address.
 func (c *Cluster) Egress(ctx context.Context) *Path {
 	c.t.Helper()
-	out := c.World.AddOutside(0)
+	out := c.outside()
 	client, _ := c.Attach(ctx, "eg-client", 0, agent.AttachRequest{IP: netip.MustParseAddr("10.1.0.7")})
 	c.Settle(ctx)
 	return &Path{Key: "egress", Title: "daoli egress, container to a host outside", World: c.World,
 		Client: client, Servers: []*testbed.Namespace{out.Namespace}, Target: out.IP, IPerf: true, MTU: 1500}
+}
+
+// IngressOffset is how far above IperfPort and BenchPort IngressRemote
+// publishes them: a host port leads to one service cluster-wide, and
+// Ingress publishes the ports themselves.
+const IngressOffset = 100
+
+// Ingress is daoli's ingress on the server dialled: the host outside the
+// cluster (testbed's, behind a router, shared with Egress) dials server
+// 0's address at the ports of ServedPorts, which a backend on server 0
+// publishes (docker run -p 5201:5201 -p 7000:7000 -p 7000:7000/udp).
+func (c *Cluster) Ingress(ctx context.Context) *Path {
+	c.t.Helper()
+	return c.ingress(ctx, "ingress", "daoli ingress, a host outside to a published port of the backend's server", "in-local", 0, 0, netip.MustParseAddr("10.1.0.11"))
+}
+
+// IngressRemote is daoli's ingress forwarded: the host outside dials
+// server 0's address, as for Ingress, at ports a backend on server 1
+// publishes IngressOffset above those it serves. Server 0 forwards the
+// flows over the wire; the answers come back through it.
+func (c *Cluster) IngressRemote(ctx context.Context) *Path {
+	c.t.Helper()
+	return c.ingress(ctx, "ingress-remote", "daoli ingress, a host outside to a published port of another server than the backend's", "in-remote", 1, IngressOffset, netip.MustParseAddr("10.1.0.12"))
+}
+
+// ingress attaches a backend on server with address ip, serving
+// ServedPorts and publishing each offset above itself, dialled by the
+// outside host at server 0's address.
+func (c *Cluster) ingress(ctx context.Context, key, title, role string, server, offset int, ip netip.Addr) *Path {
+	c.t.Helper()
+	out := c.outside()
+	var pub []mapper.PublishedPort
+	for _, p := range ServedPorts {
+		pub = append(pub, mapper.PublishedPort{HostPort: p.Port + uint16(offset), Port: p.Port, Protocol: p.Protocol})
+	}
+	backend, _ := c.Attach(ctx, role, server, agent.AttachRequest{IP: ip, Ports: ServedPorts, Published: pub})
+	c.Settle(ctx)
+	return &Path{Key: key, Title: title, World: c.World,
+		Client: out.Namespace, Servers: []*testbed.Namespace{backend}, Target: c.World.Servers[0].IP,
+		IPerf: true, MTU: 1500, PortOffset: offset}
+}
+
+// outside is the host outside the cluster, added on first use.
+func (c *Cluster) outside() *testbed.Outside {
+	c.t.Helper()
+	if c.World.Outside != nil {
+		return c.World.Outside
+	}
+	return c.World.AddOutside(0)
 }
 
 // Service is daoli with one IP:Port balanced over three backends, two on

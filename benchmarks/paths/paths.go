@@ -7,12 +7,15 @@
 //	VXLAN      a Linux VXLAN overlay bridged with the containers, MTU 1450 (flannel vxlan style)
 //	BridgeNAT  a bridge per server, MASQUERADE out, DNAT ServerIP:port in (Docker's default)
 //	NATEgress  a container behind a bridge + MASQUERADE to a host outside (Docker's egress)
+//	NATIngress a host outside to a container published with DNAT ServerIP:port (Docker's -p)
 //	Daoli      daoli's eBPF path, container to container (a Cluster with real agents)
 //	Service    daoli with a service balanced over 3 backends on 2 servers
 //	Egress     daoli's egress: a container to a host outside every network
+//	Ingress    daoli's ingress: a host outside to a published port of the server it dials
+//	IngressRemote  the same, the backend on another server than the one dialled
 //
-// Both egress paths reach the same kind of host: testbed's outside host,
-// behind a router, running no daoli.
+// The egress and ingress paths reach, or are reached from, the same kind
+// of host: testbed's outside host, behind a router, running no daoli.
 //
 // Every builder takes a testbed.TB, creates what it needs with unique
 // names and registers its removal (namespaces, processes, iptables rules,
@@ -20,8 +23,10 @@
 // nothing behind. Nothing touches the root namespace's interfaces, routes
 // or firewall.
 //
-// Every path serves the same port numbers (IperfPort, BenchPort) at its
-// Target: the client dials Target whatever sits behind it.
+// Every path's servers serve the same port numbers (IperfPort,
+// BenchPort), and the client dials them at Target whatever sits behind
+// it, shifted by the path's PortOffset where its ports are published on
+// other host ports (Addr).
 package paths
 
 import (
@@ -57,11 +62,21 @@ type Path struct {
 	IPerf bool
 	// MTU is the client's interface MTU.
 	MTU int
+	// PortOffset is added to IperfPort and BenchPort where the client
+	// dials them: a path whose servers' ports are published on other
+	// host ports. Zero for most.
+	PortOffset int
 	// World is the testbed World the path lives in.
 	World *testbed.World
 }
 
 func (p *Path) String() string { return p.Key }
+
+// Addr is where the client dials port (IperfPort or BenchPort) of the
+// path's servers: Target, at port shifted by PortOffset.
+func (p *Path) Addr(port int) netip.AddrPort {
+	return netip.AddrPortFrom(p.Target, uint16(port+p.PortOffset))
+}
 
 // Baseline is server to server: the client runs in server 0's namespace and
 // dials server 1's address, with no container in between.
@@ -135,17 +150,9 @@ const natChain = "DAOLI-BENCH"
 func BridgeNAT(t testbed.TB) *Path {
 	t.Helper()
 	w := testbed.Build(t, 2)
-	bridgeIP := netip.MustParsePrefix("172.17.0.1/16")
-	addr := netip.MustParsePrefix("172.17.0.2/16")
 	var cs [2]*testbed.Container
 	for i, s := range w.Servers {
-		s.Run("sysctl", "-qw", "net.ipv4.ip_forward=1")
-		s.Run("ip", "link", "add", "docker0", "type", "bridge")
-		s.Run("ip", "addr", "add", bridgeIP.String(), "dev", "docker0")
-		s.Run("ip", "link", "set", "docker0", "up")
-		cs[i] = w.AddContainer(s, addr, bridgeIP.Addr())
-		s.Run("ip", "link", "set", cs[i].HostIfname, "master", "docker0")
-		natRules(t, s, addr.Addr())
+		cs[i] = dockerContainer(t, w, s)
 	}
 	return &Path{Key: "nat", Title: "bridge + iptables DNAT/MASQUERADE (Docker's default style)", World: w,
 		Client: cs[0].Namespace, Servers: []*testbed.Namespace{cs[1].Namespace},
@@ -159,8 +166,36 @@ func NATEgress(t testbed.TB) *Path {
 	t.Helper()
 	w := testbed.Build(t, 1)
 	out := w.AddOutside(0)
-	bridgeIP := netip.MustParsePrefix("172.17.0.1/16")
 	s := w.Servers[0]
+	c := dockerContainer(t, w, s)
+	return &Path{Key: "nat-egress", Title: "bridge + MASQUERADE, container to a host outside (Docker's egress)", World: w,
+		Client: c.Namespace, Servers: []*testbed.Namespace{out.Namespace},
+		Target: out.IP, IPerf: true, MTU: 1500}
+}
+
+// NATIngress is the host outside the cluster (behind the router, as for
+// NATEgress) dialling server 0's address, whose ports iptables DNATs to a
+// container behind a bridge, as BridgeNAT builds it: what a port
+// published with `docker run -p` costs a client outside. The container
+// sees the client's own address; its answers go back through conntrack's
+// reverse DNAT.
+func NATIngress(t testbed.TB) *Path {
+	t.Helper()
+	w := testbed.Build(t, 1)
+	out := w.AddOutside(0)
+	s := w.Servers[0]
+	c := dockerContainer(t, w, s)
+	return &Path{Key: "nat-ingress", Title: "bridge + iptables DNAT, a host outside to a published port (Docker's -p)", World: w,
+		Client: out.Namespace, Servers: []*testbed.Namespace{c.Namespace},
+		Target: s.IP, IPerf: true, MTU: 1500}
+}
+
+// dockerContainer puts a container on s behind a bridge docker0 in
+// 172.17.0.0/16, published on s's address with natRules, as a lone
+// Docker host would.
+func dockerContainer(t testbed.TB, w *testbed.World, s *testbed.Server) *testbed.Container {
+	t.Helper()
+	bridgeIP := netip.MustParsePrefix("172.17.0.1/16")
 	s.Run("sysctl", "-qw", "net.ipv4.ip_forward=1")
 	s.Run("ip", "link", "add", "docker0", "type", "bridge")
 	s.Run("ip", "addr", "add", bridgeIP.String(), "dev", "docker0")
@@ -168,9 +203,7 @@ func NATEgress(t testbed.TB) *Path {
 	c := w.AddContainer(s, netip.MustParsePrefix("172.17.0.2/16"), bridgeIP.Addr())
 	s.Run("ip", "link", "set", c.HostIfname, "master", "docker0")
 	natRules(t, s, c.IP)
-	return &Path{Key: "nat-egress", Title: "bridge + MASQUERADE, container to a host outside (Docker's egress)", World: w,
-		Client: c.Namespace, Servers: []*testbed.Namespace{out.Namespace},
-		Target: out.IP, IPerf: true, MTU: 1500}
+	return c
 }
 
 type rule struct {

@@ -29,7 +29,7 @@ func run(ctx context.Context, args []string) error {
 		jsonOut  = fs.String("json", "", "write the results as JSON to `FILE`")
 		readme   = fs.String("readme", "", "put the results table into `FILE` between its markers")
 		memory   = fs.String("memory", "", "comma-separated endpoint counts for map memory (default 1000,10000,100000; quick 1000)")
-		only     = fs.String("only", "", "comma-separated paths to measure besides the baseline: routes,vxlan,nat,nat-egress,daoli,service,egress (default all)")
+		only     = fs.String("only", "", "comma-separated paths to measure besides the baseline: routes,vxlan,nat,nat-egress,nat-ingress,daoli,service,egress,ingress,ingress-remote (default all)")
 		skip     = fs.String("skip", "", "comma-separated parts to leave out: ebpf,mobility,control,memory")
 		verbose  = fs.Bool("v", true, "print progress")
 		logs     = fs.String("logs", "", "keep the processes' logs in `DIR`")
@@ -52,7 +52,8 @@ func run(ctx context.Context, args []string) error {
 	cfg.Duration, cfg.Logs = *duration, *logs
 	if *only != "" {
 		cfg.Only = strings.Split(*only, ",")
-		if err := known("--only", cfg.Only, "routes", "vxlan", "nat", "nat-egress", "daoli", "service", "egress"); err != nil {
+		if err := known("--only", cfg.Only, "routes", "vxlan", "nat", "nat-egress", "nat-ingress",
+			"daoli", "service", "egress", "ingress", "ingress-remote"); err != nil {
 			return err
 		}
 	}
