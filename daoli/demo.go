@@ -22,7 +22,10 @@ attached through the agents. Then show, with measured numbers:
   2. three replicas on three servers sharing one IP:Port;
   3. failover: the master's container is killed while a client keeps
      asking, and the backup answers on the same IP:Port;
-  4. a live migration under an open TCP connection.
+  4. a live migration under an open TCP connection;
+  5. the outside world: a container reaching a host outside the cluster,
+     and that host reaching a published service through every server,
+     through a failover of its master.
 
 Everything is removed at the end, on error and on Ctrl-C. With --keep the
 cluster stays up for exploring, and the demo prints how to remove it.

@@ -68,6 +68,14 @@ type Result struct {
 	MoveRequests int
 	MoveErrors   int
 	ClientPorts  []string // client ports the moved server saw; one = one connection
+
+	// Story 5: the outside world.
+	OutsideIP       netip.Addr    // the host outside the cluster
+	EgressAnswer    string        // what the outside host said to a container
+	IngressAnswers  []string      // the master's answers through each server
+	IngressGap      time.Duration // master killed → backup answered the outside host
+	IngressBackup   string        // the backup's answer to the outside host
+	IngressFailedIn int
 }
 
 var (
@@ -75,7 +83,7 @@ var (
 	ip     = netip.MustParseAddr
 )
 
-// Run builds the world, tells the four stories and removes the world.
+// Run builds the world, tells the five stories and removes the world.
 func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	out := cfg.Out
 	if out == nil {
@@ -136,7 +144,7 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	p("  mapper on the fabric at %s; network blue %s\n", mapperAddr, subnet)
 
 	steps := []func(context.Context, *world, *Result, Config, func(string, ...any)) error{
-		storyIdentity, storyReplicas, storyFailover, storyMigration,
+		storyIdentity, storyReplicas, storyFailover, storyMigration, storyOutside,
 	}
 	for _, step := range steps {
 		if err := step(ctx, d, &res, cfg, p); err != nil {
@@ -372,6 +380,74 @@ func storyMigration(ctx context.Context, d *world, res *Result, cfg Config, p fu
 	} else {
 		p("   the server saw client ports %v: the connection did NOT survive", res.ClientPorts)
 	}
+	return nil
+}
+
+// storyOutside: a container reaches a host outside the cluster from its
+// server's address; the outside host reaches a published service through
+// any server, the service sees the host's own address, and when the
+// master dies the backup answers on the same ServerIP:port.
+func storyOutside(ctx context.Context, d *world, res *Result, cfg Config, p func(string, ...any)) error {
+	p("\n5. The outside world: a host outside the cluster, behind a router")
+	out := d.w.AddOutside(0)
+	res.OutsideIP = out.IP
+	d.start(out.Namespace, "outside", d.bin, "app", "serve", "--port", "8080", "--name", "outside")
+	client := d.namespaceOf("client")
+	outside := &namespaceRef{name: out.Name}
+	to := netip.AddrPortFrom(out.IP, 8080).String()
+	d.waitAnswer(ctx, client, to, "outside")
+	res.EgressAnswer = strings.TrimSpace(d.ask(ctx, client, "--to", to, "--count", "1")[0])
+	if _, a, ok := strings.Cut(res.EgressAnswer, " ok "); ok {
+		res.EgressAnswer = a
+	}
+	p("   the client container asks %s: %q (its server's address, not 10.1.0.5)", to, res.EgressAnswer)
+
+	pub := []mapper.PublishedPort{{HostPort: 8080, Port: 8080, Protocol: mapper.TCP}}
+	master := d.container(ctx, "shop-master", 1, agent.AttachRequest{IP: ip("10.1.0.50"), Ports: tcp8080, Mode: mapper.Failover, Priority: 100, Published: pub}, true)
+	d.container(ctx, "shop-backup", 2, agent.AttachRequest{IP: ip("10.1.0.50"), Ports: tcp8080, Mode: mapper.Failover, Priority: 10, Published: pub}, true)
+	d.settle(ctx)
+	p("   shop 10.1.0.50:8080 (master on server-1, backup on server-2) publishes 8080 on every server")
+	for i, s := range d.w.Servers {
+		addr := netip.AddrPortFrom(s.IP, 8080).String()
+		d.waitAnswer(ctx, outside, addr, "shop-master")
+		a := strings.TrimSpace(d.ask(ctx, outside, "--to", addr, "--proto", "http", "--count", "1")[0])
+		if _, rest, ok := strings.Cut(a, " ok "); ok {
+			a = rest
+		}
+		res.IngressAnswers = append(res.IngressAnswers, a)
+		p("   outside -> %s:8080 (%s): %q", s.IP, d.serverName(i), a)
+	}
+	entry := netip.AddrPortFrom(d.w.Servers[0].IP, 8080).String()
+	s := d.stream(ctx, outside, "--to", entry, "--proto", "http", "--count", "0", "--interval", "10ms", "--timeout", "100ms")
+	s.wait(ctx, d, func(ls []string) bool { return len(ls) >= 20 })
+	p("   the outside host asks %s every 10 ms; killing the master", entry)
+	killed := time.Now()
+	master.app.Process.Kill()
+	master.app.Wait()
+	if o, err := exec.Command("ip", "netns", "del", master.ns.Name).CombinedOutput(); err != nil {
+		return fmt.Errorf("delete the master's namespace: %v: %s", err, o)
+	}
+	s.wait(ctx, d, func(ls []string) bool {
+		return len(ls) > 0 && strings.Contains(ls[len(ls)-1], " ok shop-backup saw")
+	})
+	for _, l := range s.stop() {
+		at, ok, answer := parseLine(l)
+		if at.Before(killed.Truncate(time.Millisecond)) {
+			continue
+		}
+		if !ok {
+			res.IngressFailedIn++
+			continue
+		}
+		if strings.HasPrefix(answer, "shop-backup saw") {
+			res.IngressGap = at.Sub(killed)
+			res.IngressBackup = answer
+			break
+		}
+	}
+	p("   the backup answered the outside host on %s %s after the kill (%d requests failed in between): %q",
+		entry, ms(res.IngressGap), res.IngressFailedIn, res.IngressBackup)
+	p("   the outside host dialled %s throughout, and both saw its own address %s", entry, out.IP)
 	return nil
 }
 

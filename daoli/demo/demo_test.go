@@ -83,7 +83,25 @@ func TestDemoKeepsThePromise(t *testing.T) {
 		t.Errorf("migration: %d of %d requests failed, client ports seen %v; want none failed on one connection",
 			res.MoveErrors, res.MoveRequests, res.ClientPorts)
 	}
-	for _, heading := range []string{"1. ", "2. ", "3. ", "4. ", "Everything the demo created is removed."} {
+	// 5. The outside host saw the server's address; it reached the
+	// master through every server, then the backup, seen by its own
+	// address.
+	if want := "outside saw " + testbed.Subnets[0].Addr().Next().String() + ":"; !strings.HasPrefix(res.EgressAnswer, want) {
+		t.Errorf("egress: the outside host answered %q, want %q...", res.EgressAnswer, want)
+	}
+	saw := " saw " + res.OutsideIP.String() + ":"
+	if len(res.IngressAnswers) != 3 {
+		t.Errorf("ingress: %d answers, want one through each of 3 servers", len(res.IngressAnswers))
+	}
+	for i, a := range res.IngressAnswers {
+		if !strings.HasPrefix(a, "shop-master"+saw) {
+			t.Errorf("ingress through server %d: %q, want the master seeing %s", i, a, res.OutsideIP)
+		}
+	}
+	if !strings.HasPrefix(res.IngressBackup, "shop-backup"+saw) || res.IngressGap <= 0 {
+		t.Errorf("ingress failover: backup answer %q after %s", res.IngressBackup, res.IngressGap)
+	}
+	for _, heading := range []string{"1. ", "2. ", "3. ", "4. ", "5. ", "Everything the demo created is removed."} {
 		if !strings.Contains(out.String(), "\n"+heading) {
 			t.Errorf("the story lacks %q", heading)
 		}
