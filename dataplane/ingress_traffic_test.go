@@ -91,6 +91,21 @@ func askOutside(out *testbed.Outside, network string, addr netip.AddrPort) (name
 	return f[0], remote, local, nil
 }
 
+// dialOutside connects from the outside host to addr over TCP; the
+// connection is closed at cleanup.
+func dialOutside(t *testing.T, out *testbed.Outside, addr netip.AddrPort) net.Conn {
+	t.Helper()
+	var conn net.Conn
+	if err := out.Do(func() (err error) {
+		conn, err = net.DialTimeout("tcp4", addr.String(), 3*time.Second)
+		return err
+	}); err != nil {
+		t.Fatalf("dial %s from outside: %v", addr, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
 // serveCopy sends back every byte of every connection on port of c.
 func serveCopy(t *testing.T, c *testbed.Container, port int) {
 	t.Helper()
@@ -176,14 +191,7 @@ func TestIngressTraffic(t *testing.T) {
 	}
 
 	// 2 MB through B's gateway to the master on A and back.
-	var conn net.Conn
-	if err := out.Do(func() (err error) {
-		conn, err = net.DialTimeout("tcp4", netip.AddrPortFrom(tw.b.IP, 7007).String(), 3*time.Second)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialOutside(t, out, netip.AddrPortFrom(tw.b.IP, 7007))
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
 	data := make([]byte, 2<<20)
 	rand.Read(data)
@@ -277,14 +285,7 @@ func TestIngressEdges(t *testing.T) {
 		t.Errorf("dial an unpublished port of server A: %v, want the server's own refusal", err)
 	}
 
-	var conn net.Conn
-	if err := out.Do(func() (err error) {
-		conn, err = net.DialTimeout("tcp4", netip.AddrPortFrom(tw.b.IP, 7007).String(), 3*time.Second)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialOutside(t, out, netip.AddrPortFrom(tw.b.IP, 7007))
 	conn.SetDeadline(time.Now().Add(5 * time.Second))
 	buf := make([]byte, 5)
 	if _, err := conn.Write([]byte("hello")); err != nil {
@@ -338,14 +339,7 @@ func TestIngressEdges(t *testing.T) {
 func TestIngressMove(t *testing.T) {
 	tw, out := ingressWorldOf(t, 3)
 	serveCopy(t, tw.containers[1], 7)
-	var conn net.Conn
-	if err := out.Do(func() (err error) {
-		conn, err = net.DialTimeout("tcp4", netip.AddrPortFrom(tw.b.IP, 7007).String(), 3*time.Second)
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dialOutside(t, out, netip.AddrPortFrom(tw.b.IP, 7007))
 	echo := func(msg string) error {
 		conn.SetDeadline(time.Now().Add(3 * time.Second))
 		if _, err := conn.Write([]byte(msg)); err != nil {

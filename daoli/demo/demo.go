@@ -271,30 +271,10 @@ func storyFailover(ctx context.Context, d *world, res *Result, cfg Config, p fun
 	p("   killing the master: its process and its network namespace, as a container dies")
 	downAt := d.watchDown(ctx, master.ep.ID)
 	killed := time.Now()
-	master.app.Process.Kill()
-	master.app.Wait()
-	if out, err := exec.Command("ip", "netns", "del", master.ns.Name).CombinedOutput(); err != nil {
-		return fmt.Errorf("delete the master's namespace: %v: %s", err, out)
+	if err := kill(master); err != nil {
+		return err
 	}
-	s.wait(ctx, d, func(ls []string) bool {
-		return len(ls) > 0 && strings.Contains(ls[len(ls)-1], " ok backup saw")
-	})
-	lines := s.stop()
-	for _, l := range lines {
-		at, ok, answer := parseLine(l)
-		if at.Before(killed.Truncate(time.Millisecond)) {
-			continue
-		}
-		if !ok {
-			res.FailedInGap++
-			continue
-		}
-		if strings.HasPrefix(answer, "backup saw") {
-			res.FailoverGap = at.Sub(killed)
-			res.BackupAnswer = answer
-			break
-		}
-	}
+	res.FailoverGap, res.BackupAnswer, res.FailedInGap = failedOver(ctx, d, s, killed, "backup")
 	select {
 	case at := <-downAt:
 		res.MarkedDown = at.Sub(killed)
@@ -307,6 +287,40 @@ func storyFailover(ctx context.Context, d *world, res *Result, cfg Config, p fun
 	p("   the client dialled 10.1.0.30:8080 throughout; nothing in it changed")
 	p("")
 	return nil
+}
+
+// kill kills a container as it dies: its process and its network
+// namespace.
+func kill(c *container) error {
+	c.app.Process.Kill()
+	c.app.Wait()
+	if out, err := exec.Command("ip", "netns", "del", c.ns.Name).CombinedOutput(); err != nil {
+		return fmt.Errorf("delete %s's namespace: %v: %s", c.name, err, out)
+	}
+	return nil
+}
+
+// failedOver waits until stream s gets an answer from backup, stops it and
+// returns how long after killed the first came, what it said, and how
+// many requests failed in between.
+func failedOver(ctx context.Context, d *world, s *stream, killed time.Time, backup string) (gap time.Duration, answer string, failed int) {
+	s.wait(ctx, d, func(ls []string) bool {
+		return len(ls) > 0 && strings.Contains(ls[len(ls)-1], " ok "+backup+" saw")
+	})
+	for _, l := range s.stop() {
+		at, ok, a := parseLine(l)
+		if at.Before(killed.Truncate(time.Millisecond)) {
+			continue
+		}
+		if !ok {
+			failed++
+			continue
+		}
+		if strings.HasPrefix(a, backup+" saw") {
+			return at.Sub(killed), a, failed
+		}
+	}
+	return 0, "", failed
 }
 
 // watchDown reports when endpoint id is marked down in the registry.
@@ -422,29 +436,10 @@ func storyOutside(ctx context.Context, d *world, res *Result, cfg Config, p func
 	s.wait(ctx, d, func(ls []string) bool { return len(ls) >= 20 })
 	p("   the outside host asks %s every 10 ms; killing the master", entry)
 	killed := time.Now()
-	master.app.Process.Kill()
-	master.app.Wait()
-	if o, err := exec.Command("ip", "netns", "del", master.ns.Name).CombinedOutput(); err != nil {
-		return fmt.Errorf("delete the master's namespace: %v: %s", err, o)
+	if err := kill(master); err != nil {
+		return err
 	}
-	s.wait(ctx, d, func(ls []string) bool {
-		return len(ls) > 0 && strings.Contains(ls[len(ls)-1], " ok shop-backup saw")
-	})
-	for _, l := range s.stop() {
-		at, ok, answer := parseLine(l)
-		if at.Before(killed.Truncate(time.Millisecond)) {
-			continue
-		}
-		if !ok {
-			res.IngressFailedIn++
-			continue
-		}
-		if strings.HasPrefix(answer, "shop-backup saw") {
-			res.IngressGap = at.Sub(killed)
-			res.IngressBackup = answer
-			break
-		}
-	}
+	res.IngressGap, res.IngressBackup, res.IngressFailedIn = failedOver(ctx, d, s, killed, "shop-backup")
 	p("   the backup answered the outside host on %s %s after the kill (%d requests failed in between): %q",
 		entry, ms(res.IngressGap), res.IngressFailedIn, res.IngressBackup)
 	p("   the outside host dialled %s throughout, and both saw its own address %s", entry, out.IP)

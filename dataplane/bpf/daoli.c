@@ -1793,6 +1793,21 @@ static __always_inline int ingress_tag(struct __sk_buff *skb, __u32 len,
 	return 0;
 }
 
+/* gateway_key returns the CT_OUT key of the gateway's flow that packet p,
+ * from a client outside, belongs to. */
+static __always_inline struct ct_key gateway_key(const struct pkt *p)
+{
+	return (struct ct_key){
+		.scope = GATEWAY_ID,
+		.saddr = p->saddr,
+		.daddr = p->daddr,
+		.sport = p->sport,
+		.dport = p->dport,
+		.proto = p->proto,
+		.dir = CT_OUT,
+	};
+}
+
 /* ingress_send sends packet p of the gateway's flow out (its CT_OUT
  * entry: backend s, port index, offset) and rev (its CT_REV entry) on:
  * into s when it runs here, with only the destination translated, else to
@@ -1892,15 +1907,7 @@ __attribute__((noinline)) int ingress_front(struct __sk_buff *skb,
 
 	if (!p)
 		return drop(DROP_MALFORMED);
-	k = (struct ct_key){
-		.scope = GATEWAY_ID,
-		.saddr = p->saddr,
-		.daddr = p->daddr,
-		.sport = p->sport,
-		.dport = p->dport,
-		.proto = p->proto,
-		.dir = CT_OUT,
-	};
+	k = gateway_key(p);
 	e = bpf_map_lookup_elem(&conntrack, &k);
 	if (!e || e->kind != CT_KIND_INGRESS)
 		return NEW_FLOW;
@@ -1975,15 +1982,7 @@ __attribute__((noinline)) int ingress_new(struct __sk_buff *skb,
 	if (!rev)
 		return drop(DROP_OFFSETS_FULL);
 	v.backend = sid;
-	k = (struct ct_key){
-		.scope = GATEWAY_ID,
-		.saddr = p->saddr,
-		.daddr = p->daddr,
-		.sport = p->sport,
-		.dport = p->dport,
-		.proto = p->proto,
-		.dir = CT_OUT,
-	};
+	k = gateway_key(p);
 	if (bpf_map_update_elem(&conntrack, &k, &v, BPF_ANY) < 0) {
 		k = rev_key(GATEWAY_ID, sid, idx, p->proto);
 		ct_forget(&k, v.offset);
