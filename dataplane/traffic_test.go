@@ -399,12 +399,17 @@ func startCapture(t *testing.T, fabric *testbed.Namespace, port string) *capture
 		defer close(c.done)
 		buf := make([]byte, 1<<16) // big enough for a GSO frame
 		for {
+			flags := 0
 			select {
 			case <-c.stopc:
-				return
+				// Take what is queued still, then end.
+				flags = unix.MSG_DONTWAIT
 			default:
 			}
-			n, _, err := unix.Recvfrom(c.fd, buf, 0)
+			n, _, err := unix.Recvfrom(c.fd, buf, flags)
+			if err != nil && flags != 0 {
+				return
+			}
 			if err == nil {
 				c.mu.Lock()
 				c.frames = append(c.frames, bytes.Clone(buf[:n]))

@@ -1793,6 +1793,22 @@ static __always_inline int ingress_tag(struct __sk_buff *skb, __u32 len,
 	return 0;
 }
 
+/* ingress_key_of returns the ingress map's key (see struct ingress_key). */
+static __always_inline struct ingress_key ingress_key_of(__u32 backend,
+							  __u32 addr, __u16 port,
+							  __u16 sport, __u8 proto,
+							  __u8 dir)
+{
+	return (struct ingress_key){
+		.backend = backend,
+		.addr = addr,
+		.port = port,
+		.sport = sport,
+		.proto = proto,
+		.dir = dir,
+	};
+}
+
 /* gateway_key returns the CT_OUT key of the gateway's flow that packet p,
  * from a client outside, belongs to. */
 static __always_inline struct ct_key gateway_key(const struct pkt *p)
@@ -1842,23 +1858,15 @@ __attribute__((noinline)) int ingress_send(struct __sk_buff *skb,
 		if (!tag) {
 			struct ingress_entry *in;
 
-			k.backend = out->backend;
-			k.addr = p->saddr;
-			k.port = p->sport;
-			k.sport = port;
-			k.proto = p->proto;
-			k.dir = IN_REPLY;
+			k = ingress_key_of(out->backend, p->saddr, p->sport,
+					   port, p->proto, IN_REPLY);
 			in = bpf_map_lookup_elem(&ingress, &k);
 			tag = !in || !in->local || in->offset != out->offset ||
 			      in->gateway != p->daddr;
 		}
 		if (tag) {
-			k.backend = out->backend;
-			k.addr = p->saddr;
-			k.port = p->sport;
-			k.sport = port;
-			k.proto = p->proto;
-			k.dir = IN_REPLY;
+			k = ingress_key_of(out->backend, p->saddr, p->sport,
+					   port, p->proto, IN_REPLY);
 			v.client = p->saddr;
 			v.gateway = p->daddr;
 			v.client_port = p->sport;
@@ -2044,12 +2052,7 @@ __attribute__((noinline)) int ingress_back(struct __sk_buff *skb,
 	if (idx >= MAX_PORTS)
 		return drop(DROP_MALFORMED);
 	port = ep->ports[idx].port;
-	fk.backend = eid;
-	fk.addr = p->saddr;
-	fk.port = p->sport;
-	fk.sport = idx;
-	fk.proto = p->proto;
-	fk.dir = IN_FWD;
+	fk = ingress_key_of(eid, p->saddr, p->sport, idx, p->proto, IN_FWD);
 	if (p->l4_off == IP_OFF + 20 + INGRESS_OPT_LEN) {
 		if (bpf_skb_load_bytes(skb, IP_OFF + 20, &o, sizeof(o)) < 0 ||
 		    o.type != INGRESS_OPT || o.len != INGRESS_OPT_LEN)
@@ -2064,12 +2067,8 @@ __attribute__((noinline)) int ingress_back(struct __sk_buff *skb,
 		v.gateway = p->saddr;
 		v.gateway_port = p->sport;
 		v.index = idx;
-		rk.backend = eid;
-		rk.addr = v.client;
-		rk.port = v.client_port;
-		rk.sport = port;
-		rk.proto = p->proto;
-		rk.dir = IN_REPLY;
+		rk = ingress_key_of(eid, v.client, v.client_port, port,
+				    p->proto, IN_REPLY);
 		if (bpf_map_update_elem(&ingress, &fk, &v, BPF_ANY) < 0 ||
 		    bpf_map_update_elem(&ingress, &rk, &v, BPF_ANY) < 0)
 			return drop(DROP_OFFSETS_FULL);
@@ -2108,12 +2107,8 @@ __attribute__((noinline)) int ingress_reply(struct __sk_buff *skb,
 
 	if (!p || !c || !cfg)
 		return drop(DROP_MALFORMED);
-	fk.backend = cid;
-	fk.addr = p->daddr;
-	fk.port = p->dport;
-	fk.sport = p->sport;
-	fk.proto = p->proto;
-	fk.dir = IN_REPLY;
+	fk = ingress_key_of(cid, p->daddr, p->dport, p->sport, p->proto,
+			    IN_REPLY);
 	in = bpf_map_lookup_elem(&ingress, &fk);
 	if (!in)
 		return NEW_FLOW;
@@ -2130,12 +2125,8 @@ __attribute__((noinline)) int ingress_reply(struct __sk_buff *skb,
 			return drop(DROP_MALFORMED);
 		return bpf_redirect_neigh(cfg->uplink_ifindex, NULL, 0, 0);
 	}
-	fk.backend = cid;
-	fk.addr = in->gateway;
-	fk.port = in->gateway_port;
-	fk.sport = in->index;
-	fk.proto = p->proto;
-	fk.dir = IN_FWD;
+	fk = ingress_key_of(cid, in->gateway, in->gateway_port, in->index,
+			    p->proto, IN_FWD);
 	f = bpf_map_lookup_elem(&ingress, &fk);
 	if (!f || f->client != p->daddr || f->client_port != p->dport)
 		return drop(DROP_CT_MISS);
