@@ -242,8 +242,11 @@ should, so that it stays published when one of them is removed.`,
   daoli endpoint publish web-1 --none`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: a.withClient(func(ctx context.Context, s *session, args []string) error {
-			if none != (len(args) == 1) {
-				return errors.New("publish: give ports to publish, or --none to publish none")
+			switch {
+			case none && len(args) > 1:
+				return errors.New("publish: --none and ports to publish: give one or the other")
+			case !none && len(args) == 1:
+				return errors.New("publish: no ports: give HOSTPORT:PORT[/tcp|/udp]..., or --none to publish none")
 			}
 			var ps []mapper.PublishedPort
 			for _, a := range args[1:] {

@@ -187,12 +187,17 @@ func writeEndpointDetail(w io.Writer, d mapper.EndpointDetail) error {
 // writeServices prints one row per backend; a service's own columns are
 // filled on its first row only, so each service reads as a group.
 func writeServices(w io.Writer, svcs []mapper.Service) error {
-	t := newTable(w, "NETWORK", "SERVICE", "MODE", "BACKEND", "SERVER", "PRIORITY", "STATE", "6-TUPLE")
+	t := newTable(w, "NETWORK", "SERVICE", "MODE", "PUBLISHED", "BACKEND", "SERVER", "PRIORITY", "STATE", "6-TUPLE")
 	for _, s := range svcs {
 		network, addr, mode := s.Network, fmt.Sprintf("%s:%d/%s", s.IP, s.Port, s.Protocol), string(s.Mode)
+		hostPorts := make([]string, len(s.Published))
+		for i, hp := range s.Published {
+			hostPorts[i] = itoa(hp)
+		}
+		published := cmp.Or(strings.Join(hostPorts, ","), "-")
 		for _, b := range s.Backends {
-			t.row(network, addr, mode, backendRef(b), b.Server, itoa(b.Priority), string(b.State), b.Tuple.String())
-			network, addr, mode = " ", " ", " "
+			t.row(network, addr, mode, published, backendRef(b), b.Server, itoa(b.Priority), string(b.State), b.Tuple.String())
+			network, addr, mode, published = " ", " ", " ", " "
 		}
 	}
 	return t.flush()

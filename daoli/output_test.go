@@ -56,6 +56,7 @@ func lines(ls ...string) string { return strings.Join(ls, "\n") + "\n" }
 
 func TestTables(t *testing.T) {
 	e1, e2 := testE1, testE2
+	e2.Published = []mapper.PublishedPort{{HostPort: 8080, Port: 80, Protocol: mapper.TCP}}
 	tests := []struct {
 		name  string
 		write func(io.Writer) error
@@ -124,10 +125,10 @@ func TestTables(t *testing.T) {
 				return writeServices(w, mapper.Services([]mapper.Server{testS1, testS2}, []mapper.Endpoint{e1, e2}))
 			},
 			want: lines(
-				"NETWORK  SERVICE          MODE     BACKEND  SERVER  PRIORITY  STATE   6-TUPLE",
-				"net1     10.1.0.5:53/udp  balance  web-1    s1      0         active  (02:00:c0:a8:00:0b, 192.168.0.11, 16385; 02:42:0a:01:00:05, 10.1.0.5, 53)/udp",
-				"net1     10.1.0.5:80/tcp  balance  web-1    s1      0         active  (02:00:c0:a8:00:0b, 192.168.0.11, 16384; 02:42:0a:01:00:05, 10.1.0.5, 80)/tcp",
-				"                                   2        s2      5         down    (02:00:c0:a8:00:0c, 192.168.0.12, 16640; 02:42:0a:01:00:06, 10.1.0.5, 80)/tcp",
+				"NETWORK  SERVICE          MODE     PUBLISHED  BACKEND  SERVER  PRIORITY  STATE   6-TUPLE",
+				"net1     10.1.0.5:53/udp  balance  -          web-1    s1      0         active  (02:00:c0:a8:00:0b, 192.168.0.11, 16385; 02:42:0a:01:00:05, 10.1.0.5, 53)/udp",
+				"net1     10.1.0.5:80/tcp  balance  8080       web-1    s1      0         active  (02:00:c0:a8:00:0b, 192.168.0.11, 16384; 02:42:0a:01:00:05, 10.1.0.5, 80)/tcp",
+				"                                              2        s2      5         down    (02:00:c0:a8:00:0c, 192.168.0.12, 16640; 02:42:0a:01:00:06, 10.1.0.5, 80)/tcp",
 			),
 		},
 		{

@@ -328,8 +328,11 @@ func (k ServiceKey) String() string {
 // (IP, Port, protocol). It is derived from endpoints, never stored.
 type Service struct {
 	ServiceKey
-	Mode     Mode      `json:"mode"`
-	Backends []Backend `json:"backends"`
+	Mode Mode `json:"mode"`
+	// Published are the host ports that lead to the service on every
+	// server (published by any of its backends), in order.
+	Published []uint16  `json:"published,omitempty"`
+	Backends  []Backend `json:"backends"`
 }
 
 // Backend is one endpoint serving a service.
@@ -367,9 +370,15 @@ func Services(servers []Server, endpoints []Endpoint) []Service {
 				Endpoint: e.ID, Name: e.Name, Server: e.Server,
 				Priority: e.Priority, State: e.State, Tuple: tuples[j],
 			})
+			for _, pp := range e.Published {
+				if pp.Port == p.Port && pp.Protocol == p.Protocol && !slices.Contains(out[n].Published, pp.HostPort) {
+					out[n].Published = append(out[n].Published, pp.HostPort)
+				}
+			}
 		}
 	}
 	for i := range out {
+		slices.Sort(out[i].Published)
 		slices.SortFunc(out[i].Backends, func(a, b Backend) int {
 			if a.State != b.State {
 				if a.State == Active {
