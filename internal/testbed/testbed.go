@@ -378,7 +378,12 @@ func newWorld(t TB, bridges int) *World {
 	w.Fabric = w.namespace("fab")
 	for i := range bridges {
 		br := fmt.Sprintf("br%d", i)
-		w.ip("-n", w.Fabric.Name, "link", "add", br, "type", "bridge")
+		// An address of its own: a bridge without one takes the lowest of
+		// its ports', so a port added later (the router's) could change it
+		// under the neighbour caches of everything that talks to an
+		// address on the bridge (the demo's mapper).
+		mac := fmt.Sprintf("02:da:%02x:%02x:%02x:%02x", b[0], b[1], b[2], i)
+		w.ip("-n", w.Fabric.Name, "link", "add", br, "address", mac, "type", "bridge")
 		w.ip("-n", w.Fabric.Name, "link", "set", br, "up")
 	}
 	return w
