@@ -196,16 +196,21 @@ func (m *model) desired(self string, blockSize uint16, ifindex func(name string)
 		}
 	}
 	slices.SortFunc(s.Endpoints, func(a, b dataplane.Endpoint) int { return cmp.Compare(a.ID, b.ID) })
+	// Sorted whole, so that every server keeps the same one where a port
+	// leads to two services (servedPublished).
 	slices.SortFunc(s.Published, func(a, b dataplane.Published) int {
-		return cmp.Or(cmp.Compare(a.HostPort, b.HostPort), cmp.Compare(a.Proto, b.Proto))
+		return cmp.Or(cmp.Compare(a.HostPort, b.HostPort), cmp.Compare(a.Proto, b.Proto),
+			cmp.Compare(a.Network, b.Network), a.IP.Compare(b.IP), cmp.Compare(a.Port, b.Port))
 	})
 	return s
 }
 
 // servedPublished returns the published ports of s that lead to a
 // service some endpoint of s serves: those of endpoints left out of s
-// go with them. Where the registry let two services publish one port
-// (it refuses that), the first is kept.
+// go with them. Where two services publish one port (the registry
+// refuses that now; one from before ports were the cluster's may hold
+// such pairs), the first in desired's order is kept, the same on every
+// server.
 func servedPublished(s dataplane.State) []dataplane.Published {
 	type svc struct {
 		network uint32

@@ -104,3 +104,38 @@ func TestLimitsAgree(t *testing.T) {
 		t.Errorf("mapper.MaxLocators %d, dataplane.MaxLocalIPs %d", mapper.MaxLocators, dataplane.MaxLocalIPs)
 	}
 }
+
+// TestDesiredPublished: the published ports of every endpoint reach the
+// dataplane once per service; those of an endpoint left out go with it;
+// where two services (from an older registry) publish one port, every
+// server keeps the same one.
+func TestDesiredPublished(t *testing.T) {
+	m := newModel()
+	m.reset(mapper.Snapshot{Revision: 1})
+	srv := mapper.Server{Name: "s1", IPs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}, MAC: mapper.MAC{2, 0, 0, 0, 0, 1}}
+	web := func(id uint32, ip string, published ...mapper.PublishedPort) mapper.Endpoint {
+		return mapper.Endpoint{ID: id, NetworkID: 1, Network: "blue", IP: netip.MustParseAddr(ip), MAC: mapper.MAC{2, 0, 0, 0, 0, byte(id)},
+			Server: "s1", Ports: []mapper.PortSpec{{Port: 80, Protocol: mapper.TCP}}, Mode: mapper.Balance, State: mapper.Active,
+			Wire: mapper.Block{Addr: srv.IPs[0], Base: 16384 + 256*uint16(id), Size: 256}, Identity: mapper.Block{Base: 32768 + 256*uint16(id), Size: 256},
+			Published: published}
+	}
+	p8080 := mapper.PublishedPort{HostPort: 8080, Port: 80, Protocol: mapper.TCP}
+	m.apply(mapper.Change{Revision: 2, Type: "put", Server: &srv})
+	for i, e := range []mapper.Endpoint{web(3, "10.1.0.9", p8080), web(1, "10.1.0.5", p8080), web(2, "10.1.0.5", p8080)} {
+		m.apply(mapper.Change{Revision: int64(3 + i), Type: "put", Endpoint: &e})
+	}
+	st := m.desired("s1", 256, func(string) int { return 0 })
+	if len(st.Published) != 2 {
+		t.Fatalf("published %+v: want one per service, two", st.Published)
+	}
+	got := servedPublished(st)
+	want := dataplane.Published{HostPort: 8080, Proto: dataplane.TCP, Network: 1, IP: netip.MustParseAddr("10.1.0.5"), Port: 80}
+	if len(got) != 1 || got[0] != want {
+		t.Errorf("served %+v, want only %+v", got, want)
+	}
+	st.Endpoints = st.Endpoints[2:] // only endpoint 3 is left
+	got = servedPublished(st)
+	if len(got) != 1 || got[0].IP != netip.MustParseAddr("10.1.0.9") {
+		t.Errorf("with endpoints 1 and 2 left out, served %+v; want 10.1.0.9's", got)
+	}
+}
