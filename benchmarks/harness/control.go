@@ -19,9 +19,10 @@ import (
 const (
 	cpNetwork = "cp"
 	// perPhantom is the number of endpoints placed on one phantom server:
-	// four locator addresses of 64 wire blocks each (256-port blocks in
-	// 16384-32767).
-	perPhantom = 256
+	// phantomAddrs locator addresses of 63 wire blocks each (256-port
+	// blocks in 16384-32767, less the last, the gateway block).
+	phantomAddrs = 4
+	perPhantom   = phantomAddrs * 63
 	// parallel is the number of concurrent registering clients.
 	parallel = 64
 )
@@ -91,7 +92,7 @@ func (r *run) controlPlane() {
 	total := r.cfg.Registrations + 2*r.cfg.Latencies
 	for k := 0; k*perPhantom < total; k++ {
 		spec := mapper.ServerSpec{Name: fmt.Sprintf("phantom-%d", k), MAC: mapper.MAC{0x02, 0xbe, 0, 0, byte(k >> 8), byte(k)}}
-		for j := range perPhantom / 64 {
+		for j := range phantomAddrs {
 			// 198.18.0.0/15 is set aside for benchmarks (RFC 2544).
 			spec.IPs = append(spec.IPs, netip.AddrFrom4([4]byte{198, 18 + byte(k>>8), byte(k), byte(j + 1)}))
 		}
