@@ -106,7 +106,8 @@
 //
 // The backend's answers go back through X, so a stateful firewall in
 // front of X sees both directions: from_container looks the answer up in
-// the ingress map (IN_REPLY) before anything else, sends it to
+// the ingress map (IN_REPLY) when it is neither of a known flow nor an
+// answer to a container (so those pay nothing for it), sends it to
 // ServerIP_X:gateway+offset (or, for a local flow, straight out of the
 // uplink from ServerIP_X:HostPort), and from_network on X translates it
 // back to ServerIP_X:HostPort -> client. An answer whose gateway port no
@@ -124,6 +125,8 @@
 // that the option would make larger than the uplink's MTU is dropped
 // (DropTooBig): a TCP SYN never is, a UDP flow's first datagrams must
 // leave 8 bytes. ICMP errors about ingress flows are not translated.
+// An outside client's address must not be one of a network's endpoints:
+// an answer to it would be taken for an answer to that endpoint.
 // A backend that moves keeps its ingress flows when its new server knows
 // them: the server dialled (the flow lives there, and the backend's
 // entry is written again on the next packet) or one it ran on during the

@@ -252,9 +252,10 @@ func TestFailoverOffsetBusy(t *testing.T) {
 // to a flow that gets no offset, the end of a backend's TIME_WAIT: each
 // verified once per program). On Linux 6.18:
 //
-//   - from_container 37740 with ingress (49225 before): the answers of a
-//     backend to an outside client are found in a global function, whose
-//     opaque result left fewer paths to walk than before.
+//   - from_container 50619 with ingress (49225 before): the answers of a
+//     backend to an outside client are found in a global function, after
+//     the answers to containers, so those pay nothing for it (37740 when
+//     it came before them: its opaque result left fewer paths to walk).
 //     49225 with egress (27294 before): a new flow may now
 //     also start from an egress flow whose offset is gone, and may end
 //     outside. Its budget rose from 50000 to 80000 for that.
@@ -264,7 +265,7 @@ func TestFailoverOffsetBusy(t *testing.T) {
 //     at up to 256 offsets now (32 before). Walked inline it cost 57215 at
 //     32 probes, and still 49263 at 256 with a global per-probe claim, so
 //     it runs in global functions, 16 probes per call.
-//   - from_network 12810 with ingress (5839 before): published ports,
+//   - from_network 12839 with ingress (5839 before): published ports,
 //     the gateway's answers and the backend's side, and the offset
 //     allocation (alloc_offset, ct_probe, ct_claim) that ingress flows
 //     share with containers' flows, verified once more in this program.

@@ -1839,7 +1839,7 @@ __attribute__((noinline)) int ingress_send(struct __sk_buff *skb,
 	struct server_settings *cfg = get_settings();
 	struct gateway_settings *gw = get_gateway();
 	struct ingress_entry v = {};
-	struct ingress_key k = {};
+	struct ingress_key k;
 	__u32 mtu = 0, idx;
 	__u16 port;
 	int tag;
@@ -1855,18 +1855,16 @@ __attribute__((noinline)) int ingress_send(struct __sk_buff *skb,
 	if (s->ifindex) {
 		/* Until answered, and whenever the backend's server does not
 		 * know the flow (it moved here while the flow was open). */
+		k = ingress_key_of(out->backend, p->saddr, p->sport, port,
+				   p->proto, IN_REPLY);
 		if (!tag) {
-			struct ingress_entry *in;
+			struct ingress_entry *in =
+				bpf_map_lookup_elem(&ingress, &k);
 
-			k = ingress_key_of(out->backend, p->saddr, p->sport,
-					   port, p->proto, IN_REPLY);
-			in = bpf_map_lookup_elem(&ingress, &k);
 			tag = !in || !in->local || in->offset != out->offset ||
 			      in->gateway != p->daddr;
 		}
 		if (tag) {
-			k = ingress_key_of(out->backend, p->saddr, p->sport,
-					   port, p->proto, IN_REPLY);
 			v.client = p->saddr;
 			v.gateway = p->daddr;
 			v.client_port = p->sport;
@@ -2040,7 +2038,7 @@ __attribute__((noinline)) int ingress_back(struct __sk_buff *skb,
 					   __u32 eid, __u32 idx)
 {
 	struct server_settings *cfg = get_settings();
-	struct ingress_key fk = {}, rk = {};
+	struct ingress_key fk, rk;
 	struct ingress_entry *f, v = {};
 	struct ingress_opt o;
 	__u32 reason, port;
@@ -2101,7 +2099,7 @@ __attribute__((noinline)) int ingress_reply(struct __sk_buff *skb,
 					    const struct endpoint *c, __u32 cid)
 {
 	struct server_settings *cfg = get_settings();
-	struct ingress_key fk = {};
+	struct ingress_key fk;
 	struct ingress_entry *f, *in;
 	struct ct_entry *e;
 
@@ -2266,14 +2264,6 @@ keep:
 		return deliver_out(skb, &p, c, s, sid, e, cfg);
 	}
 
-	/* A backend answering an outside client of a published port. */
-	if (p.proto != IPPROTO_ICMP) {
-		int ret = ingress_reply(skb, &p, c, cid);
-
-		if (ret != NEW_FLOW)
-			return ret;
-	}
-
 	/* A backend answering a client: the destination port lies in the
 	 * identity block of an endpoint of this network. */
 	if (!is_request(&p) && cfg->block_size) {
@@ -2287,6 +2277,15 @@ keep:
 		if (id)
 			return reply_from_backend(skb, &p, c, cid, *id, cfg,
 						  now);
+	}
+
+	/* A backend answering an outside client of a published port: looked
+	 * up only here, so answers to containers do not pay for it. */
+	if (p.proto != IPPROTO_ICMP) {
+		int ret = ingress_reply(skb, &p, c, cid);
+
+		if (ret != NEW_FLOW)
+			return ret;
 	}
 
 new_flow:
