@@ -109,26 +109,12 @@ func dialOutside(t *testing.T, out *testbed.Outside, addr netip.AddrPort) net.Co
 // serveCopy sends back every byte of every connection on port of c.
 func serveCopy(t *testing.T, c *testbed.Container, port int) {
 	t.Helper()
-	var l net.Listener
-	if err := c.Do(func() (err error) {
-		l, err = net.Listen("tcp4", fmt.Sprintf("%s:%d", c.IP, port))
-		return err
-	}); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			conn, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				io.Copy(conn, conn)
-			}()
-		}
-	}()
+	serveConns(t, c, port, func(conn net.Conn) {
+		go func() {
+			defer conn.Close()
+			io.Copy(conn, conn)
+		}()
+	})
 }
 
 // TestIngressTraffic: a client outside reaches a published service

@@ -237,6 +237,16 @@ func (tw *trafficWorld) drops(t *testing.T) map[DropReason]uint64 {
 // serveTCP answers every connection with "name remote-address".
 func serveTCP(t *testing.T, c *testbed.Container, port int, name string) {
 	t.Helper()
+	serveConns(t, c, port, func(conn net.Conn) {
+		fmt.Fprintf(conn, "%s %s\n", name, conn.RemoteAddr())
+		conn.Close()
+	})
+}
+
+// serveConns listens on TCP port of c until cleanup and hands every
+// connection to handle, one after the other.
+func serveConns(t *testing.T, c *testbed.Container, port int, handle func(net.Conn)) {
+	t.Helper()
 	var l net.Listener
 	err := c.Do(func() (err error) {
 		l, err = net.Listen("tcp4", fmt.Sprintf("%s:%d", c.IP, port))
@@ -252,8 +262,7 @@ func serveTCP(t *testing.T, c *testbed.Container, port int, name string) {
 			if err != nil {
 				return
 			}
-			fmt.Fprintf(conn, "%s %s\n", name, conn.RemoteAddr())
-			conn.Close()
+			handle(conn)
 		}
 	}()
 }
