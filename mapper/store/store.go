@@ -2,20 +2,23 @@
 // serializable transactions, a change log that watchers follow from any
 // revision, and leases.
 //
-// The interface is shaped so that etcd can back it one-to-one:
+// Two backends implement it, and pass the same conformance suite
+// (storetest):
 //
-//	Store.Update   ↔ concurrency.NewSTM (serializable isolation)
-//	Store.Get/List ↔ KV.Get (WithPrefix), answered at one revision
-//	Store.Watch    ↔ Watcher.Watch(WithPrefix, WithRev), ErrCompacted included
-//	Store.Compact  ↔ KV.Compact
-//	Grant/KeepAlive/Revoke ↔ Lease
+//   - Bolt, the embedded default: one file, every acknowledged write
+//     fsynced, concurrent writers coalesced into one commit (group
+//     commit), so durability costs one fsync per batch rather than one
+//     per write. Revisions start at 1 and grow by exactly one for every
+//     Update that wrote something.
+//   - Etcd, for registries that must outlive any one machine: several
+//     stateless mappers on one etcd cluster. The interface maps onto
+//     etcd's: Get/List ↔ KV.Get (WithPrefix), Watch ↔ Watcher.Watch
+//     (WithPrefix, WithRev, ErrCompacted included), Compact ↔ KV.Compact,
+//     Grant/KeepAlive/Revoke ↔ Lease. Update is an optimistic
+//     transaction of its own (etcd's STM has no range reads): see Etcd.
+//     Revisions are etcd's, which grow with every write to the cluster.
 //
-// Bolt is the embedded default: one file, every acknowledged write fsynced,
-// concurrent writers coalesced into one commit (group commit), so
-// durability costs one fsync per batch rather than one per write.
-//
-// Revisions start at 1 and grow by exactly one for every Update that wrote
-// something; all keys written by one Update share its revision, as in etcd.
+// In both, all keys written by one Update share its revision, as in etcd.
 package store
 
 import (

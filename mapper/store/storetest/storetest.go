@@ -17,6 +17,11 @@ import (
 )
 
 // Run runs the suite. open returns a new, empty store; the suite closes it.
+//
+// Revisions are checked relative to the store's revision when it was
+// opened: a store on a shared cluster (etcd) starts at the cluster's
+// revision, not at zero. Nothing else may write to the cluster while a
+// case runs, so that every Update still advances the revision by one.
 func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	tests := []struct {
 		name string
@@ -68,27 +73,38 @@ func del(t *testing.T, s store.Store, keys ...string) int64 {
 	return rev
 }
 
+// base is the store's revision before a case writes anything.
+func base(t *testing.T, s store.Store) int64 {
+	t.Helper()
+	rev, _, err := s.Revision(context.Background())
+	if err != nil {
+		t.Fatalf("revision: %v", err)
+	}
+	return rev
+}
+
 func testRevisions(t *testing.T, s store.Store) {
 	ctx := context.Background()
-	if rev, _, err := s.Revision(ctx); err != nil || rev != 0 {
-		t.Fatalf("new store: revision %d, %v; want 0", rev, err)
+	b := base(t, s)
+	if kvs, _, err := s.List(ctx, ""); err != nil || len(kvs) != 0 {
+		t.Fatalf("new store: %d keys, %v; want none", len(kvs), err)
 	}
-	if got := put(t, s, "a", "1", "b", "2"); got != 1 {
-		t.Errorf("first write: revision %d, want 1", got)
+	if got := put(t, s, "a", "1", "b", "2"); got != b+1 {
+		t.Errorf("first write: revision %d, want %d", got, b+1)
 	}
-	if got := put(t, s, "a", "3"); got != 2 {
-		t.Errorf("second write: revision %d, want 2", got)
+	if got := put(t, s, "a", "3"); got != b+2 {
+		t.Errorf("second write: revision %d, want %d", got, b+2)
 	}
 	// Reading only, and deleting a missing key, change nothing.
 	rev, err := s.Update(ctx, func(tx store.STM) error { tx.Get("a"); return nil })
-	if err != nil || rev != 2 {
-		t.Errorf("read-only update: revision %d, %v; want 2", rev, err)
+	if err != nil || rev != b+2 {
+		t.Errorf("read-only update: revision %d, %v; want %d", rev, err, b+2)
 	}
-	if got := del(t, s, "missing"); got != 2 {
-		t.Errorf("deleting a missing key: revision %d, want 2", got)
+	if got := del(t, s, "missing"); got != b+2 {
+		t.Errorf("deleting a missing key: revision %d, want %d", got, b+2)
 	}
-	if got := del(t, s, "b"); got != 3 {
-		t.Errorf("delete: revision %d, want 3", got)
+	if got := del(t, s, "b"); got != b+3 {
+		t.Errorf("delete: revision %d, want %d", got, b+3)
 	}
 	if _, ok, _, _ := s.Get(ctx, "b"); ok {
 		t.Error("deleted key b is still there")
@@ -97,7 +113,7 @@ func testRevisions(t *testing.T, s store.Store) {
 
 func testAbort(t *testing.T, s store.Store) {
 	ctx := context.Background()
-	put(t, s, "k", "before")
+	b := put(t, s, "k", "before")
 	errBoom := errors.New("boom")
 	_, err := s.Update(ctx, func(tx store.STM) error {
 		tx.Put("k", []byte("after"), 0)
@@ -115,8 +131,8 @@ func testAbort(t *testing.T, s store.Store) {
 		t.Fatal("a panicking transaction returned no error")
 	}
 	kv, _, rev, _ := s.Get(ctx, "k")
-	if string(kv.Value) != "before" || rev != 1 {
-		t.Errorf("after aborts: k=%q at revision %d, want \"before\" at 1", kv.Value, rev)
+	if string(kv.Value) != "before" || rev != b {
+		t.Errorf("after aborts: k=%q at revision %d, want \"before\" at %d", kv.Value, rev, b)
 	}
 	if _, ok, _, _ := s.Get(ctx, "other"); ok {
 		t.Error("an aborted transaction left a key behind")
@@ -125,7 +141,7 @@ func testAbort(t *testing.T, s store.Store) {
 
 func testList(t *testing.T, s store.Store) {
 	ctx := context.Background()
-	put(t, s, "p/b", "2", "p/a", "1", "q/c", "3")
+	b := put(t, s, "p/b", "2", "p/a", "1", "q/c", "3") - 1
 	put(t, s, "p/a", "1b")
 	var seen []store.KeyValue
 	_, err := s.Update(ctx, func(tx store.STM) error {
@@ -145,11 +161,11 @@ func testList(t *testing.T, s store.Store) {
 		t.Fatal(err)
 	}
 	want := []store.KeyValue{
-		{Key: "p/a", Value: []byte("1b"), CreateRevision: 1, ModRevision: 2, Version: 2},
-		{Key: "p/b", Value: []byte("2"), CreateRevision: 1, ModRevision: 1, Version: 1},
+		{Key: "p/a", Value: []byte("1b"), CreateRevision: b + 1, ModRevision: b + 2, Version: 2},
+		{Key: "p/b", Value: []byte("2"), CreateRevision: b + 1, ModRevision: b + 1, Version: 1},
 	}
-	if diff := cmp.Diff(want, kvs); diff != "" || rev != 2 {
-		t.Errorf("List at revision %d (want 2) (-want +got):\n%s", rev, diff)
+	if diff := cmp.Diff(want, kvs); diff != "" || rev != b+2 {
+		t.Errorf("List at revision %d (want %d) (-want +got):\n%s", rev, b+2, diff)
 	}
 }
 
@@ -166,6 +182,7 @@ func keys(kvs []store.KeyValue) []string {
 // own revision.
 func testNoLostUpdates(t *testing.T, s store.Store) {
 	const workers, each = 16, 25
+	b := base(t, s)
 	var (
 		wg   sync.WaitGroup
 		mu   sync.Mutex
@@ -197,8 +214,8 @@ func testNoLostUpdates(t *testing.T, s store.Store) {
 	}
 	wg.Wait()
 	kv, _, rev, _ := s.Get(context.Background(), "counter")
-	if string(kv.Value) != strconv.Itoa(workers*each) || rev != workers*each {
-		t.Errorf("counter=%s at revision %d, want %d at %d", kv.Value, rev, workers*each, workers*each)
+	if string(kv.Value) != strconv.Itoa(workers*each) || rev != b+workers*each {
+		t.Errorf("counter=%s at revision %d, want %d at %d", kv.Value, rev, workers*each, b+workers*each)
 	}
 }
 
@@ -242,21 +259,22 @@ func summarize(evs []store.Event) []ev {
 func testWatchResume(t *testing.T, s store.Store) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	b := base(t, s)
 	for i := 1; i <= 10; i++ {
 		put(t, s, "k"+strconv.Itoa(i%3), strconv.Itoa(i))
 	}
 	del(t, s, "k1")
 	// A watcher that reads four revisions and disconnects...
-	first := collect(t, s.Watch(ctx, "", 1), 4)[:4]
+	first := collect(t, s.Watch(ctx, "", b+1), 4)[:4]
 	last := first[3].KV.ModRevision
 	// ...resumes after the last one it saw, while writes go on.
 	put(t, s, "k9", "12")
 	rest := collect(t, s.Watch(ctx, "", last+1), 8)
 	var want []ev
 	for i := 1; i <= 10; i++ {
-		want = append(want, ev{store.EventPut, "k" + strconv.Itoa(i%3), strconv.Itoa(i), int64(i)})
+		want = append(want, ev{store.EventPut, "k" + strconv.Itoa(i%3), strconv.Itoa(i), b + int64(i)})
 	}
-	want = append(want, ev{store.EventDelete, "k1", "", 11}, ev{store.EventPut, "k9", "12", 12})
+	want = append(want, ev{store.EventDelete, "k1", "", b + 11}, ev{store.EventPut, "k9", "12", b + 12})
 	if diff := cmp.Diff(want, summarize(append(first, rest...))); diff != "" {
 		t.Errorf("events across a resume (-want +got):\n%s", diff)
 	}
@@ -268,7 +286,7 @@ func testWatchResume(t *testing.T, s store.Store) {
 func testWatchPrefix(t *testing.T, s store.Store) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	put(t, s, "x/old", "0")
+	b := put(t, s, "x/old", "0") - 1
 	w := s.Watch(ctx, "x/", 0) // from the next revision on
 	// Give the watcher time to settle at its start revision; events
 	// written after it are delivered whether or not it has.
@@ -276,10 +294,10 @@ func testWatchPrefix(t *testing.T, s store.Store) {
 	put(t, s, "y/other", "1")
 	put(t, s, "x/new", "2")
 	got := summarize(collect(t, w, 1))
-	if diff := cmp.Diff([]ev{{store.EventPut, "x/new", "2", 3}}, got); diff != "" {
+	if diff := cmp.Diff([]ev{{store.EventPut, "x/new", "2", b + 3}}, got); diff != "" {
 		t.Errorf("prefix watch (-want +got):\n%s", diff)
 	}
-	r := <-s.Watch(ctx, "", 10)
+	r := <-s.Watch(ctx, "", b+10)
 	if r.Err == nil || !errors.Is(r.Err, store.ErrFutureRevision) {
 		t.Errorf("watch from a future revision: %v, want ErrFutureRevision", r.Err)
 	}
@@ -288,18 +306,22 @@ func testWatchPrefix(t *testing.T, s store.Store) {
 func testWatchCompacted(t *testing.T, s store.Store) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	b := base(t, s)
 	for i := 0; i < 5; i++ {
 		put(t, s, "k", strconv.Itoa(i))
 	}
-	if err := s.Compact(ctx, 4); err != nil {
+	if err := s.Compact(ctx, b+4); err != nil {
 		t.Fatal(err)
 	}
-	r := <-s.Watch(ctx, "", 2)
-	if !errors.Is(r.Err, store.ErrCompacted) || r.CompactRevision != 4 {
-		t.Errorf("watch from a compacted revision: err=%v compact=%d, want ErrCompacted at 4", r.Err, r.CompactRevision)
+	r := <-s.Watch(ctx, "", b+2)
+	if !errors.Is(r.Err, store.ErrCompacted) || r.CompactRevision != b+4 {
+		t.Errorf("watch from a compacted revision: err=%v compact=%d, want ErrCompacted at %d", r.Err, r.CompactRevision, b+4)
 	}
-	got := summarize(collect(t, s.Watch(ctx, "", 4), 2))
-	want := []ev{{store.EventPut, "k", "3", 4}, {store.EventPut, "k", "4", 5}}
+	if _, compacted, err := s.Revision(ctx); err != nil || compacted != b+4 {
+		t.Errorf("compaction revision %d, %v; want %d", compacted, err, b+4)
+	}
+	got := summarize(collect(t, s.Watch(ctx, "", b+4), 2))
+	want := []ev{{store.EventPut, "k", "3", b + 4}, {store.EventPut, "k", "4", b + 5}}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("watch from the compaction revision (-want +got):\n%s", diff)
 	}

@@ -1,0 +1,767 @@
+package store
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/btree"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// EtcdConfig configures an Etcd store.
+type EtcdConfig struct {
+	// Endpoints are the etcd members' client URLs. Required.
+	Endpoints []string
+	// TLS, if set, is used for every connection to the members.
+	TLS *tls.Config
+	// Prefix is prepended to every key, so that several registries (or
+	// other users) can share one etcd cluster. Zero means none: the
+	// registry's keys already start with /daoli/.
+	Prefix string
+	// DialTimeout bounds the first connection. Zero means 5 seconds.
+	DialTimeout time.Duration
+	// Logger receives background errors. Nil means discard.
+	Logger *slog.Logger
+}
+
+// Etcd is a Store on an etcd cluster. Revisions are etcd's own: the
+// cluster's revision, which every write anywhere in the cluster advances,
+// so a registry that shares its cluster sees gaps between its revisions
+// (nothing in daoli relies on consecutive ones). The change log is etcd's
+// history of the keys under the prefix: Watch is an etcd watch, Compact
+// is etcd's compaction (of the whole cluster, as etcd's always is).
+//
+// Update is optimistic: the transaction function runs against a local
+// mirror of every key under the prefix, kept by a watch, at one revision
+// R, no older than the cluster's revision when Update was called (so a
+// write acknowledged through another store is always seen); its writes are committed in one etcd transaction that succeeds only
+// if every key it read still has the revision it had at R, and no key
+// under a prefix it listed was written after R. Otherwise the mirror
+// catches up and the function runs again. Reads therefore cost no round
+// trip, and a write costs two: reading the cluster's revision, and the
+// commit (with etcd's quorum fsync, which is what makes it durable).
+//
+// Hazards. A key deleted by a lease's expiry is not seen as a conflict by
+// an Update that listed its prefix (only Updates write the fence that
+// deletions by Updates raise). etcd leases have a granularity of one
+// second and a floor of 1.5 election timeouts: Grant rounds up. One
+// Update becomes one etcd transaction, so its reads and writes are
+// bounded by the members' --max-txn-ops and --max-request-bytes (see
+// docs/ha.md); an Update beyond them fails with an error that says so.
+//
+// An Etcd is safe for concurrent use. Its zero value is not usable: call
+// OpenEtcd.
+type Etcd struct {
+	c        *clientv3.Client
+	prefix   string
+	internal string // the store's own bookkeeping, outside the prefix
+	fence    string
+	markers  string // prefix of this store's commit markers
+	log      *slog.Logger
+	seq      atomic.Uint64
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+
+	mu        sync.RWMutex // guards the mirror; held shared while a transaction function runs
+	kv        *btree.BTreeG[KeyValue]
+	rev       int64         // the mirror holds every write up to here
+	advanced  chan struct{} // closed and replaced when rev grows
+	committed int64         // the newest revision this store committed
+	closed    bool
+	// epoch is the lease commit markers are written with; a new one is
+	// granted every markerTTL/3, and each expires on its own, taking its
+	// markers with it.
+	epoch     clientv3.LeaseID
+	epochTime time.Time
+}
+
+// markerTTL is how long a commit marker outlives its transaction: the
+// time within which a commit whose outcome was lost (the member died
+// while answering) is resolved.
+const markerTTL = 60 * time.Second
+
+// OpenEtcd connects to the cluster and loads the mirror.
+func OpenEtcd(cfg EtcdConfig) (*Etcd, error) {
+	if len(cfg.Endpoints) == 0 {
+		return nil, errors.New("open etcd store: no endpoints")
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	c, err := clientv3.New(clientv3.Config{
+		Endpoints:   cfg.Endpoints,
+		TLS:         cfg.TLS,
+		DialTimeout: cfg.DialTimeout,
+		Logger:      zap.NewNop(),
+		// Keep a connection that the network silently dropped from
+		// hanging a watch: a dead member is noticed and left.
+		DialKeepAliveTime:    2 * time.Second,
+		DialKeepAliveTimeout: 2 * time.Second,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open etcd store at %s: %w", strings.Join(cfg.Endpoints, ","), err)
+	}
+	var id [8]byte
+	rand.Read(id[:])
+	internal := strings.TrimSuffix(cfg.Prefix, "/") + "\x00"
+	s := &Etcd{
+		c: c, prefix: cfg.Prefix, internal: internal, fence: internal + "fence",
+		markers: internal + "txn/" + hex.EncodeToString(id[:]) + "/", log: log,
+		advanced: make(chan struct{}),
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
+	defer cancel()
+	if err := s.load(ctx); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("open etcd store at %s: %w", strings.Join(cfg.Endpoints, ","), err)
+	}
+	wctx, wcancel := context.WithCancel(context.Background())
+	s.cancel = wcancel
+	s.wg.Add(1)
+	go s.follow(wctx)
+	return s, nil
+}
+
+func lessKV(a, b KeyValue) bool { return a.Key < b.Key }
+
+// load reads every key under the prefix into a fresh mirror.
+func (s *Etcd) load(ctx context.Context) error {
+	resp, err := s.c.Get(ctx, s.prefix, clientv3.WithPrefix())
+	if err != nil {
+		return err
+	}
+	t := btree.NewG(32, lessKV)
+	for _, kv := range resp.Kvs {
+		if k, ok := s.key(kv.Key); ok {
+			t.ReplaceOrInsert(fromEtcd(k, kv))
+		}
+	}
+	s.mu.Lock()
+	s.kv = t
+	s.setRev(resp.Header.Revision)
+	s.mu.Unlock()
+	return nil
+}
+
+// key strips the prefix; false for keys that are not the store's.
+func (s *Etcd) key(b []byte) (string, bool) {
+	k := string(b)
+	if strings.HasPrefix(k, s.internal) || !strings.HasPrefix(k, s.prefix) {
+		return "", false
+	}
+	return k[len(s.prefix):], true
+}
+
+func fromEtcd(key string, kv *mvccpb.KeyValue) KeyValue {
+	return KeyValue{Key: key, Value: kv.Value, CreateRevision: kv.CreateRevision,
+		ModRevision: kv.ModRevision, Version: kv.Version, Lease: LeaseID(kv.Lease)}
+}
+
+// setRev advances the mirror's revision; s.mu is held.
+func (s *Etcd) setRev(rev int64) {
+	if rev > s.rev {
+		s.rev = rev
+		close(s.advanced)
+		s.advanced = make(chan struct{})
+	}
+}
+
+// follow keeps the mirror equal to the cluster. etcd's client resumes a
+// watch across member failures by itself; a compaction past the mirror's
+// revision (a mirror that fell far behind) reloads it.
+func (s *Etcd) follow(ctx context.Context) {
+	defer s.wg.Done()
+	for ctx.Err() == nil {
+		s.mu.RLock()
+		from := s.rev + 1
+		s.mu.RUnlock()
+		wch := s.c.Watch(clientv3.WithRequireLeader(ctx), s.prefix, clientv3.WithPrefix(),
+			clientv3.WithRev(from), clientv3.WithProgressNotify())
+		for resp := range wch {
+			if resp.CompactRevision != 0 {
+				s.log.Warn("etcd store mirror fell behind compaction; reloading", "compacted", resp.CompactRevision)
+				if err := s.load(ctx); err != nil && ctx.Err() == nil {
+					s.log.Error("reload etcd store mirror", "error", err)
+				}
+				break
+			}
+			if err := resp.Err(); err != nil {
+				s.log.Warn("etcd store mirror watch failed; resuming", "error", err)
+				break
+			}
+			s.mu.Lock()
+			for _, ev := range resp.Events {
+				k, ok := s.key(ev.Kv.Key)
+				if !ok {
+					continue
+				}
+				if ev.Type == clientv3.EventTypeDelete {
+					s.kv.Delete(KeyValue{Key: k})
+				} else {
+					s.kv.ReplaceOrInsert(fromEtcd(k, ev.Kv))
+				}
+			}
+			if n := len(resp.Events); n > 0 {
+				s.setRev(resp.Events[n-1].Kv.ModRevision)
+			}
+			if resp.IsProgressNotify() {
+				s.setRev(resp.Header.Revision)
+			}
+			s.mu.Unlock()
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// waitRev waits until the mirror holds revision rev, asking etcd for a
+// progress notification when it is idle.
+func (s *Etcd) waitRev(ctx context.Context, rev int64) error {
+	for {
+		s.mu.RLock()
+		cur, ch, closed := s.rev, s.advanced, s.closed
+		s.mu.RUnlock()
+		if closed {
+			return ErrClosed
+		}
+		if cur >= rev {
+			return nil
+		}
+		if err := s.c.RequestProgress(context.Background()); err != nil && ctx.Err() == nil {
+			s.log.Debug("request watch progress", "error", err)
+		}
+		select {
+		case <-ch:
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Close releases the store. Watch channels are closed.
+func (s *Etcd) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.mu.Unlock()
+	s.cancel()
+	err := s.c.Close()
+	s.wg.Wait()
+	return err
+}
+
+func (s *Etcd) isClosed() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.closed
+}
+
+// Get reads one key from the cluster (a linearizable read).
+func (s *Etcd) Get(ctx context.Context, key string) (KeyValue, bool, int64, error) {
+	if s.isClosed() {
+		return KeyValue{}, false, 0, ErrClosed
+	}
+	resp, err := s.c.Get(ctx, s.prefix+key)
+	if err != nil {
+		return KeyValue{}, false, 0, fmt.Errorf("get %q: %w", key, etcdErr(err))
+	}
+	if len(resp.Kvs) == 0 {
+		return KeyValue{}, false, resp.Header.Revision, nil
+	}
+	return fromEtcd(key, resp.Kvs[0]), true, resp.Header.Revision, nil
+}
+
+// List reads every key with the prefix from the cluster at one revision.
+func (s *Etcd) List(ctx context.Context, prefix string) ([]KeyValue, int64, error) {
+	if s.isClosed() {
+		return nil, 0, ErrClosed
+	}
+	resp, err := s.c.Get(ctx, s.prefix+prefix, clientv3.WithPrefix())
+	if err != nil {
+		return nil, 0, fmt.Errorf("list %q: %w", prefix, etcdErr(err))
+	}
+	out := make([]KeyValue, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		if k, ok := s.key(kv.Key); ok {
+			out = append(out, fromEtcd(k, kv))
+		}
+	}
+	return out, resp.Header.Revision, nil
+}
+
+// current returns the cluster's revision.
+func (s *Etcd) current(ctx context.Context) (int64, error) {
+	resp, err := s.c.Get(ctx, s.fence, clientv3.WithCountOnly())
+	if err != nil {
+		return 0, etcdErr(err)
+	}
+	return resp.Header.Revision, nil
+}
+
+// Revision returns the cluster's revision and its compaction revision.
+// etcd does not report the latter, so it is found by bisection with
+// count-only reads: a diagnostic, not for hot paths.
+func (s *Etcd) Revision(ctx context.Context) (rev, compacted int64, err error) {
+	if s.isClosed() {
+		return 0, 0, ErrClosed
+	}
+	rev, err = s.current(ctx)
+	if err != nil {
+		return 0, 0, fmt.Errorf("revision: %w", err)
+	}
+	readable := func(r int64) (bool, error) {
+		_, err := s.c.Get(ctx, s.fence, clientv3.WithRev(r), clientv3.WithCountOnly())
+		switch {
+		case err == nil:
+			return true, nil
+		case errors.Is(err, rpctypes.ErrCompacted):
+			return false, nil
+		}
+		return false, err
+	}
+	if ok, err := readable(1); err != nil || ok {
+		return rev, 0, err
+	}
+	lo, hi := int64(1), rev // revision lo is compacted, hi readable
+	for hi-lo > 1 {
+		mid := lo + (hi-lo)/2
+		ok, err := readable(mid)
+		if err != nil {
+			return 0, 0, fmt.Errorf("revision: %w", etcdErr(err))
+		}
+		if ok {
+			hi = mid
+		} else {
+			lo = mid
+		}
+	}
+	return rev, hi, nil
+}
+
+// etcdSTM is a transaction over the mirror at one revision.
+type etcdSTM struct {
+	s      *Etcd
+	reads  map[string]int64 // key → ModRevision read (0: missing)
+	lists  []string
+	writes map[string]*write
+}
+
+func (t *etcdSTM) Get(key string) ([]byte, bool) {
+	if w, ok := t.writes[key]; ok {
+		if w.del {
+			return nil, false
+		}
+		return w.value, true
+	}
+	kv, ok := t.s.kv.Get(KeyValue{Key: key})
+	if _, seen := t.reads[key]; !seen {
+		t.reads[key] = kv.ModRevision // zero when missing
+	}
+	if !ok {
+		return nil, false
+	}
+	return kv.Value, true
+}
+
+func (t *etcdSTM) List(prefix string) []KeyValue {
+	t.lists = append(t.lists, prefix)
+	var out []KeyValue
+	seen := map[string]bool{}
+	t.s.kv.AscendGreaterOrEqual(KeyValue{Key: prefix}, func(kv KeyValue) bool {
+		if !strings.HasPrefix(kv.Key, prefix) {
+			return false
+		}
+		seen[kv.Key] = true
+		if w, ok := t.writes[kv.Key]; ok {
+			if !w.del {
+				out = append(out, KeyValue{Key: kv.Key, Value: w.value, Lease: w.lease})
+			}
+			return true
+		}
+		out = append(out, kv)
+		return true
+	})
+	var added []KeyValue
+	for k, w := range t.writes {
+		if !w.del && !seen[k] && strings.HasPrefix(k, prefix) {
+			added = append(added, KeyValue{Key: k, Value: w.value, Lease: w.lease})
+		}
+	}
+	if len(added) > 0 {
+		out = append(out, added...)
+		sortKVs(out)
+	}
+	return out
+}
+
+func (t *etcdSTM) Put(key string, value []byte, lease LeaseID) {
+	t.writes[key] = &write{value: append([]byte(nil), value...), lease: lease}
+}
+
+func (t *etcdSTM) Del(key string) {
+	t.writes[key] = &write{del: true}
+}
+
+// Update runs fn against the mirror and commits its writes in one etcd
+// transaction guarded by what fn read (see Etcd). Each Update also
+// writes a marker key of its own, which the transaction requires to be
+// new: when a member dies before answering, the marker says whether the
+// commit happened, and a retry can never commit the same Update twice.
+func (s *Etcd) Update(ctx context.Context, fn func(STM) error) (int64, error) {
+	marker := s.markers + strconv.FormatUint(s.seq.Add(1), 10)
+	// Start from the cluster's revision now, not the mirror's: a write
+	// acknowledged by another mapper a moment ago must be seen
+	// (linearizable, at the cost of one read).
+	if s.isClosed() {
+		return 0, ErrClosed
+	}
+	need, err := s.current(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("read the cluster's revision: %w", err)
+	}
+	for {
+		s.mu.RLock()
+		need = max(need, s.committed) // read this store's own writes
+		s.mu.RUnlock()
+		if err := s.waitRev(ctx, need); err != nil {
+			return 0, err
+		}
+		s.mu.RLock()
+		rev := s.rev
+		t := &etcdSTM{s: s, reads: map[string]int64{}, writes: map[string]*write{}}
+		err := callSTM(fn, t)
+		var cmps []clientv3.Cmp
+		var ops []clientv3.Op
+		if err == nil {
+			cmps, ops = t.txn(rev)
+		}
+		s.mu.RUnlock()
+		if err != nil {
+			return 0, err // what fn saw was the state at rev: a serializable answer
+		}
+		if len(ops) == 0 {
+			return rev, nil
+		}
+		epoch, err := s.epochLease(ctx)
+		if err != nil {
+			return 0, fmt.Errorf("commit: %w", err)
+		}
+		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(marker), "=", 0))
+		ops = append(ops, clientv3.OpPut(marker, "", clientv3.WithLease(epoch)))
+		resp, err := s.c.Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(marker)).Commit()
+		if err != nil && !definite(err) && ctx.Err() == nil {
+			var done bool
+			var crev int64
+			done, crev, err = s.resolve(ctx, marker)
+			if err == nil && done {
+				s.noteCommit(crev)
+				return crev, nil
+			}
+			if err == nil {
+				continue // not committed, and now it never will be: again
+			}
+		}
+		if err != nil {
+			return 0, s.txnErr(err, len(cmps), len(ops))
+		}
+		if resp.Succeeded {
+			s.noteCommit(resp.Header.Revision)
+			return resp.Header.Revision, nil
+		}
+		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+			// An earlier attempt whose answer was lost did commit.
+			s.noteCommit(kvs[0].ModRevision)
+			return kvs[0].ModRevision, nil
+		}
+		// Something fn read changed after rev: run it again on a mirror
+		// that has seen the change.
+		need = resp.Header.Revision
+	}
+}
+
+func (s *Etcd) noteCommit(rev int64) {
+	s.mu.Lock()
+	s.committed = max(s.committed, rev)
+	s.mu.Unlock()
+}
+
+// definite reports whether a failed commit certainly did not happen.
+func definite(err error) bool {
+	return errors.Is(err, rpctypes.ErrLeaseNotFound) || errors.Is(err, rpctypes.ErrTooManyOps) ||
+		errors.Is(err, rpctypes.ErrRequestTooLarge) || errors.Is(err, rpctypes.ErrKeyNotFound) ||
+		errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrAuthFailed)
+}
+
+// resolve finds out whether the transaction that wrote marker committed,
+// asking until a member answers. A marker outlives its transaction by at
+// least two thirds of markerTTL; resolve gives up well within that.
+func (s *Etcd) resolve(ctx context.Context, marker string) (committed bool, rev int64, err error) {
+	deadline := time.Now().Add(markerTTL / 3)
+	wait := 50 * time.Millisecond
+	for {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		resp, gerr := s.c.Get(rctx, marker)
+		cancel()
+		if gerr == nil {
+			if len(resp.Kvs) > 0 {
+				return true, resp.Kvs[0].ModRevision, nil
+			}
+			// Not there. A proposal still in flight may yet commit; the
+			// retry's own compare on the marker rules out both landing.
+			return false, 0, nil
+		}
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return false, 0, fmt.Errorf("the outcome of a commit is unknown (no etcd member answered within %v): %w", markerTTL/3, gerr)
+		}
+		time.Sleep(wait)
+		wait = min(2*wait, time.Second)
+	}
+}
+
+// epochLease returns the lease to write commit markers with, granting a
+// new one every markerTTL/3.
+func (s *Etcd) epochLease(ctx context.Context) (clientv3.LeaseID, error) {
+	s.mu.RLock()
+	l, at := s.epoch, s.epochTime
+	s.mu.RUnlock()
+	if l != 0 && time.Since(at) < markerTTL/3 {
+		return l, nil
+	}
+	resp, err := s.c.Grant(ctx, int64(markerTTL/time.Second))
+	if err != nil {
+		return 0, fmt.Errorf("grant the lease of commit markers: %w", etcdErr(err))
+	}
+	s.mu.Lock()
+	s.epoch, s.epochTime = clientv3.LeaseID(resp.ID), time.Now()
+	s.mu.Unlock()
+	return clientv3.LeaseID(resp.ID), nil
+}
+
+// txn turns the transaction into etcd's: compares guarding every read
+// and list at revision rev, and the writes. Deletions of keys that were
+// not there are dropped, as a write of nothing.
+func (t *etcdSTM) txn(rev int64) ([]clientv3.Cmp, []clientv3.Op) {
+	var cmps []clientv3.Cmp
+	var ops []clientv3.Op
+	deletes := false
+	for k, w := range t.writes {
+		key := t.s.prefix + k
+		switch {
+		case !w.del && w.lease != 0:
+			ops = append(ops, clientv3.OpPut(key, string(w.value), clientv3.WithLease(clientv3.LeaseID(w.lease))))
+		case !w.del:
+			ops = append(ops, clientv3.OpPut(key, string(w.value)))
+		default:
+			if _, ok := t.s.kv.Get(KeyValue{Key: k}); !ok {
+				continue
+			}
+			if _, read := t.reads[k]; !read {
+				// A blind delete still depends on the key being there:
+				// deleting what another transaction just deleted would
+				// be a write of nothing with a revision of its own.
+				t.reads[k] = t.modRev(k)
+			}
+			ops = append(ops, clientv3.OpDelete(key))
+			deletes = true
+		}
+	}
+	if len(ops) == 0 {
+		return nil, nil
+	}
+	for k, mod := range t.reads {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(t.s.prefix+k), "=", mod))
+	}
+	for _, p := range t.lists {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(t.s.prefix+p), "<", rev+1).WithPrefix())
+	}
+	if len(t.lists) > 0 {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(t.s.fence), "<", rev+1))
+	}
+	if deletes {
+		ops = append(ops, clientv3.OpPut(t.s.fence, ""))
+	}
+	return cmps, ops
+}
+
+func (t *etcdSTM) modRev(k string) int64 {
+	kv, _ := t.s.kv.Get(KeyValue{Key: k})
+	return kv.ModRevision
+}
+
+func sortKVs(kvs []KeyValue) {
+	slices.SortFunc(kvs, func(a, b KeyValue) int { return strings.Compare(a.Key, b.Key) })
+}
+
+func callSTM(fn func(STM) error, t STM) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("transaction panicked: %v", p)
+		}
+	}()
+	return fn(t)
+}
+
+func (s *Etcd) txnErr(err error, cmps, ops int) error {
+	switch {
+	case errors.Is(err, rpctypes.ErrLeaseNotFound):
+		return fmt.Errorf("commit: %w", ErrLeaseNotFound)
+	case errors.Is(err, rpctypes.ErrTooManyOps):
+		return fmt.Errorf("commit a transaction of %d reads and %d writes: etcd refused it (raise the members' --max-txn-ops): %w", cmps, ops, err)
+	case errors.Is(err, rpctypes.ErrRequestTooLarge):
+		return fmt.Errorf("commit a transaction of %d writes: etcd refused it as too large (raise the members' --max-request-bytes): %w", ops, err)
+	}
+	return fmt.Errorf("commit: %w", etcdErr(err))
+}
+
+// etcdErr maps etcd's errors to the store's.
+func etcdErr(err error) error {
+	switch {
+	case errors.Is(err, rpctypes.ErrLeaseNotFound):
+		return ErrLeaseNotFound
+	case errors.Is(err, rpctypes.ErrCompacted):
+		return ErrCompacted
+	case errors.Is(err, rpctypes.ErrFutureRev):
+		return ErrFutureRevision
+	}
+	return err
+}
+
+// Watch follows keys with the prefix from revision rev with an etcd watch.
+func (s *Etcd) Watch(ctx context.Context, prefix string, rev int64) <-chan WatchResponse {
+	out := make(chan WatchResponse, 16)
+	go s.watch(ctx, prefix, rev, out)
+	return out
+}
+
+func (s *Etcd) watch(ctx context.Context, prefix string, rev int64, out chan<- WatchResponse) {
+	defer close(out)
+	send := func(r WatchResponse) bool {
+		select {
+		case out <- r:
+			return r.Err == nil
+		case <-ctx.Done():
+			return false
+		}
+	}
+	if s.isClosed() {
+		send(WatchResponse{Err: ErrClosed})
+		return
+	}
+	opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithPrevKV()}
+	if rev != 0 {
+		cur, err := s.current(ctx)
+		if err != nil {
+			send(WatchResponse{Err: fmt.Errorf("watch: %w", err)})
+			return
+		}
+		if rev > cur+1 {
+			send(WatchResponse{Err: fmt.Errorf("watch from revision %d (current %d): %w", rev, cur, ErrFutureRevision)})
+			return
+		}
+		opts = append(opts, clientv3.WithRev(rev))
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for resp := range s.c.Watch(clientv3.WithRequireLeader(wctx), s.prefix+prefix, opts...) {
+		if resp.CompactRevision != 0 {
+			send(WatchResponse{Err: fmt.Errorf("watch from revision %d: %w", rev, ErrCompacted), CompactRevision: resp.CompactRevision})
+			return
+		}
+		if err := resp.Err(); err != nil {
+			send(WatchResponse{Err: fmt.Errorf("watch: %w", etcdErr(err))})
+			return
+		}
+		var r WatchResponse
+		for _, ev := range resp.Events {
+			k, ok := s.key(ev.Kv.Key)
+			if !ok {
+				continue
+			}
+			e := Event{Type: EventPut, KV: fromEtcd(k, ev.Kv)}
+			if ev.Type == clientv3.EventTypeDelete {
+				e.Type = EventDelete
+				if ev.PrevKv != nil {
+					e.PrevValue = ev.PrevKv.Value
+				}
+			}
+			r.Events = append(r.Events, e)
+		}
+		if len(r.Events) > 0 && !send(r) {
+			return
+		}
+	}
+	if ctx.Err() == nil {
+		err := ErrClosed
+		if !s.isClosed() {
+			err = errors.New("watch: etcd ended the stream")
+		}
+		send(WatchResponse{Err: err})
+	}
+}
+
+// Compact compacts the cluster's history before rev.
+func (s *Etcd) Compact(ctx context.Context, rev int64) error {
+	if s.isClosed() {
+		return ErrClosed
+	}
+	if _, err := s.c.Compact(ctx, rev, clientv3.WithCompactPhysical()); err != nil {
+		return fmt.Errorf("compact to revision %d: %w", rev, etcdErr(err))
+	}
+	return nil
+}
+
+// Grant creates an etcd lease; ttl is rounded up to whole seconds.
+func (s *Etcd) Grant(ctx context.Context, ttl time.Duration) (LeaseID, error) {
+	if ttl <= 0 {
+		return 0, fmt.Errorf("grant lease: ttl %v is not positive", ttl)
+	}
+	secs := int64((ttl + time.Second - 1) / time.Second)
+	resp, err := s.c.Grant(ctx, secs)
+	if err != nil {
+		return 0, fmt.Errorf("grant lease: %w", etcdErr(err))
+	}
+	return LeaseID(resp.ID), nil
+}
+
+// KeepAlive renews a lease once.
+func (s *Etcd) KeepAlive(ctx context.Context, id LeaseID) error {
+	if _, err := s.c.KeepAliveOnce(ctx, clientv3.LeaseID(id)); err != nil {
+		return fmt.Errorf("keep lease %d alive: %w", id, etcdErr(err))
+	}
+	return nil
+}
+
+// Revoke ends a lease; etcd deletes its keys in one revision.
+func (s *Etcd) Revoke(ctx context.Context, id LeaseID) error {
+	if _, err := s.c.Revoke(ctx, clientv3.LeaseID(id)); err != nil {
+		return fmt.Errorf("revoke lease %d: %w", id, etcdErr(err))
+	}
+	return nil
+}
