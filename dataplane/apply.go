@@ -8,6 +8,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 )
@@ -134,16 +135,16 @@ func (d *Dataplane) Apply(s State) error {
 	// the reverse order, so a packet never finds a dangling index.
 	var del []func() error
 	for _, step := range []func() (func() error, error){
-		func() (func() error, error) { return syncMap(m.Endpoints, endpoints) },
-		func() (func() error, error) { return syncMap(m.WireBlocks, wire) },
-		func() (func() error, error) { return syncMap(m.IdentBlocks, ident) },
-		func() (func() error, error) { return syncMap(m.EndpointByIfindex, byIfindex) },
+		func() (func() error, error) { return syncMap(m.Endpoints, endpoints, &d.writes) },
+		func() (func() error, error) { return syncMap(m.WireBlocks, wire, &d.writes) },
+		func() (func() error, error) { return syncMap(m.IdentBlocks, ident, &d.writes) },
+		func() (func() error, error) { return syncMap(m.EndpointByIfindex, byIfindex, &d.writes) },
 		func() (func() error, error) { return d.syncStats(byIfindex) },
-		func() (func() error, error) { return syncMap(m.Policies, policies) },
-		func() (func() error, error) { return syncMap(m.Outside, outside) },
-		func() (func() error, error) { return syncMap(m.Egress, egress) },
-		func() (func() error, error) { return syncMap(m.Services, services) },
-		func() (func() error, error) { return syncMap(m.Published, published) },
+		func() (func() error, error) { return syncMap(m.Policies, policies, &d.writes) },
+		func() (func() error, error) { return syncMap(m.Outside, outside, &d.writes) },
+		func() (func() error, error) { return syncMap(m.Egress, egress, &d.writes) },
+		func() (func() error, error) { return syncMap(m.Services, services, &d.writes) },
+		func() (func() error, error) { return syncMap(m.Published, published, &d.writes) },
 	} {
 		f, err := step()
 		if err != nil {
@@ -266,12 +267,13 @@ func (d *Dataplane) writeTable(members []uint32, used map[uint32]bool) (uint32, 
 	if _, err := d.objs.Maglev.BatchUpdate(keys, slots, nil); err != nil {
 		return 0, fmt.Errorf("write Maglev table %d: %w", table, err)
 	}
+	d.writes.Add(uint64(len(keys)))
 	return table, nil
 }
 
 // syncMap writes the entries of want that m lacks or holds differently and
 // returns a function that deletes the entries of m that want lacks.
-func syncMap[K, V comparable](m *ebpf.Map, want map[K]V) (func() error, error) {
+func syncMap[K, V comparable](m *ebpf.Map, want map[K]V, writes *atomic.Uint64) (func() error, error) {
 	have := map[K]V{}
 	var k K
 	var v V
@@ -289,6 +291,7 @@ func syncMap[K, V comparable](m *ebpf.Map, want map[K]V) (func() error, error) {
 		if err := m.Update(k, v, ebpf.UpdateAny); err != nil {
 			return nil, fmt.Errorf("write %s: %w", m, err)
 		}
+		writes.Add(1)
 	}
 	return func() error {
 		for k := range have {
@@ -298,6 +301,7 @@ func syncMap[K, V comparable](m *ebpf.Map, want map[K]V) (func() error, error) {
 			if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 				return fmt.Errorf("delete from %s: %w", m, err)
 			}
+			writes.Add(1)
 		}
 		return nil
 	}, nil
@@ -334,6 +338,9 @@ func (d *Dataplane) syncStats(byIfindex map[uint32]uint32) (func() error, error)
 		if err != nil && !errors.Is(err, ebpf.ErrKeyExist) {
 			return nil, fmt.Errorf("write %s: %w", m, err)
 		}
+		if err == nil {
+			d.writes.Add(1)
+		}
 	}
 	return func() error {
 		for _, id := range have {
@@ -343,6 +350,7 @@ func (d *Dataplane) syncStats(byIfindex map[uint32]uint32) (func() error, error)
 			if err := m.Delete(id); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
 				return fmt.Errorf("delete from %s: %w", m, err)
 			}
+			d.writes.Add(1)
 		}
 		return nil
 	}, nil

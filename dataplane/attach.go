@@ -236,18 +236,28 @@ func (d *Dataplane) updateSettings(f func(*daoliServerSettings)) error {
 	if err := d.objs.Settings.Lookup(uint32(0), &s); err != nil {
 		return fmt.Errorf("read settings: %w", err)
 	}
+	old := s
 	f(&s)
+	if s == old {
+		return nil
+	}
 	if err := d.objs.Settings.Update(uint32(0), &s, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write settings: %w", err)
 	}
+	d.writes.Add(1)
 	return nil
 }
 
 // updateGateway writes the gateway block's base (0: no ingress).
 func (d *Dataplane) updateGateway(base uint16) error {
+	var old daoliGatewaySettings
+	if err := d.objs.Gateway.Lookup(uint32(0), &old); err == nil && old.Base == base {
+		return nil
+	}
 	v := daoliGatewaySettings{Base: base}
 	if err := d.objs.Gateway.Update(uint32(0), &v, ebpf.UpdateAny); err != nil {
 		return fmt.Errorf("write gateway settings: %w", err)
 	}
+	d.writes.Add(1)
 	return nil
 }

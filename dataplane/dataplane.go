@@ -85,7 +85,14 @@ type Dataplane struct {
 	// no Maglev table.
 	unbalanced   atomic.Int64
 	maxEndpoints int
+	// writes counts the map entries Apply wrote or deleted.
+	writes atomic.Uint64
 }
+
+// Writes returns how many map entries Apply has written or deleted since
+// the Dataplane was opened: zero growth across an Apply means it found
+// everything already right.
+func (d *Dataplane) Writes() uint64 { return d.writes.Load() }
 
 // MaxEndpoints returns how many endpoints the maps hold (Config).
 func (d *Dataplane) MaxEndpoints() int {

@@ -145,3 +145,27 @@ func TestValidateNamesTheEndpoint(t *testing.T) {
 		t.Errorf("validate: %v, want an InvalidEndpointError for endpoint 5 that is ErrInvalidState", err)
 	}
 }
+
+// TestApplyWritesOnlyDifferences: applying the state a dataplane already
+// holds writes nothing; a one-endpoint change writes a few entries.
+func TestApplyWritesOnlyDifferences(t *testing.T) {
+	d := loadServer(t, serverA)
+	before := d.Writes()
+	if before == 0 {
+		t.Fatal("loading a state wrote nothing")
+	}
+	if err := d.Apply(fixture(serverA)); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.Writes(); got != before {
+		t.Errorf("applying the same state again wrote %d entries, want 0", got-before)
+	}
+	s := fixture(serverA)
+	s.Endpoints[1].State = Down
+	if err := d.Apply(s); err != nil {
+		t.Fatal(err)
+	}
+	if got := d.Writes() - before; got == 0 || got > 4 {
+		t.Errorf("marking one backend down wrote %d entries, want 1 to 4", got)
+	}
+}
