@@ -210,7 +210,7 @@ func TestWatch(t *testing.T) {
 		}},
 		{"json", []string{
 			`{"revision":2,"type":"put","kind":"network","network":{"name":"net1","id":1,"subnet":"10.1.0.0/24","gateway":"10.1.0.1"}}`,
-			`{"revision":3,"type":"put","kind":"server","server":{"name":"s1","ips":["192.168.0.11"],"mac":"02:00:c0:a8:00:0b","last_seen":"<time>"}}`,
+			`{"revision":3,"type":"put","kind":"server","server":{"name":"s1","ips":["192.168.0.11"],"mac":"02:00:c0:a8:00:0b","since":"<time>"}}`,
 		}},
 	} {
 		t.Run(tt.format, func(t *testing.T) {
@@ -224,8 +224,9 @@ func TestWatch(t *testing.T) {
 
 			waitFor(t, &out, 1)
 			// Revision 1 is the registry recording its block size, which
-			// watchers do not see. Re-adding a server is an update, so both
-			// subtests see a revision 3 of the same shape.
+			// watchers do not see. Both subtests see the first one's
+			// revision 3: adding an unchanged server again renews its
+			// liveness and writes no object.
 			mustDaoli(t, addr, "server", "add", "s1", "--ip", "192.168.0.11", "--mac", "02:00:c0:a8:00:0b")
 			waitFor(t, &out, 2)
 			cancel()
@@ -236,7 +237,7 @@ func TestWatch(t *testing.T) {
 			if tt.format == "json" {
 				var c mapper.Change
 				decode(t, got[1], &c)
-				got[1] = strings.Replace(got[1], c.Server.LastSeen.Format(time.RFC3339Nano), "<time>", 1)
+				got[1] = strings.Replace(got[1], c.Server.Since.Format(time.RFC3339Nano), "<time>", 1)
 			}
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("watch output (-want +got):\n%s", diff)

@@ -130,9 +130,13 @@ func sortServers(ss []mapper.Server) {
 }
 
 func writeServers(w io.Writer, ss []mapper.Server) error {
-	t := newTable(w, "NAME", "SERVER IPS", "SERVER MAC", "UPLINK", "LAST SEEN")
+	t := newTable(w, "NAME", "SERVER IPS", "SERVER MAC", "UPLINK", "STATE", "SINCE")
 	for _, s := range ss {
-		t.row(s.Name, joinStrings(s.IPs), s.MAC.String(), s.Uplink, formatTime(s.LastSeen))
+		state := "alive"
+		if s.Gone {
+			state = "gone"
+		}
+		t.row(s.Name, joinStrings(s.IPs), s.MAC.String(), s.Uplink, state, formatTime(s.Since))
 	}
 	return t.flush()
 }

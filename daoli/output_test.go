@@ -17,11 +17,11 @@ var (
 	testS1 = mapper.Server{
 		Name: "s1", IPs: []netip.Addr{netip.MustParseAddr("192.168.0.11")},
 		MAC: mustMAC("02:00:c0:a8:00:0b"), Uplink: "eth0",
-		LastSeen: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC),
+		Since: time.Date(2026, 1, 2, 3, 4, 5, 6, time.UTC),
 	}
 	testS2 = mapper.Server{
 		Name: "s2", IPs: []netip.Addr{netip.MustParseAddr("192.168.0.12"), netip.MustParseAddr("192.168.1.12")},
-		MAC: mustMAC("02:00:c0:a8:00:0c"),
+		MAC: mustMAC("02:00:c0:a8:00:0c"), Gone: true,
 	}
 	testNet = mapper.Network{Name: "net1", ID: 1, Subnet: netip.MustParsePrefix("10.1.0.0/24"), Gateway: netip.MustParseAddr("10.1.0.1")}
 	testE1  = mapper.Endpoint{
@@ -79,9 +79,9 @@ func TestTables(t *testing.T) {
 			name:  "servers: empty cells print as -, times in UTC to the second",
 			write: func(w io.Writer) error { return writeServers(w, []mapper.Server{testS1, testS2}) },
 			want: lines(
-				"NAME  SERVER IPS                 SERVER MAC         UPLINK  LAST SEEN",
-				"s1    192.168.0.11               02:00:c0:a8:00:0b  eth0    2026-01-02T03:04:05Z",
-				"s2    192.168.0.12,192.168.1.12  02:00:c0:a8:00:0c  -       -",
+				"NAME  SERVER IPS                 SERVER MAC         UPLINK  STATE  SINCE",
+				"s1    192.168.0.11               02:00:c0:a8:00:0b  eth0    alive  2026-01-02T03:04:05Z",
+				"s2    192.168.0.12,192.168.1.12  02:00:c0:a8:00:0c  -       gone   -",
 			),
 		},
 		{

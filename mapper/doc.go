@@ -24,8 +24,11 @@
 // fixed when a registry is first created: dataplanes find a port's block by
 // masking with it. A served port i has ServerPort = wire base + i.
 //
+// Liveness. A server is alive while its lease lasts (Config.ServerTTL):
+// registering grants one, Heartbeat renews it without writing anything,
+// and RunLiveness, which every mapper runs, marks a server Gone when its
+// lease ran out. Agents treat the endpoints of a gone server as down.
+//
 // Caveats. Only IPv4 networks and locators are supported. Endpoint and
-// network IDs are never reused, so a dataplane may key state by them. The
-// registry does not check that a server is alive; agents do that with
-// heartbeats.
+// network IDs are never reused, so a dataplane may key state by them.
 package mapper

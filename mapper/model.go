@@ -120,9 +120,14 @@ type Server struct {
 	// physical network. Each one carries its own space of wire blocks.
 	IPs []netip.Addr `json:"ips"`
 	// MAC is the ServerMAC of the uplink.
-	MAC      MAC       `json:"mac"`
-	Uplink   string    `json:"uplink,omitempty"`
-	LastSeen time.Time `json:"last_seen"`
+	MAC    MAC    `json:"mac"`
+	Uplink string `json:"uplink,omitempty"`
+	// Gone is set when the server stopped renewing its liveness lease
+	// (its agent or the whole machine died, or it lost the mappers):
+	// every other server then treats its endpoints as down. Since is
+	// when the server registered or last changed between alive and gone.
+	Gone  bool      `json:"gone,omitempty"`
+	Since time.Time `json:"since"`
 }
 
 // Protocol is a transport protocol a port is served on.

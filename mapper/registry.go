@@ -23,7 +23,10 @@ const (
 	serverPrefix   = objPrefix + "servers/"
 	endpointPrefix = objPrefix + "endpoints/"
 
-	idxPrefix      = "/daoli/idx/"
+	idxPrefix = "/daoli/idx/"
+	// livePrefix holds one key per live server, attached to the lease the
+	// server's heartbeats renew: its expiry is the server's death.
+	livePrefix     = "/daoli/live/"
 	seqNetworkKey  = idxPrefix + "seq/network"
 	seqEndpointKey = idxPrefix + "seq/endpoint"
 	blockSizeKey   = idxPrefix + "config/block-size"
@@ -31,6 +34,7 @@ const (
 
 func networkKey(name string) string { return networkPrefix + name }
 func serverKey(name string) string  { return serverPrefix + name }
+func liveKey(name string) string    { return livePrefix + name }
 func endpointKey(id uint32) string  { return fmt.Sprintf("%s%010d", endpointPrefix, id) }
 func nameKey(name string) string    { return idxPrefix + "endpoint-name/" + name }
 func serverIPKey(ip netip.Addr) string {
@@ -98,9 +102,17 @@ type Config struct {
 	// IdentityPorts is the range identity blocks come from. Zero means
 	// DefaultIdentityPorts.
 	IdentityPorts PortRange
+	// ServerTTL is how long a server stays alive without a heartbeat.
+	// Zero means DefaultServerTTL.
+	ServerTTL time.Duration
 	// Logger receives the registry's logs. Nil means discard.
 	Logger *slog.Logger
 }
+
+// DefaultServerTTL is how long a server is alive after its last
+// heartbeat unless Config.ServerTTL says otherwise. Agents heartbeat
+// every second.
+const DefaultServerTTL = 5 * time.Second
 
 // Registry is the record of networks, servers and endpoints, with their
 // 6-tuples and port blocks. Every method is one serializable transaction
@@ -139,6 +151,12 @@ func New(cfg Config) (*Registry, error) {
 	}
 	if cfg.IdentityPorts == (PortRange{}) {
 		cfg.IdentityPorts = DefaultIdentityPorts
+	}
+	if cfg.ServerTTL == 0 {
+		cfg.ServerTTL = DefaultServerTTL
+	}
+	if cfg.ServerTTL < time.Second {
+		return nil, fmt.Errorf("new registry: server TTL %v is below one second, the granularity of leases", cfg.ServerTTL)
 	}
 	for _, r := range []struct {
 		name string
@@ -434,10 +452,16 @@ func (r *Registry) RegisterServer(ctx context.Context, spec ServerSpec) (Server,
 	if !spec.MAC.IsUnicast() {
 		return Server{}, invalid("mac", "%q is not a unicast MAC", spec.MAC)
 	}
-	srv := Server{Name: spec.Name, IPs: spec.IPs, MAC: spec.MAC, Uplink: spec.Uplink, LastSeen: r.now().UTC()}
-	_, err := r.update(ctx, func(t tx) error {
+	lease, err := r.st.Grant(ctx, r.cfg.ServerTTL)
+	if err != nil {
+		return Server{}, fmt.Errorf("register server %s: liveness lease: %w", spec.Name, err)
+	}
+	srv := Server{Name: spec.Name, IPs: spec.IPs, MAC: spec.MAC, Uplink: spec.Uplink, Since: r.now().UTC()}
+	_, err = r.update(ctx, func(t tx) error {
 		var old Server
-		t.get(serverKey(srv.Name), &old)
+		if t.get(serverKey(srv.Name), &old) && !old.Gone && !old.Since.IsZero() {
+			srv.Since = old.Since // alive before, alive now
+		}
 		for i, ip := range srv.IPs {
 			var owner string
 			if t.get(serverIPKey(ip), &owner) && owner != srv.Name {
@@ -456,28 +480,61 @@ func (r *Registry) RegisterServer(ctx context.Context, spec ServerSpec) (Server,
 		for _, ip := range srv.IPs {
 			t.put(serverIPKey(ip), srv.Name)
 		}
-		t.put(serverKey(srv.Name), srv)
+		if !slices.Equal(old.IPs, srv.IPs) || old.MAC != srv.MAC || old.Uplink != srv.Uplink || old.Gone || old.Since != srv.Since {
+			t.put(serverKey(srv.Name), srv)
+		}
+		t.Put(liveKey(srv.Name), []byte(srv.Name), lease)
 		return nil
 	})
 	if err != nil {
+		r.st.Revoke(context.WithoutCancel(ctx), lease)
 		return Server{}, fmt.Errorf("register server %s: %w", spec.Name, err)
 	}
 	return srv, nil
 }
 
-// Heartbeat marks a server seen now.
+// Heartbeat renews a server's liveness lease. It writes nothing while the
+// server stays alive: heartbeats cost the change log nothing. A server
+// whose lease ran out (marked gone, or not yet) gets a new one and is
+// alive again.
 func (r *Registry) Heartbeat(ctx context.Context, name string) (Server, error) {
+	fail := func(err error) (Server, error) {
+		return Server{}, fmt.Errorf("heartbeat of server %s: %w", name, err)
+	}
+	kv, ok, _, err := r.st.Get(ctx, liveKey(name))
+	if err != nil {
+		return fail(err)
+	}
+	if ok {
+		if err := r.st.KeepAlive(ctx, kv.Lease); err == nil {
+			srv, err := r.Server(ctx, name)
+			if err != nil || !srv.Gone {
+				return srv, err
+			}
+			// Renewed in time, but a judge marked it gone meanwhile.
+		} else if !errors.Is(err, store.ErrLeaseNotFound) {
+			return fail(err)
+		}
+	}
+	lease, err := r.st.Grant(ctx, r.cfg.ServerTTL)
+	if err != nil {
+		return fail(fmt.Errorf("liveness lease: %w", err))
+	}
 	var srv Server
-	_, err := r.update(ctx, func(t tx) error {
+	_, err = r.update(ctx, func(t tx) error {
 		if !t.get(serverKey(name), &srv) {
 			return ErrNotFound
 		}
-		srv.LastSeen = r.now().UTC()
-		t.put(serverKey(name), srv)
+		if srv.Gone {
+			srv.Gone, srv.Since = false, r.now().UTC()
+			t.put(serverKey(name), srv)
+		}
+		t.Put(liveKey(name), []byte(name), lease)
 		return nil
 	})
 	if err != nil {
-		return Server{}, fmt.Errorf("heartbeat of server %s: %w", name, err)
+		r.st.Revoke(context.WithoutCancel(ctx), lease)
+		return fail(err)
 	}
 	return srv, nil
 }
@@ -510,6 +567,7 @@ func (r *Registry) DeleteServer(ctx context.Context, name string) error {
 			t.Del(wireKey(ip))
 		}
 		t.Del(serverKey(name))
+		t.Del(liveKey(name))
 		return nil
 	})
 	if err != nil {

@@ -176,7 +176,7 @@ type candidate struct {
 }
 
 // choose returns the best server for one more replica, skipping not:
-// allowed by the constraints, with a free wire block, then the fewest
+// alive, allowed by the constraints, with a free wire block, then the fewest
 // replicas of this service, the fewest endpoints, and the name.
 func (s *schedTx) choose(not string) (Server, error) {
 	c := s.rec.Constraints
@@ -188,8 +188,8 @@ func (s *schedTx) choose(not string) (Server, error) {
 	for _, kv := range s.t.List(serverPrefix) {
 		var srv Server
 		s.t.get(kv.Key, &srv)
-		if srv.Name == not || len(c.Servers) > 0 && !slices.Contains(c.Servers, srv.Name) || slices.Contains(c.Exclude, srv.Name) {
-			continue
+		if srv.Gone || srv.Name == not || len(c.Servers) > 0 && !slices.Contains(c.Servers, srv.Name) || slices.Contains(c.Exclude, srv.Name) {
+			continue // a gone server would serve nothing
 		}
 		if c.MaxPerServer > 0 && mine[srv.Name] >= int(c.MaxPerServer) {
 			continue
@@ -206,7 +206,7 @@ func (s *schedTx) choose(not string) (Server, error) {
 	}
 	if len(cands) == 0 {
 		return Server{}, fieldErr("replicas", ErrPortSpaceFull,
-			"no server for another replica of %s: none allowed by the constraints (servers %v, exclude %v, max_per_server %d) has a free wire block",
+			"no server for another replica of %s: none alive and allowed by the constraints (servers %v, exclude %v, max_per_server %d) has a free wire block",
 			s.k, c.Servers, c.Exclude, c.MaxPerServer)
 	}
 	best := slices.MinFunc(cands, func(a, b candidate) int {

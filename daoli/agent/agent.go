@@ -50,8 +50,9 @@ type Config struct {
 	RunDir string
 	// MetricsAddr, if set, serves Prometheus metrics at /metrics there.
 	MetricsAddr string
-	// Heartbeat is how often the server tells the mapper it is alive. Zero
-	// means 10 seconds.
+	// Heartbeat is how often the server renews its liveness lease with
+	// the mapper; keep it well below the mapper's --server-ttl. Zero
+	// means one second.
 	Heartbeat time.Duration
 	// MaxEndpoints and MaxFlows size the dataplane's maps (see
 	// dataplane.Config). Zero means the dataplane's defaults.
@@ -113,7 +114,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg.RunDir = "/run/daoli"
 	}
 	if cfg.Heartbeat == 0 {
-		cfg.Heartbeat = 10 * time.Second
+		cfg.Heartbeat = time.Second
 	}
 	if cfg.Retry == 0 {
 		cfg.Retry = 100 * time.Millisecond
@@ -311,6 +312,7 @@ func (a *Agent) follow(ctx context.Context) {
 				continue
 			}
 			a.model.reset(snap)
+			a.m.snapshots.Add(1)
 			a.kick()
 			needSnapshot = false
 		}

@@ -18,10 +18,15 @@ import (
 
 // Status is what GET /v1/status on an agent's socket answers.
 type Status struct {
-	Server    string                        `json:"server"`
-	IPs       []string                      `json:"ips"`
-	Revision  int64                         `json:"revision"` // newest seen
-	Applied   int64                         `json:"applied"`  // programmed into the dataplane
+	Server   string   `json:"server"`
+	IPs      []string `json:"ips"`
+	Revision int64    `json:"revision"` // newest seen
+	Applied  int64    `json:"applied"`  // programmed into the dataplane
+	// Snapshots counts the registry snapshots the agent has loaded (one
+	// at start, then one per compaction it fell behind); MapWrites the
+	// dataplane map entries it has written or deleted.
+	Snapshots int64                         `json:"snapshots"`
+	MapWrites uint64                        `json:"map_writes"`
 	Endpoints []mapper.Endpoint             `json:"endpoints"`
 	Drops     map[string]uint64             `json:"drops"`
 	Counters  map[uint32]dataplane.Counters `json:"counters"`
@@ -109,7 +114,8 @@ func decode(b []byte, v any) error {
 
 // Status reports the agent's view and its dataplane's counters.
 func (a *Agent) Status() (Status, error) {
-	s := Status{Server: a.cfg.Name, Revision: a.model.rev(), Applied: a.model.current(a.m.programmed()), Endpoints: a.model.local(a.cfg.Name), Drops: map[string]uint64{}}
+	s := Status{Server: a.cfg.Name, Revision: a.model.rev(), Applied: a.model.current(a.m.programmed()), Endpoints: a.model.local(a.cfg.Name), Drops: map[string]uint64{},
+		Snapshots: a.m.snapshots.Load(), MapWrites: a.dp.Writes()}
 	for _, ip := range a.ips {
 		s.IPs = append(s.IPs, ip.String())
 	}

@@ -13,6 +13,7 @@ import (
 // scrape time. Exposition is Prometheus text format 0.0.4.
 type metrics struct {
 	watchReconnects atomic.Int64
+	snapshots       atomic.Int64
 	markedDown      atomic.Int64
 	healthChanges   atomic.Int64
 	skipped         atomic.Int64 // changes that did not touch the dataplane
@@ -76,10 +77,14 @@ func (a *Agent) writeMetrics(w interface{ Write([]byte) (int, error) }) {
 	p("daoli_agent_registry_revision %d", a.model.rev())
 	head("daoli_agent_excluded_endpoints", "gauge", "Endpoints the dataplane refused and the last reconcile left out (should be 0).")
 	p("daoli_agent_excluded_endpoints %d", m.excluded.Load())
-	head("daoli_agent_changes_skipped_total", "counter", "Registry changes that did not touch the dataplane (heartbeats), so cost no reconcile.")
+	head("daoli_agent_changes_skipped_total", "counter", "Registry changes that did not touch the dataplane, so cost no reconcile.")
 	p("daoli_agent_changes_skipped_total %d", m.skipped.Load())
 	head("daoli_agent_watch_reconnects_total", "counter", "Times the change-log watch was resumed.")
 	p("daoli_agent_watch_reconnects_total %d", m.watchReconnects.Load())
+	head("daoli_agent_snapshots_total", "counter", "Registry snapshots loaded: one at start, then one per compaction the agent fell behind.")
+	p("daoli_agent_snapshots_total %d", m.snapshots.Load())
+	head("daoli_dataplane_map_writes_total", "counter", "Dataplane map entries written or deleted by reconciles.")
+	p("daoli_dataplane_map_writes_total %d", a.dp.Writes())
 	head("daoli_agent_marked_down_total", "counter", "Local endpoints marked down because their interface vanished.")
 	p("daoli_agent_marked_down_total %d", m.markedDown.Load())
 	head("daoli_agent_health_changes_total", "counter", "Endpoint state changes made by health checks.")

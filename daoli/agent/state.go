@@ -49,8 +49,9 @@ func (m *model) reset(s mapper.Snapshot) {
 }
 
 // apply folds one change into the model and reports whether it changes
-// what the dataplane holds: a server's heartbeat (only its last-seen time)
-// does not, and must not cost every agent a reconcile. Changes must come
+// what the dataplane holds: a server written again with the same
+// addresses and liveness does not, and must not cost every agent a
+// reconcile. Changes must come
 // in revision order. Several changes share a revision when one write made
 // them (a batch of endpoints), so a change of the model's own revision is
 // applied (applying one twice changes nothing) and only older ones are
@@ -73,7 +74,7 @@ func (m *model) apply(c mapper.Change) (matters bool) {
 	case c.Server != nil:
 		old, ok := m.servers[c.Server.Name]
 		m.servers[c.Server.Name] = *c.Server
-		if ok && old.MAC == c.Server.MAC && slices.Equal(old.IPs, c.Server.IPs) {
+		if ok && old.MAC == c.Server.MAC && slices.Equal(old.IPs, c.Server.IPs) && old.Gone == c.Server.Gone {
 			return false
 		}
 	case c.Endpoint != nil && del:
@@ -170,7 +171,10 @@ func (m *model) desired(self string, blockSize uint16, ifindex func(name string)
 		if e.Mode == mapper.Balance {
 			d.Mode = dataplane.Balance
 		}
-		if e.State == mapper.Down {
+		// An endpoint of a server that is gone is down for everyone
+		// else: nobody is there to mark it so. The server itself, if it
+		// lives on cut off from the mappers, keeps serving its own.
+		if e.State == mapper.Down || (e.Server != self && m.servers[e.Server].Gone) {
 			d.State = dataplane.Down
 		}
 		for _, p := range e.Ports {

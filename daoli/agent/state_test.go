@@ -12,8 +12,10 @@ func TestModelApplyReportsWhatMatters(t *testing.T) {
 	m := newModel()
 	m.reset(mapper.Snapshot{Revision: 10})
 	srv := mapper.Server{Name: "s1", IPs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}, MAC: mapper.MAC{2, 0, 0, 0, 0, 1}}
-	heartbeat := srv
-	heartbeat.LastSeen = heartbeat.LastSeen.AddDate(0, 0, 1)
+	// Written again with nothing the dataplane holds changed (an agent
+	// restarted and registered again).
+	again := srv
+	again.Since = again.Since.AddDate(0, 0, 1)
 	moved := srv
 	moved.IPs = []netip.Addr{netip.MustParseAddr("192.0.2.9")}
 	ep := mapper.Endpoint{ID: 1, Server: "s1"}
@@ -23,7 +25,7 @@ func TestModelApplyReportsWhatMatters(t *testing.T) {
 		want   bool
 	}{
 		{"new server", mapper.Change{Revision: 11, Type: "put", Server: &srv}, true},
-		{"heartbeat", mapper.Change{Revision: 12, Type: "put", Server: &heartbeat}, false},
+		{"registered again", mapper.Change{Revision: 12, Type: "put", Server: &again}, false},
 		{"new locator", mapper.Change{Revision: 13, Type: "put", Server: &moved}, true},
 		{"older", mapper.Change{Revision: 12, Type: "put", Endpoint: &ep}, false},
 		{"endpoint", mapper.Change{Revision: 14, Type: "put", Endpoint: &ep}, true},
@@ -36,11 +38,11 @@ func TestModelApplyReportsWhatMatters(t *testing.T) {
 	if m.rev() != 15 || len(m.endpoints) != 0 || m.servers["s1"].IPs[0] != moved.IPs[0] {
 		t.Errorf("model at revision %d with %d endpoints and server %+v", m.rev(), len(m.endpoints), m.servers["s1"])
 	}
-	// A dataplane programmed at 15 is current through later heartbeats,
-	// one programmed at 13 is not current past it.
+	// A dataplane programmed at 15 is current through later writes that
+	// change nothing it holds, one programmed at 13 is not current past it.
 	m.apply(mapper.Change{Revision: 16, Type: "put", Server: &moved})
 	if got := m.current(15); got != 16 {
-		t.Errorf("programmed at 15, current up to %d after a heartbeat; want 16", got)
+		t.Errorf("programmed at 15, current up to %d after a write of nothing new; want 16", got)
 	}
 	if got := m.current(13); got != 13 {
 		t.Errorf("programmed at 13, current up to %d; want 13", got)
@@ -137,5 +139,32 @@ func TestDesiredPublished(t *testing.T) {
 	got = servedPublished(st)
 	if len(got) != 1 || got[0].IP != netip.MustParseAddr("10.1.0.9") {
 		t.Errorf("with endpoints 1 and 2 left out, served %+v; want 10.1.0.9's", got)
+	}
+}
+
+// TestGoneServersEndpointsAreDown: when a server's lease runs out, every
+// other server treats its endpoints as down (nobody is left to mark them
+// so), and the server itself, cut off but alive, keeps its own.
+func TestGoneServersEndpointsAreDown(t *testing.T) {
+	m := newModel()
+	dead := mapper.Server{Name: "dead", IPs: []netip.Addr{netip.MustParseAddr("192.0.2.1")}, MAC: mapper.MAC{2, 0, 0, 0, 0, 1}}
+	m.reset(mapper.Snapshot{Revision: 1, Servers: []mapper.Server{dead}, Endpoints: []mapper.Endpoint{
+		{ID: 1, Server: "dead", State: mapper.Active}}})
+	state := func(self string) dataplane.EndpointState {
+		return m.desired(self, 256, func(string) int { return 0 }).Endpoints[0].State
+	}
+	if got := state("other"); got != dataplane.Active {
+		t.Fatalf("endpoint of a live server: %v, want active", got)
+	}
+	gone := dead
+	gone.Gone = true
+	if !m.apply(mapper.Change{Revision: 2, Type: "put", Kind: mapper.KindServer, Server: &gone}) {
+		t.Error("a server marked gone does not matter to the dataplane")
+	}
+	if got := state("other"); got != dataplane.Down {
+		t.Errorf("endpoint of a gone server, seen from another: %v, want down", got)
+	}
+	if got := state("dead"); got != dataplane.Active {
+		t.Errorf("endpoint of a gone server, seen from itself: %v, want active", got)
 	}
 }
