@@ -61,7 +61,7 @@ returns.`,
 			// A mapper that accepts connections and then hangs must not
 			// stall the agent: bound the connect and the wait for a
 			// response's headers (a watch sends them at once).
-			cl = mapper.NewClient(cl.URL(), &http.Client{Transport: &http.Transport{
+			cl = cl.WithHTTPClient(&http.Client{Transport: &http.Transport{
 				DialContext:           (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
 				ResponseHeaderTimeout: 10 * time.Second,
 				IdleConnTimeout:       time.Minute,
@@ -113,7 +113,7 @@ func (a *app) addMapperFlag(cmd *cobra.Command) {
 	if def == "" {
 		def = mapper.DefaultAddr
 	}
-	cmd.Flags().StringVar(&a.client.mapper, "mapper", def, "mapper address, host:port or URL; $"+envMapper+" sets the default")
+	cmd.Flags().StringVar(&a.client.mapper, "mapper", def, "mapper address, host:port or URL, or several separated by commas; $"+envMapper+" sets the default")
 }
 
 func newLogger(w interface{ Write([]byte) (int, error) }, level, format string) (*slog.Logger, error) {

@@ -29,7 +29,7 @@ func (a *app) addClientFlags(cmd *cobra.Command) {
 		def = mapper.DefaultAddr
 	}
 	f := cmd.PersistentFlags()
-	f.StringVar(&a.client.mapper, "mapper", def, "mapper address, host:port or URL; $"+envMapper+" sets the default")
+	f.StringVar(&a.client.mapper, "mapper", def, "mapper address, host:port or URL, or several separated by commas; $"+envMapper+" sets the default")
 	a.addOutputFlag(cmd)
 	f.DurationVar(&a.client.timeout, "timeout", 30*time.Second, "give up on the mapper after this long (0: never; watch ignores it)")
 }
@@ -45,27 +45,36 @@ type session struct {
 	out *output
 }
 
-// newClient returns a client of the mapper at addr, which is "host:port"
-// or an http(s) URL.
-func newClient(addr string) (*mapper.Client, error) {
-	if addr == "" {
+// newClient returns a client of the mappers at addrs: "host:port" or an
+// http(s) URL, or several of them separated by commas (mappers of one
+// registry on etcd; the client moves to the next when one is down).
+func newClient(addrs string) (*mapper.Client, error) {
+	if strings.TrimSpace(addrs) == "" {
 		return nil, fmt.Errorf("--mapper: missing; want host:port or a URL such as http://%s", mapper.DefaultAddr)
 	}
-	raw := addr
-	if !strings.Contains(raw, "://") {
-		raw = "http://" + raw
+	var urls []string
+	for _, addr := range strings.Split(addrs, ",") {
+		addr = strings.TrimSpace(addr)
+		if addr == "" {
+			return nil, fmt.Errorf("--mapper %q: an empty address between commas", addrs)
+		}
+		raw := addr
+		if !strings.Contains(raw, "://") {
+			raw = "http://" + raw
+		}
+		u, err := url.Parse(raw)
+		if err != nil {
+			return nil, fmt.Errorf("--mapper %q: %w", addr, err)
+		}
+		if u.Scheme != "http" && u.Scheme != "https" {
+			return nil, fmt.Errorf("--mapper %q: scheme %q, want http or https", addr, u.Scheme)
+		}
+		if u.Host == "" {
+			return nil, fmt.Errorf("--mapper %q: no host; want host:port such as %s", addr, mapper.DefaultAddr)
+		}
+		urls = append(urls, raw)
 	}
-	u, err := url.Parse(raw)
-	if err != nil {
-		return nil, fmt.Errorf("--mapper %q: %w", addr, err)
-	}
-	if u.Scheme != "http" && u.Scheme != "https" {
-		return nil, fmt.Errorf("--mapper %q: scheme %q, want http or https", addr, u.Scheme)
-	}
-	if u.Host == "" {
-		return nil, fmt.Errorf("--mapper %q: no host; want host:port such as %s", addr, mapper.DefaultAddr)
-	}
-	return mapper.NewClient(raw, nil), nil
+	return mapper.NewClient(strings.Join(urls, ","), nil), nil
 }
 
 // withClient adapts fn to a cobra RunE: it builds the client and the

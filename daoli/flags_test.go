@@ -4,6 +4,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/daolinet/daoli/mapper"
@@ -365,6 +366,9 @@ func TestNewClient(t *testing.T) {
 		{addr: "127.0.0.1:9470", wantURL: "http://127.0.0.1:9470"},
 		{addr: "http://127.0.0.1:9470/", wantURL: "http://127.0.0.1:9470"},
 		{addr: "https://mapper.example:9470", wantURL: "https://mapper.example:9470"},
+		{addr: "10.0.0.1:9470, 10.0.0.2:9470", wantURL: "http://10.0.0.1:9470,http://10.0.0.2:9470"},
+		{addr: "10.0.0.1:9470,,10.0.0.2:9470", wantErr: `--mapper "10.0.0.1:9470,,10.0.0.2:9470": an empty address between commas`},
+		{addr: "10.0.0.1:9470,ftp://x", wantErr: `--mapper "ftp://x": scheme "ftp", want http or https`},
 		{addr: "", wantErr: "--mapper: missing; want host:port or a URL such as http://127.0.0.1:9470"},
 		{addr: "ftp://mapper.example", wantErr: `--mapper "ftp://mapper.example": scheme "ftp", want http or https`},
 		{addr: "http://", wantErr: `--mapper "http://": no host; want host:port such as 127.0.0.1:9470`},
@@ -375,8 +379,11 @@ func TestNewClient(t *testing.T) {
 			if errString(err) != tt.wantErr {
 				t.Fatalf("error = %q, want %q", errString(err), tt.wantErr)
 			}
-			if err == nil && cl.URL() != tt.wantURL {
-				t.Errorf("URL() = %q, want %q", cl.URL(), tt.wantURL)
+			if err != nil {
+				return
+			}
+			if got := strings.Join(cl.URLs(), ","); got != tt.wantURL {
+				t.Errorf("URLs() = %q, want %q", got, tt.wantURL)
 			}
 		})
 	}

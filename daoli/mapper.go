@@ -2,12 +2,16 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -29,6 +33,12 @@ const (
 type mapperFlags struct {
 	listen        string
 	db            string
+	etcd          string
+	etcdCA        string
+	etcdCert      string
+	etcdKey       string
+	etcdPrefix    string
+	serverTTL     time.Duration
 	blockSize     uint16
 	wirePorts     string
 	identityPorts string
@@ -40,7 +50,8 @@ type mapperFlags struct {
 type mapperConfig struct {
 	listen   string
 	db       string
-	registry mapper.Config // without Store and Logger
+	etcd     *store.EtcdConfig // nil: the bbolt file db
+	registry mapper.Config     // without Store and Logger
 	level    slog.Level
 	json     bool
 }
@@ -54,9 +65,22 @@ func (f *mapperFlags) config() (mapperConfig, error) {
 	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
 		return mapperConfig{}, badFlagf("listen", f.listen, "port %q is not a number from 0 to 65535", port)
 	}
-	if f.db == "" {
+	switch {
+	case f.etcd != "":
+		ec, err := f.etcdConfig()
+		if err != nil {
+			return mapperConfig{}, err
+		}
+		cfg.etcd = ec
+	case f.etcdCA != "" || f.etcdCert != "" || f.etcdKey != "" || f.etcdPrefix != "":
+		return mapperConfig{}, badFlagf("etcd", "", "missing; --etcd-ca, --etcd-cert, --etcd-key and --etcd-prefix only apply with --etcd")
+	case f.db == "":
 		return mapperConfig{}, badFlagf("db", f.db, "missing; want the path of the registry file")
 	}
+	if f.serverTTL != 0 && f.serverTTL < time.Second {
+		return mapperConfig{}, badFlagf("server-ttl", f.serverTTL.String(), "want one second or more (leases have a granularity of one second)")
+	}
+	cfg.registry.ServerTTL = f.serverTTL
 	if b := f.blockSize; b != 0 && (b < 8 || b&(b-1) != 0) {
 		return mapperConfig{}, badFlagf("block-size", strconv.Itoa(int(b)), "want a power of two from 8 to 32768")
 	}
@@ -78,6 +102,49 @@ func (f *mapperFlags) config() (mapperConfig, error) {
 		return mapperConfig{}, badFlagf("log-format", f.logFormat, "want text or json")
 	}
 	return cfg, nil
+}
+
+// etcdConfig parses --etcd and its TLS flags.
+func (f *mapperFlags) etcdConfig() (*store.EtcdConfig, error) {
+	ec := &store.EtcdConfig{Prefix: f.etcdPrefix}
+	for _, e := range strings.Split(f.etcd, ",") {
+		e = strings.TrimSpace(e)
+		u, err := url.Parse(e)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			return nil, badFlagf("etcd", f.etcd, "%q is not a member's client URL; want http(s)://host:port, several separated by commas", e)
+		}
+		if u.Scheme == "http" && (f.etcdCert != "" || f.etcdCA != "") {
+			return nil, badFlagf("etcd", f.etcd, "%s is plain http but TLS files were given; want https:// URLs", e)
+		}
+		ec.Endpoints = append(ec.Endpoints, e)
+	}
+	if (f.etcdCert == "") != (f.etcdKey == "") {
+		return nil, badFlagf("etcd-cert", f.etcdCert, "--etcd-cert and --etcd-key go together")
+	}
+	if f.etcdCA == "" && f.etcdCert == "" && !strings.Contains(f.etcd, "https://") {
+		return ec, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if f.etcdCA != "" {
+		pem, err := os.ReadFile(f.etcdCA)
+		if err != nil {
+			return nil, badFlag("etcd-ca", f.etcdCA, err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, badFlagf("etcd-ca", f.etcdCA, "holds no PEM certificate")
+		}
+		tc.RootCAs = pool
+	}
+	if f.etcdCert != "" {
+		pair, err := tls.LoadX509KeyPair(f.etcdCert, f.etcdKey)
+		if err != nil {
+			return nil, badFlag("etcd-cert", f.etcdCert, err)
+		}
+		tc.Certificates = []tls.Certificate{pair}
+	}
+	ec.TLS = tc
+	return ec, nil
 }
 
 func newMapperCmd(a *app) *cobra.Command {
@@ -102,14 +169,26 @@ The --db file IS the registry: one bbolt file holding every network,
 server and endpoint and the change log. Back it up; never let two mappers
 use it (the second waits for the lock, then fails).
 
+With --etcd the registry lives in an etcd cluster instead and the mapper
+holds no state: run several, on several machines, and give agents, the
+CLI and the Docker plugin all their addresses (--mapper a,b,c). Each one
+serves the whole API and watch stream; when one dies its clients move to
+another and resume their watch where they were. See docs/ha.md.
+
+Servers prove they are alive by renewing a lease (agents heartbeat every
+second); a server that stops for --server-ttl is marked gone, and every
+other server treats its endpoints as down.
+
 Wire blocks are slices of each server's port space: keep --wire-ports out
 of the servers' ephemeral port range (net.ipv4.ip_local_port_range) or
 reserve it (net.ipv4.ip_local_reserved_ports); agents reserve it on their
 server and refuse to start while a local socket sits inside it. Identity
 blocks are what peers see as client ports. --block-size is fixed when the
 registry is created: every dataplane masks ports with it.`,
-		Example: "  daoli mapper --listen 127.0.0.1:9470 --db /var/lib/daoli/registry.db",
-		Args:    cobra.NoArgs,
+		Example: `  daoli mapper --listen 127.0.0.1:9470 --db /var/lib/daoli/registry.db
+  daoli mapper --listen 10.0.0.1:9470 --etcd https://10.0.0.1:2379,https://10.0.0.2:2379,https://10.0.0.3:2379 \
+      --etcd-ca /etc/daoli/etcd-ca.pem --etcd-cert /etc/daoli/mapper.pem --etcd-key /etc/daoli/mapper-key.pem`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := f.config()
 			if err != nil {
@@ -120,7 +199,13 @@ registry is created: every dataplane masks ports with it.`,
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.listen, "listen", f.listen, "address to serve the API on, host:port")
-	fl.StringVar(&f.db, "db", f.db, "the registry file (bbolt); created if missing")
+	fl.StringVar(&f.db, "db", f.db, "the registry file (bbolt); created if missing; unused with --etcd")
+	fl.StringVar(&f.etcd, "etcd", "", "keep the registry in etcd: members' client URLs, separated by commas")
+	fl.StringVar(&f.etcdCA, "etcd-ca", "", "CA certificate (PEM) that signed the etcd members' certificates")
+	fl.StringVar(&f.etcdCert, "etcd-cert", "", "client certificate (PEM) to present to etcd, with --etcd-key")
+	fl.StringVar(&f.etcdKey, "etcd-key", "", "key (PEM) of --etcd-cert")
+	fl.StringVar(&f.etcdPrefix, "etcd-prefix", "", "prefix of every key, to keep several registries in one etcd cluster")
+	fl.DurationVar(&f.serverTTL, "server-ttl", 0, "a server that renews no lease for this long is marked gone (0: 5s)")
 	fl.Uint16Var(&f.blockSize, "block-size", f.blockSize, "ports in each wire and identity block: a power of two from 8 to 32768, fixed when the registry is created (0: the registry's, or 256 for a new one)")
 	fl.StringVar(&f.wirePorts, "wire-ports", f.wirePorts, "range of each server address's ports given out as wire blocks, FIRST-LAST")
 	fl.StringVar(&f.identityPorts, "identity-ports", f.identityPorts, "range identity blocks (the client ports peers see) come from, FIRST-LAST")
@@ -140,7 +225,17 @@ func runMapper(ctx context.Context, cfg mapperConfig, logw io.Writer) error {
 	}
 	log := slog.New(h)
 
-	st, err := store.OpenBolt(store.BoltConfig{Path: cfg.db, Logger: log})
+	var err error
+	var st store.Store
+	where := cfg.db
+	if cfg.etcd != nil {
+		ec := *cfg.etcd
+		ec.Logger = log
+		where = "etcd " + strings.Join(ec.Endpoints, ",")
+		st, err = store.OpenEtcd(ec)
+	} else {
+		st, err = store.OpenBolt(store.BoltConfig{Path: cfg.db, Logger: log})
+	}
 	if err != nil {
 		return fmt.Errorf("open registry: %w", err)
 	}
@@ -164,7 +259,10 @@ func runMapper(ctx context.Context, cfg mapperConfig, logw io.Writer) error {
 		ErrorLog:          slog.NewLogLogger(h, slog.LevelWarn),
 	}
 	wire, identity := reg.Capacity()
-	log.Info("mapper listening", "addr", ln.Addr().String(), "db", cfg.db,
+	lctx, stopLiveness := context.WithCancel(context.WithoutCancel(ctx))
+	livenessDone := make(chan struct{})
+	go func() { defer close(livenessDone); reg.RunLiveness(lctx) }()
+	log.Info("mapper listening", "addr", ln.Addr().String(), "registry", where,
 		"block_size", reg.BlockSize(), "wire_ports", rc.WirePorts.String(), "identity_ports", rc.IdentityPorts.String(),
 		"endpoints_per_server_ip", wire, "endpoints_per_ip", identity)
 
@@ -185,9 +283,11 @@ func runMapper(ctx context.Context, cfg mapperConfig, logw io.Writer) error {
 	if err := srv.Shutdown(sctx); err != nil {
 		shutErr = fmt.Errorf("shut down http server: %w", err)
 	}
+	stopLiveness()
+	<-livenessDone
 	var closeErr error
 	if err := st.Close(); err != nil {
-		closeErr = fmt.Errorf("close registry %s: %w", cfg.db, err)
+		closeErr = fmt.Errorf("close registry %s: %w", where, err)
 	}
 	err = errors.Join(serveErr, shutErr, closeErr)
 	if err == nil {

@@ -6,68 +6,178 @@ import (
 	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
+	"strings"
+	"sync/atomic"
 )
 
 // DefaultAddr is where `daoli mapper` listens unless told otherwise.
 const DefaultAddr = "127.0.0.1:9470"
 
-// Client talks to a mapper's HTTP API. Errors from the mapper are
-// *APIError values that unwrap to the registry's sentinel errors, so
-// errors.Is(err, ErrNotFound) works as it does on a Registry. A Client is
-// safe for concurrent use.
+// Client talks to a mapper's HTTP API, through one of several mappers of
+// one registry (stateless mappers on one etcd cluster): it keeps using the
+// one that answered last and moves to the next when that one cannot be
+// reached. Errors from the mapper are *APIError values that unwrap to the
+// registry's sentinel errors, so errors.Is(err, ErrNotFound) works as it
+// does on a Registry. A Client is safe for concurrent use.
+//
+// A request is sent to another mapper when the connection to one failed
+// before the request went out, when the mapper answered 502, 503 or 504,
+// or, for requests that can be repeated without changing their effect
+// (reads, PUT and DELETE, registering a server and heartbeats), when the
+// connection broke before the answer came. A request that creates
+// something (a network, an endpoint, a batch of them, a scheduled
+// service) is not repeated then: its error wraps ErrOutcomeUnknown, and
+// the caller looks the object up by its name before trying again.
 type Client struct {
-	base string
-	hc   *http.Client
+	bases []string
+	cur   atomic.Int32 // the mapper that answered last
+	hc    *http.Client
 }
 
-// NewClient returns a client of the mapper at base ("host:port" or a URL).
-// A nil hc means http.DefaultClient.
-func NewClient(base string, hc *http.Client) *Client {
+// ErrOutcomeUnknown is wrapped by a Client's error when a mapper received
+// a request that creates something and died before answering: whether
+// the write happened is unknown until it is looked up.
+var ErrOutcomeUnknown = errors.New("outcome unknown")
+
+// NewClient returns a client of the mappers at addrs: one "host:port" or
+// URL, or several separated by commas. A nil hc means http.DefaultClient.
+func NewClient(addrs string, hc *http.Client) *Client {
 	if hc == nil {
 		hc = http.DefaultClient
 	}
-	return &Client{base: normalizeURL(base), hc: hc}
+	c := &Client{hc: hc}
+	for _, a := range strings.Split(addrs, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			c.bases = append(c.bases, normalizeURL(a))
+		}
+	}
+	if len(c.bases) == 0 {
+		c.bases = []string{normalizeURL(DefaultAddr)}
+	}
+	return c
 }
 
-// URL returns the mapper's base URL.
-func (c *Client) URL() string { return c.base }
+// URL returns the base URL of the mapper the client uses now.
+func (c *Client) URL() string { return c.bases[int(c.cur.Load())%len(c.bases)] }
+
+// URLs returns the base URLs of every mapper the client knows, in order.
+func (c *Client) URLs() []string { return slices.Clone(c.bases) }
+
+// WithHTTPClient returns a client of the same mappers through hc.
+func (c *Client) WithHTTPClient(hc *http.Client) *Client {
+	return NewClient(strings.Join(c.bases, ","), hc)
+}
+
+// repeatable reports whether a request may be sent again after a mapper
+// received it: repeating it changes nothing that the first did not.
+func repeatable(method, path string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodPut, http.MethodDelete, http.MethodPatch:
+		return true
+	}
+	return strings.HasPrefix(path, "/v1/servers") || strings.HasSuffix(path, "/scale") ||
+		(strings.HasPrefix(path, "/v1/endpoints/") && strings.HasSuffix(path, "/move"))
+}
+
+// notSent reports whether a transport error happened before the request
+// left: the connection was never made.
+func notSent(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// next moves the client off mapper i, unless another call already did.
+func (c *Client) next(i int) {
+	c.cur.CompareAndSwap(int32(i), int32((i+1)%len(c.bases)))
+}
 
 func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
+	var body []byte
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
 			return err
 		}
-		body = bytes.NewReader(b)
+		body = b
 	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base+path, body)
+	start := int(c.cur.Load())
+	var errs []error
+	for n := 0; n < len(c.bases); n++ {
+		i := (start + n) % len(c.bases)
+		err, again := c.try(ctx, c.bases[i], method, path, body, in != nil, out)
+		if err == nil {
+			c.cur.Store(int32(i))
+			return nil
+		}
+		if !again || ctx.Err() != nil {
+			if again {
+				c.next(i)
+			}
+			return err
+		}
+		c.next(i)
+		errs = append(errs, err)
+	}
+	if len(errs) == 1 {
+		return errs[0]
+	}
+	return fmt.Errorf("no mapper answered: %w", errors.Join(errs...))
+}
+
+// try sends one request to the mapper at base; again says whether another
+// mapper may be asked.
+func (c *Client) try(ctx context.Context, base, method, path string, body []byte, hasBody bool, out any) (err error, again bool) {
+	var rd io.Reader
+	if hasBody {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
 	if err != nil {
-		return err
+		return err, false
 	}
-	if in != nil {
+	if hasBody {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("%s %s: %w (is the mapper running at %s?)", method, path, err, c.base)
+		switch {
+		case ctx.Err() != nil:
+			return fmt.Errorf("%s %s: %w", method, path, err), false
+		case notSent(err):
+			return fmt.Errorf("%s %s: %w (is the mapper running at %s?)", method, path, err, base), true
+		case repeatable(method, path):
+			return fmt.Errorf("%s %s: %w (the mapper at %s failed)", method, path, err, base), true
+		}
+		return fmt.Errorf("%s %s: the mapper at %s failed after receiving the request (%v); look up what it was to create before trying again: %w",
+			method, path, base, err, ErrOutcomeUnknown), false
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
-		return readAPIError(resp)
+		switch resp.StatusCode {
+		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			return readAPIError(resp), true
+		}
+		return readAPIError(resp), false
 	}
 	if out == nil {
-		return nil
+		return nil, false
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return fmt.Errorf("%s %s: decode response: %w", method, path, err)
+		err = fmt.Errorf("%s %s: decode response: %w", method, path, err)
+		if !repeatable(method, path) {
+			err = fmt.Errorf("%w: %w", err, ErrOutcomeUnknown)
+		}
+		return err, false
 	}
-	return nil
+	return nil, false
 }
 
 func readAPIError(resp *http.Response) error {
@@ -131,7 +241,7 @@ func (c *Client) DeleteServer(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/servers/"+url.PathEscape(name), nil, nil)
 }
 
-// Heartbeat marks a server seen now.
+// Heartbeat renews a server's liveness lease.
 func (c *Client) Heartbeat(ctx context.Context, name string) (Server, error) {
 	var s Server
 	return s, c.do(ctx, http.MethodPost, "/v1/servers/"+url.PathEscape(name)+"/heartbeat", nil, &s)
@@ -278,22 +388,18 @@ func (c *Client) Watch(ctx context.Context, rev int64) <-chan WatchResponse {
 				return false
 			}
 		}
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v1/watch?revision="+strconv.FormatInt(rev, 10), nil)
+		resp, i, err := c.openWatch(ctx, rev)
 		if err != nil {
-			send(WatchResponse{Err: err})
-			return
-		}
-		resp, err := c.hc.Do(req)
-		if err != nil {
-			send(WatchResponse{Err: fmt.Errorf("watch: %w", err)})
+			var ae *APIError
+			errors.As(err, &ae)
+			w := WatchResponse{Err: err}
+			if ae != nil {
+				w.CompactRevision = ae.CompactRevision
+			}
+			send(w)
 			return
 		}
 		defer resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			err := readAPIError(resp)
-			send(WatchResponse{Err: err, CompactRevision: err.(*APIError).CompactRevision})
-			return
-		}
 		sc := bufio.NewScanner(resp.Body)
 		sc.Buffer(make([]byte, 64<<10), maxBody)
 		for sc.Scan() {
@@ -322,8 +428,49 @@ func (c *Client) Watch(ctx context.Context, rev int64) <-chan WatchResponse {
 			err = io.ErrUnexpectedEOF
 		}
 		if ctx.Err() == nil {
-			send(WatchResponse{Err: fmt.Errorf("watch: stream ended: %w", err)})
+			// The mapper went away: the next watch starts at another.
+			c.next(i)
+			send(WatchResponse{Err: fmt.Errorf("watch: stream from %s ended: %w", c.bases[i], err)})
 		}
 	}()
 	return out
+}
+
+// openWatch starts a watch stream at the first mapper that answers.
+func (c *Client) openWatch(ctx context.Context, rev int64) (*http.Response, int, error) {
+	start := int(c.cur.Load())
+	var errs []error
+	for n := 0; n < len(c.bases); n++ {
+		i := (start + n) % len(c.bases)
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.bases[i]+"/v1/watch?revision="+strconv.FormatInt(rev, 10), nil)
+		if err != nil {
+			return nil, i, err
+		}
+		resp, err := c.hc.Do(req)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, i, fmt.Errorf("watch: %w", err)
+			}
+			c.next(i)
+			errs = append(errs, fmt.Errorf("watch: %w (is the mapper running at %s?)", err, c.bases[i]))
+			continue
+		}
+		if resp.StatusCode == http.StatusOK {
+			c.cur.Store(int32(i))
+			return resp, i, nil
+		}
+		err = readAPIError(resp)
+		resp.Body.Close()
+		switch resp.StatusCode {
+		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			c.next(i)
+			errs = append(errs, err)
+			continue
+		}
+		return nil, i, err
+	}
+	if len(errs) == 1 {
+		return nil, 0, errs[0]
+	}
+	return nil, 0, fmt.Errorf("no mapper answered: %w", errors.Join(errs...))
 }

@@ -11,6 +11,9 @@
 #   docker    Debian's docker.io (dockerd 20.10, containerd, runc) for the
 #             Docker plugin's tests; they start their own dockerd, so no
 #             system one is started or needed
+#   etcd      .tools/etcd, the etcd server at the version go.mod names
+#             (a go tool of this module), for a registry on etcd
+#             (docs/ha.md); tests build it themselves
 #
 # Debian packages need root; Go tools go to .tools/ in the repository.
 set -euo pipefail
@@ -32,8 +35,9 @@ for purpose in "$@"; do
 	generate) apt_packages+=("$CLANG" llvm-19 libbpf-dev linux-libc-dev) ;;
 	bench) apt_packages+=(iproute2 iperf3 iptables) ;;
 	docker) apt_packages+=(docker.io containerd runc util-linux) ;; # swarmhook's tests run their own dockerd
+	etcd) need_tools+=(etcd) ;;
 	*)
-		echo "setup.sh: unknown purpose \"$purpose\"; want build, demo, test, generate, docker or bench" >&2
+		echo "setup.sh: unknown purpose \"$purpose\"; want build, demo, test, generate, docker, etcd or bench" >&2
 		exit 2
 		;;
 	esac
@@ -60,6 +64,12 @@ for tool in "${need_tools[@]}"; do
 		if ! .tools/staticcheck -version 2>/dev/null | grep -q "${STATICCHECK_VERSION#v}"; then
 			echo "setup.sh: installing staticcheck $STATICCHECK_VERSION into .tools/"
 			GOBIN="$PWD/.tools" go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
+		fi
+		;;
+	etcd)
+		if [ ! -x .tools/etcd ] || ! .tools/etcd --version | grep -q "$(go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3 | tr -d v)"; then
+			echo "setup.sh: building etcd into .tools/"
+			go build -o .tools/etcd go.etcd.io/etcd/server/v3
 		fi
 		;;
 	esac

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/tls"
@@ -378,7 +379,7 @@ func (t *etcdSTM) Get(key string) ([]byte, bool) {
 		if w.del {
 			return nil, false
 		}
-		return w.value, true
+		return bytes.Clone(w.value), true
 	}
 	kv, ok := t.s.kv.Get(KeyValue{Key: key})
 	if _, seen := t.reads[key]; !seen {
@@ -387,7 +388,8 @@ func (t *etcdSTM) Get(key string) ([]byte, bool) {
 	if !ok {
 		return nil, false
 	}
-	return kv.Value, true
+	// A copy: callers may change what they read, and the mirror is shared.
+	return bytes.Clone(kv.Value), true
 }
 
 func (t *etcdSTM) List(prefix string) []KeyValue {
@@ -401,17 +403,18 @@ func (t *etcdSTM) List(prefix string) []KeyValue {
 		seen[kv.Key] = true
 		if w, ok := t.writes[kv.Key]; ok {
 			if !w.del {
-				out = append(out, KeyValue{Key: kv.Key, Value: w.value, Lease: w.lease})
+				out = append(out, KeyValue{Key: kv.Key, Value: bytes.Clone(w.value), Lease: w.lease})
 			}
 			return true
 		}
+		kv.Value = bytes.Clone(kv.Value)
 		out = append(out, kv)
 		return true
 	})
 	var added []KeyValue
 	for k, w := range t.writes {
 		if !w.del && !seen[k] && strings.HasPrefix(k, prefix) {
-			added = append(added, KeyValue{Key: k, Value: w.value, Lease: w.lease})
+			added = append(added, KeyValue{Key: k, Value: bytes.Clone(w.value), Lease: w.lease})
 		}
 	}
 	if len(added) > 0 {

@@ -11,22 +11,24 @@ package etcdtest
 
 import (
 	"bytes"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -67,9 +69,17 @@ func Binary() (string, error) {
 // Options shape a cluster.
 type Options struct {
 	// TLS serves the client URLs over TLS with a fresh CA; ClientTLS
-	// returns a config for clients. Peers always talk in the clear on
-	// loopback.
+	// returns a config for clients. Peers always talk in the clear.
 	TLS bool
+	// Host is the address members listen on. Zero means 127.0.0.1.
+	Host string
+	// Exec is put before every member's command line, to run it
+	// elsewhere: {"ip", "netns", "exec", NAME} runs it in a network
+	// namespace (ip netns exec execs it, so its PID is etcd's).
+	Exec []string
+	// Dial, if set, makes the connections that check a member's health,
+	// for members that the test's own namespace cannot reach.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Cluster is a running etcd cluster.
@@ -79,6 +89,8 @@ type Cluster struct {
 	ca      *x509.Certificate
 	caKey   *ecdsa.PrivateKey
 	tlsDir  string
+	host    string
+	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Member is one etcd member.
@@ -104,7 +116,11 @@ func Start(n int, opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{dir: dir}
+	host := opts.Host
+	if host == "" {
+		host = "127.0.0.1"
+	}
+	c := &Cluster{dir: dir, dial: opts.Dial, host: host}
 	scheme := "http"
 	if opts.TLS {
 		scheme = "https"
@@ -122,8 +138,8 @@ func Start(n int, opts Options) (*Cluster, error) {
 	for i := 0; i < n; i++ {
 		m := &Member{
 			Name:      fmt.Sprintf("m%d", i),
-			ClientURL: fmt.Sprintf("%s://127.0.0.1:%d", scheme, ports[2*i]),
-			PeerURL:   fmt.Sprintf("http://127.0.0.1:%d", ports[2*i+1]),
+			ClientURL: fmt.Sprintf("%s://%s:%d", scheme, host, ports[2*i]),
+			PeerURL:   fmt.Sprintf("http://%s:%d", host, ports[2*i+1]),
 			c:         c,
 		}
 		m.log = filepath.Join(dir, m.Name+".log")
@@ -132,7 +148,7 @@ func Start(n int, opts Options) (*Cluster, error) {
 	}
 	token := filepath.Base(dir)
 	for _, m := range c.Members {
-		m.args = []string{bin,
+		m.args = append(slices.Clone(opts.Exec), bin,
 			"--name", m.Name,
 			"--data-dir", filepath.Join(dir, m.Name),
 			"--listen-client-urls", m.ClientURL, "--advertise-client-urls", m.ClientURL,
@@ -144,7 +160,7 @@ func Start(n int, opts Options) (*Cluster, error) {
 			// daoli's batched registrations are large transactions.
 			"--max-txn-ops", "20000", "--max-request-bytes", "33554432",
 			"--log-level", "error",
-		}
+		)
 		if opts.TLS {
 			cert, key, err := c.issue(m.Name, true)
 			if err != nil {
@@ -214,14 +230,11 @@ func (c *Cluster) WaitHealthy(timeout time.Duration) error {
 }
 
 func (m *Member) healthy() bool {
-	hc := &http.Client{Timeout: time.Second}
-	if m.c.ca != nil {
-		cfg, err := m.c.ClientTLS()
-		if err != nil {
-			return false
-		}
-		hc.Transport = &http.Transport{TLSClientConfig: cfg}
+	hc, err := m.httpClient()
+	if err != nil {
+		return false
 	}
+	defer hc.CloseIdleConnections()
 	resp, err := hc.Get(m.ClientURL + "/health")
 	if err != nil {
 		return false
@@ -230,6 +243,64 @@ func (m *Member) healthy() bool {
 	var b bytes.Buffer
 	b.ReadFrom(resp.Body)
 	return resp.StatusCode == 200 && strings.Contains(b.String(), `"health":"true"`)
+}
+
+// Leader returns the member that leads the cluster now, asking the
+// running members through etcd's HTTP gateway.
+func (c *Cluster) Leader() (*Member, error) {
+	ids := map[string]*Member{}
+	var leader string
+	for _, m := range c.Members {
+		if !m.Running() {
+			continue
+		}
+		var st struct {
+			Header struct {
+				MemberID string `json:"member_id"`
+			} `json:"header"`
+			Leader string `json:"leader"`
+		}
+		if err := m.post("/v3/maintenance/status", &st); err != nil {
+			return nil, fmt.Errorf("status of etcd member %s: %w", m.Name, err)
+		}
+		ids[st.Header.MemberID] = m
+		if st.Leader != "" && st.Leader != "0" {
+			leader = st.Leader
+		}
+	}
+	if m := ids[leader]; m != nil {
+		return m, nil
+	}
+	return nil, fmt.Errorf("no running etcd member leads (leader %q)", leader)
+}
+
+func (m *Member) httpClient() (*http.Client, error) {
+	tr := &http.Transport{DialContext: m.c.dial}
+	if m.c.ca != nil {
+		cfg, err := m.c.ClientTLS()
+		if err != nil {
+			return nil, err
+		}
+		tr.TLSClientConfig = cfg
+	}
+	return &http.Client{Timeout: 2 * time.Second, Transport: tr}, nil
+}
+
+func (m *Member) post(path string, out any) error {
+	hc, err := m.httpClient()
+	if err != nil {
+		return err
+	}
+	defer hc.CloseIdleConnections()
+	resp, err := hc.Post(m.ClientURL+path, "application/json", strings.NewReader("{}"))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("%s: %s", path, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
 }
 
 // Start starts the member (again) on its data directory.
@@ -322,7 +393,7 @@ func (c *Cluster) issue(name string, server bool) (cert, key string, err error) 
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
 	}
 	if server {
-		tmpl.IPAddresses = []net.IP{net.IP(netip.MustParseAddr("127.0.0.1").AsSlice())}
+		tmpl.IPAddresses = []net.IP{net.ParseIP(c.host)}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.ca, &k.PublicKey, c.caKey)
 	if err != nil {

@@ -29,6 +29,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	}{
 		{"Revisions", testRevisions},
 		{"AbortLeavesNothing", testAbort},
+		{"ReadsAreCopies", testReadsAreCopies},
 		{"ListAndMetadata", testList},
 		{"NoLostUpdates", testNoLostUpdates},
 		{"WatchOrderAndResume", testWatchResume},
@@ -136,6 +137,30 @@ func testAbort(t *testing.T, s store.Store) {
 	}
 	if _, ok, _, _ := s.Get(ctx, "other"); ok {
 		t.Error("an aborted transaction left a key behind")
+	}
+}
+
+// testReadsAreCopies: a transaction that changes a value it read, in
+// place, and then aborts changes nothing that later transactions read.
+func testReadsAreCopies(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	put(t, s, "bits/a", "0000")
+	for range 2 {
+		s.Update(ctx, func(tx store.STM) error {
+			v, _ := tx.Get("bits/a")
+			v[0] = 'X'
+			for _, kv := range tx.List("bits/") {
+				kv.Value[1] = 'Y'
+			}
+			return errors.New("abort")
+		})
+	}
+	var seen string
+	if _, err := s.Update(ctx, func(tx store.STM) error { v, _ := tx.Get("bits/a"); seen = string(v); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if seen != "0000" {
+		t.Errorf("after aborted transactions changed what they read in place, a transaction reads %q, want \"0000\"", seen)
 	}
 }
 
