@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -21,6 +22,7 @@ import (
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 )
 
 // EtcdConfig configures an Etcd store.
@@ -35,6 +37,10 @@ type EtcdConfig struct {
 	Prefix string
 	// DialTimeout bounds the first connection. Zero means 5 seconds.
 	DialTimeout time.Duration
+	// Dial, if set, makes the connections to the members (addr is
+	// host:port), for members this process reaches only through it, such
+	// as ones in another network namespace.
+	Dial func(ctx context.Context, addr string) (net.Conn, error)
 	// Logger receives background errors. Nil means discard.
 	Logger *slog.Logger
 }
@@ -46,23 +52,31 @@ type EtcdConfig struct {
 // history of the keys under the prefix: Watch is an etcd watch, Compact
 // is etcd's compaction (of the whole cluster, as etcd's always is).
 //
-// Update is optimistic: the transaction function runs against a local
-// mirror of every key under the prefix, kept by a watch, at one revision
-// R, no older than the cluster's revision when Update was called (so a
-// write acknowledged through another store is always seen); its writes are committed in one etcd transaction that succeeds only
-// if every key it read still has the revision it had at R, and no key
-// under a prefix it listed was written after R. Otherwise the mirror
-// catches up and the function runs again. Reads therefore cost no round
-// trip, and a write costs two: reading the cluster's revision, and the
-// commit (with etcd's quorum fsync, which is what makes it durable).
+// Update is optimistic, and grouped: one committer per store takes every
+// Update waiting at the time and runs their functions in turn against a
+// local mirror of every key under the prefix (kept by a watch), each
+// seeing the writes of those before it, at one revision R no older than
+// the cluster's revision when the group started (so a write acknowledged
+// through another store is always seen). Their writes are committed in
+// one etcd transaction that succeeds only if every key they read from
+// the mirror still has the revision it had at R, and no key under a
+// prefix they listed was written after R; otherwise the mirror catches
+// up and the group runs again. The Updates of a group share its
+// revision. Reads cost no round trip; a group costs two: reading the
+// cluster's revision, and the commit (with etcd's quorum fsync, which is
+// what makes it durable). Under contention that is what keeps
+// throughput up: concurrent writers of one mapper never conflict with
+// each other, and one quorum fsync serves them all.
 //
 // Hazards. A key deleted by a lease's expiry is not seen as a conflict by
 // an Update that listed its prefix (only Updates write the fence that
 // deletions by Updates raise). etcd leases have a granularity of one
-// second and a floor of 1.5 election timeouts: Grant rounds up. One
-// Update becomes one etcd transaction, so its reads and writes are
-// bounded by the members' --max-txn-ops and --max-request-bytes (see
-// docs/ha.md); an Update beyond them fails with an error that says so.
+// second and a floor of 1.5 election timeouts: Grant rounds up. A group
+// becomes one etcd transaction, bounded by the members' --max-txn-ops and
+// --max-request-bytes (see docs/ha.md): a group beyond them is committed
+// one Update at a time, and an Update beyond them alone fails with an
+// error that says so. A transaction function must not call Update on its
+// own store (the committer is busy running it).
 //
 // An Etcd is safe for concurrent use. Its zero value is not usable: call
 // OpenEtcd.
@@ -74,8 +88,11 @@ type Etcd struct {
 	markers  string // prefix of this store's commit markers
 	log      *slog.Logger
 	seq      atomic.Uint64
+	ctx      context.Context // ends at Close
 	cancel   context.CancelFunc
 	wg       sync.WaitGroup
+	reqs     chan *update
+	stop     chan struct{} // closed by Close
 
 	mu        sync.RWMutex // guards the mirror; held shared while a transaction function runs
 	kv        *btree.BTreeG[KeyValue]
@@ -107,10 +124,15 @@ func OpenEtcd(cfg EtcdConfig) (*Etcd, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	var dialOpts []grpc.DialOption
+	if cfg.Dial != nil {
+		dialOpts = append(dialOpts, grpc.WithContextDialer(cfg.Dial))
+	}
 	c, err := clientv3.New(clientv3.Config{
 		Endpoints:   cfg.Endpoints,
 		TLS:         cfg.TLS,
 		DialTimeout: cfg.DialTimeout,
+		DialOptions: dialOpts,
 		Logger:      zap.NewNop(),
 		// Keep a connection that the network silently dropped from
 		// hanging a watch: a dead member is noticed and left.
@@ -126,7 +148,7 @@ func OpenEtcd(cfg EtcdConfig) (*Etcd, error) {
 	s := &Etcd{
 		c: c, prefix: cfg.Prefix, internal: internal, fence: internal + "fence",
 		markers: internal + "txn/" + hex.EncodeToString(id[:]) + "/", log: log,
-		advanced: make(chan struct{}),
+		advanced: make(chan struct{}), reqs: make(chan *update, maxGroup), stop: make(chan struct{}),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
 	defer cancel()
@@ -134,10 +156,10 @@ func OpenEtcd(cfg EtcdConfig) (*Etcd, error) {
 		c.Close()
 		return nil, fmt.Errorf("open etcd store at %s: %w", strings.Join(cfg.Endpoints, ","), err)
 	}
-	wctx, wcancel := context.WithCancel(context.Background())
-	s.cancel = wcancel
-	s.wg.Add(1)
-	go s.follow(wctx)
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.wg.Add(2)
+	go s.follow(s.ctx)
+	go s.commitLoop()
 	return s, nil
 }
 
@@ -272,6 +294,7 @@ func (s *Etcd) Close() error {
 	}
 	s.closed = true
 	s.mu.Unlock()
+	close(s.stop)
 	s.cancel()
 	err := s.c.Close()
 	s.wg.Wait()
@@ -366,16 +389,31 @@ func (s *Etcd) Revision(ctx context.Context) (rev, compacted int64, err error) {
 	return rev, hi, nil
 }
 
-// etcdSTM is a transaction over the mirror at one revision.
+// etcdSTM is one transaction function's view: the mirror at one
+// revision, under the writes of the functions before it in its group
+// (base), under its own writes.
 type etcdSTM struct {
 	s      *Etcd
-	reads  map[string]int64 // key → ModRevision read (0: missing)
+	base   map[string]*write // the group's writes so far
+	reads  map[string]int64  // key → ModRevision read from the mirror (0: missing)
 	lists  []string
 	writes map[string]*write
 }
 
-func (t *etcdSTM) Get(key string) ([]byte, bool) {
+// lookup finds key in the writes over the mirror; fromMirror says the
+// mirror answered (the read must then be guarded).
+func (t *etcdSTM) lookup(key string) (w *write, fromMirror bool) {
 	if w, ok := t.writes[key]; ok {
+		return w, false
+	}
+	if w, ok := t.base[key]; ok {
+		return w, false
+	}
+	return nil, true
+}
+
+func (t *etcdSTM) Get(key string) ([]byte, bool) {
+	if w, fromMirror := t.lookup(key); !fromMirror {
 		if w.del {
 			return nil, false
 		}
@@ -401,7 +439,7 @@ func (t *etcdSTM) List(prefix string) []KeyValue {
 			return false
 		}
 		seen[kv.Key] = true
-		if w, ok := t.writes[kv.Key]; ok {
+		if w, fromMirror := t.lookup(kv.Key); !fromMirror {
 			if !w.del {
 				out = append(out, KeyValue{Key: kv.Key, Value: bytes.Clone(w.value), Lease: w.lease})
 			}
@@ -411,108 +449,269 @@ func (t *etcdSTM) List(prefix string) []KeyValue {
 		out = append(out, kv)
 		return true
 	})
-	var added []KeyValue
-	for k, w := range t.writes {
-		if !w.del && !seen[k] && strings.HasPrefix(k, prefix) {
-			added = append(added, KeyValue{Key: k, Value: bytes.Clone(w.value), Lease: w.lease})
+	added := false
+	for _, layer := range []map[string]*write{t.writes, t.base} {
+		for k := range layer {
+			if seen[k] || !strings.HasPrefix(k, prefix) {
+				continue
+			}
+			seen[k] = true
+			if w, _ := t.lookup(k); !w.del {
+				out = append(out, KeyValue{Key: k, Value: bytes.Clone(w.value), Lease: w.lease})
+				added = true
+			}
 		}
 	}
-	if len(added) > 0 {
-		out = append(out, added...)
+	if added {
 		sortKVs(out)
 	}
 	return out
 }
 
 func (t *etcdSTM) Put(key string, value []byte, lease LeaseID) {
-	t.writes[key] = &write{value: append([]byte(nil), value...), lease: lease}
+	t.writes[key] = &write{value: bytes.Clone(value), lease: lease}
 }
 
 func (t *etcdSTM) Del(key string) {
 	t.writes[key] = &write{del: true}
 }
 
-// Update runs fn against the mirror and commits its writes in one etcd
-// transaction guarded by what fn read (see Etcd). Each Update also
-// writes a marker key of its own, which the transaction requires to be
-// new: when a member dies before answering, the marker says whether the
-// commit happened, and a retry can never commit the same Update twice.
+// update is one Update waiting for its group's commit.
+type update struct {
+	ctx  context.Context
+	fn   func(STM) error
+	rev  int64
+	err  error
+	done chan struct{}
+}
+
+// maxGroup caps how many waiting Updates share one etcd transaction.
+const maxGroup = 256
+
+// Update queues fn for the committer, which runs every Update waiting at
+// the time, in order, against the mirror (each seeing the writes of
+// those before it), and commits them in one etcd transaction guarded by
+// what they read (see Etcd): they share its revision. Each transaction
+// also writes a marker key of its own, which it requires to be new: when
+// a member dies before answering, the marker says whether the commit
+// happened, and a retry can never commit the same Updates twice.
 func (s *Etcd) Update(ctx context.Context, fn func(STM) error) (int64, error) {
+	u := &update{ctx: ctx, fn: fn, done: make(chan struct{})}
+	select {
+	case s.reqs <- u:
+	case <-s.stop:
+		return 0, ErrClosed
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	select {
+	case <-u.done:
+		return u.rev, u.err
+	case <-ctx.Done():
+		return 0, fmt.Errorf("update: %w (it may still commit)", ctx.Err())
+	}
+}
+
+// commitLoop is the committer: one etcd transaction in flight per store.
+func (s *Etcd) commitLoop() {
+	defer s.wg.Done()
+	for {
+		var group []*update
+		select {
+		case u := <-s.reqs:
+			group = append(group, u)
+		case <-s.stop:
+			s.failQueued()
+			return
+		}
+	more:
+		for len(group) < maxGroup {
+			select {
+			case u := <-s.reqs:
+				group = append(group, u)
+			default:
+				break more
+			}
+		}
+		s.commit(group)
+		for _, u := range group {
+			close(u.done)
+		}
+	}
+}
+
+func (s *Etcd) failQueued() {
+	for {
+		select {
+		case u := <-s.reqs:
+			u.err = ErrClosed
+			close(u.done)
+		default:
+			return
+		}
+	}
+}
+
+// commit runs a group of Updates and commits them together. A group that
+// etcd refuses as too large is committed one Update at a time.
+func (s *Etcd) commit(group []*update) {
+	ctx := s.ctx
+	fail := func(err error) {
+		for _, u := range group {
+			if u.err == nil {
+				u.err = err
+			}
+		}
+	}
 	marker := s.markers + strconv.FormatUint(s.seq.Add(1), 10)
 	// Start from the cluster's revision now, not the mirror's: a write
 	// acknowledged by another mapper a moment ago must be seen
-	// (linearizable, at the cost of one read).
-	if s.isClosed() {
-		return 0, ErrClosed
-	}
+	// (linearizable, at the cost of one read per group).
 	need, err := s.current(ctx)
 	if err != nil {
-		return 0, fmt.Errorf("read the cluster's revision: %w", err)
+		fail(fmt.Errorf("read the cluster's revision: %w", err))
+		return
 	}
 	for {
 		s.mu.RLock()
 		need = max(need, s.committed) // read this store's own writes
 		s.mu.RUnlock()
 		if err := s.waitRev(ctx, need); err != nil {
-			return 0, err
+			fail(err)
+			return
 		}
 		s.mu.RLock()
 		rev := s.rev
-		t := &etcdSTM{s: s, reads: map[string]int64{}, writes: map[string]*write{}}
-		err := callSTM(fn, t)
-		var cmps []clientv3.Cmp
-		var ops []clientv3.Op
-		if err == nil {
-			cmps, ops = t.txn(rev)
+		base := map[string]*write{}
+		reads := map[string]int64{}
+		var lists []string
+		var ok []*update
+		for _, u := range group {
+			if err := u.ctx.Err(); err != nil {
+				u.err = err // given up on before it ran
+				continue
+			}
+			t := &etcdSTM{s: s, base: base, reads: map[string]int64{}, writes: map[string]*write{}}
+			u.err = callSTM(u.fn, t)
+			if u.err != nil {
+				continue // what it saw was the state at rev: a serializable answer
+			}
+			for k, w := range t.writes {
+				base[k] = w
+			}
+			for k, m := range t.reads {
+				if _, seen := reads[k]; !seen {
+					reads[k] = m
+				}
+			}
+			lists = append(lists, t.lists...)
+			ok = append(ok, u)
 		}
+		cmps, ops := s.txn(rev, base, reads, lists)
 		s.mu.RUnlock()
-		if err != nil {
-			return 0, err // what fn saw was the state at rev: a serializable answer
-		}
 		if len(ops) == 0 {
-			return rev, nil
+			for _, u := range ok {
+				u.rev = rev
+			}
+			return
 		}
 		epoch, err := s.epochLease(ctx)
 		if err != nil {
-			return 0, fmt.Errorf("commit: %w", err)
+			fail(fmt.Errorf("commit: %w", err))
+			return
 		}
 		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(marker), "=", 0))
 		ops = append(ops, clientv3.OpPut(marker, "", clientv3.WithLease(epoch)))
 		resp, err := s.c.Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(marker)).Commit()
-		if err != nil && !definite(err) && ctx.Err() == nil {
-			var done bool
-			var crev int64
-			done, crev, err = s.resolve(ctx, marker)
-			if err == nil && done {
-				s.noteCommit(crev)
-				return crev, nil
+		committed := int64(0)
+		switch {
+		case err != nil && len(ok) > 1 && (errors.Is(err, rpctypes.ErrTooManyOps) || errors.Is(err, rpctypes.ErrRequestTooLarge)):
+			// Too much for one transaction together: one by one.
+			for _, u := range ok {
+				s.commit([]*update{u})
 			}
-			if err == nil {
+			return
+		case err != nil && !definite(err) && ctx.Err() == nil:
+			var done bool
+			done, committed, err = s.resolve(ctx, marker)
+			if err == nil && !done {
 				continue // not committed, and now it never will be: again
+			}
+		case err == nil && resp.Succeeded:
+			committed = resp.Header.Revision
+		case err == nil:
+			if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+				committed = kvs[0].ModRevision // an earlier attempt whose answer was lost did commit
+			} else {
+				// Something a function read changed after rev: run the
+				// group again on a mirror that has seen the change.
+				need = resp.Header.Revision
+				continue
 			}
 		}
 		if err != nil {
-			return 0, s.txnErr(err, len(cmps), len(ops))
+			err = s.txnErr(err, len(cmps), len(ops))
+			for _, u := range ok {
+				u.err = err
+			}
+			return
 		}
-		if resp.Succeeded {
-			s.noteCommit(resp.Header.Revision)
-			return resp.Header.Revision, nil
+		s.mu.Lock()
+		s.committed = max(s.committed, committed)
+		s.mu.Unlock()
+		for _, u := range ok {
+			u.rev = committed
 		}
-		if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
-			// An earlier attempt whose answer was lost did commit.
-			s.noteCommit(kvs[0].ModRevision)
-			return kvs[0].ModRevision, nil
-		}
-		// Something fn read changed after rev: run it again on a mirror
-		// that has seen the change.
-		need = resp.Header.Revision
+		return
 	}
 }
 
-func (s *Etcd) noteCommit(rev int64) {
-	s.mu.Lock()
-	s.committed = max(s.committed, rev)
-	s.mu.Unlock()
+// txn turns a group's writes, reads and lists at revision rev into an etcd
+// transaction: compares guarding every read and list, and the writes.
+// Deletions of keys that the mirror does not hold are dropped, as writes
+// of nothing; s.mu is held.
+func (s *Etcd) txn(rev int64, writes map[string]*write, reads map[string]int64, lists []string) ([]clientv3.Cmp, []clientv3.Op) {
+	var cmps []clientv3.Cmp
+	var ops []clientv3.Op
+	deletes := false
+	for k, w := range writes {
+		key := s.prefix + k
+		switch {
+		case !w.del && w.lease != 0:
+			ops = append(ops, clientv3.OpPut(key, string(w.value), clientv3.WithLease(clientv3.LeaseID(w.lease))))
+		case !w.del:
+			ops = append(ops, clientv3.OpPut(key, string(w.value)))
+		default:
+			kv, ok := s.kv.Get(KeyValue{Key: k})
+			if !ok {
+				continue
+			}
+			if _, read := reads[k]; !read {
+				// A blind delete still depends on the key being there:
+				// deleting what another transaction just deleted would
+				// be a write of nothing with a revision of its own.
+				reads[k] = kv.ModRevision
+			}
+			ops = append(ops, clientv3.OpDelete(key))
+			deletes = true
+		}
+	}
+	if len(ops) == 0 {
+		return nil, nil
+	}
+	for k, mod := range reads {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.prefix+k), "=", mod))
+	}
+	for _, p := range slices.Compact(slices.Sorted(slices.Values(lists))) {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.prefix+p), "<", rev+1).WithPrefix())
+	}
+	if len(lists) > 0 {
+		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(s.fence), "<", rev+1))
+	}
+	if deletes {
+		ops = append(ops, clientv3.OpPut(s.fence, ""))
+	}
+	return cmps, ops
 }
 
 // definite reports whether a failed commit certainly did not happen.
@@ -567,57 +766,6 @@ func (s *Etcd) epochLease(ctx context.Context) (clientv3.LeaseID, error) {
 	return clientv3.LeaseID(resp.ID), nil
 }
 
-// txn turns the transaction into etcd's: compares guarding every read
-// and list at revision rev, and the writes. Deletions of keys that were
-// not there are dropped, as a write of nothing.
-func (t *etcdSTM) txn(rev int64) ([]clientv3.Cmp, []clientv3.Op) {
-	var cmps []clientv3.Cmp
-	var ops []clientv3.Op
-	deletes := false
-	for k, w := range t.writes {
-		key := t.s.prefix + k
-		switch {
-		case !w.del && w.lease != 0:
-			ops = append(ops, clientv3.OpPut(key, string(w.value), clientv3.WithLease(clientv3.LeaseID(w.lease))))
-		case !w.del:
-			ops = append(ops, clientv3.OpPut(key, string(w.value)))
-		default:
-			if _, ok := t.s.kv.Get(KeyValue{Key: k}); !ok {
-				continue
-			}
-			if _, read := t.reads[k]; !read {
-				// A blind delete still depends on the key being there:
-				// deleting what another transaction just deleted would
-				// be a write of nothing with a revision of its own.
-				t.reads[k] = t.modRev(k)
-			}
-			ops = append(ops, clientv3.OpDelete(key))
-			deletes = true
-		}
-	}
-	if len(ops) == 0 {
-		return nil, nil
-	}
-	for k, mod := range t.reads {
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(t.s.prefix+k), "=", mod))
-	}
-	for _, p := range t.lists {
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(t.s.prefix+p), "<", rev+1).WithPrefix())
-	}
-	if len(t.lists) > 0 {
-		cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(t.s.fence), "<", rev+1))
-	}
-	if deletes {
-		ops = append(ops, clientv3.OpPut(t.s.fence, ""))
-	}
-	return cmps, ops
-}
-
-func (t *etcdSTM) modRev(k string) int64 {
-	kv, _ := t.s.kv.Get(KeyValue{Key: k})
-	return kv.ModRevision
-}
-
 func sortKVs(kvs []KeyValue) {
 	slices.SortFunc(kvs, func(a, b KeyValue) int { return strings.Compare(a.Key, b.Key) })
 }
@@ -657,13 +805,24 @@ func etcdErr(err error) error {
 }
 
 // Watch follows keys with the prefix from revision rev with an etcd watch.
+// It reads the cluster's revision before it returns (linearizably: the
+// member that serves the watch may lag behind the one that acknowledged
+// a write), so that rev zero means the revision after the last write
+// acknowledged before the call.
 func (s *Etcd) Watch(ctx context.Context, prefix string, rev int64) <-chan WatchResponse {
 	out := make(chan WatchResponse, 16)
-	go s.watch(ctx, prefix, rev, out)
+	var cur int64
+	var err error
+	if s.isClosed() {
+		err = ErrClosed
+	} else if cur, err = s.current(ctx); err != nil {
+		err = fmt.Errorf("watch: %w", err)
+	}
+	go s.watch(ctx, prefix, rev, cur, err, out)
 	return out
 }
 
-func (s *Etcd) watch(ctx context.Context, prefix string, rev int64, out chan<- WatchResponse) {
+func (s *Etcd) watch(ctx context.Context, prefix string, rev, cur int64, err error, out chan<- WatchResponse) {
 	defer close(out)
 	send := func(r WatchResponse) bool {
 		select {
@@ -673,23 +832,18 @@ func (s *Etcd) watch(ctx context.Context, prefix string, rev int64, out chan<- W
 			return false
 		}
 	}
-	if s.isClosed() {
-		send(WatchResponse{Err: ErrClosed})
+	if err != nil {
+		send(WatchResponse{Err: err})
 		return
 	}
-	opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithPrevKV()}
-	if rev != 0 {
-		cur, err := s.current(ctx)
-		if err != nil {
-			send(WatchResponse{Err: fmt.Errorf("watch: %w", err)})
-			return
-		}
-		if rev > cur+1 {
-			send(WatchResponse{Err: fmt.Errorf("watch from revision %d (current %d): %w", rev, cur, ErrFutureRevision)})
-			return
-		}
-		opts = append(opts, clientv3.WithRev(rev))
+	if rev == 0 {
+		rev = cur + 1
 	}
+	if rev > cur+1 {
+		send(WatchResponse{Err: fmt.Errorf("watch from revision %d (current %d): %w", rev, cur, ErrFutureRevision)})
+		return
+	}
+	opts := []clientv3.OpOption{clientv3.WithPrefix(), clientv3.WithPrevKV(), clientv3.WithRev(rev)}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	for resp := range s.c.Watch(clientv3.WithRequireLeader(wctx), s.prefix+prefix, opts...) {

@@ -46,7 +46,8 @@ func openEtcd(t *testing.T, endpoints []string) *store.Etcd {
 }
 
 func TestEtcdConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) store.Store { return openEtcd(t, cluster.Endpoints()) })
+	storetest.RunWith(t, func(t *testing.T) store.Store { return openEtcd(t, cluster.Endpoints()) },
+		storetest.Options{SharedRevisions: true})
 }
 
 // Two stores on one prefix are two stateless mappers: a write through

@@ -15,8 +15,10 @@
 //     etcd's: Get/List ↔ KV.Get (WithPrefix), Watch ↔ Watcher.Watch
 //     (WithPrefix, WithRev, ErrCompacted included), Compact ↔ KV.Compact,
 //     Grant/KeepAlive/Revoke ↔ Lease. Update is an optimistic
-//     transaction of its own (etcd's STM has no range reads): see Etcd.
-//     Revisions are etcd's, which grow with every write to the cluster.
+//     transaction of its own (etcd's STM has no range reads), and
+//     concurrent Updates of one store are committed together and share a
+//     revision: see Etcd. Revisions are etcd's, which grow with every
+//     write to the cluster.
 //
 // In both, all keys written by one Update share its revision, as in etcd.
 package store

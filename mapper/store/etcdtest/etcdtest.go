@@ -46,8 +46,13 @@ var (
 )
 
 // Binary returns the path of an etcd server binary, building it first if
-// needed (about half a minute once, then cached by the go command).
-func Binary() (string, error) {
+// needed (about half a minute once, then cached by the go command). The
+// working directory must be inside this module; BinaryIn names it.
+func Binary() (string, error) { return BinaryIn("") }
+
+// BinaryIn is Binary with the go command run in dir, a directory of this
+// module ("" means the working directory).
+func BinaryIn(dir string) (string, error) {
 	binOnce.Do(func() {
 		if p := os.Getenv("DAOLI_ETCD"); p != "" {
 			binPath = p
@@ -55,6 +60,7 @@ func Binary() (string, error) {
 		}
 		var stderr bytes.Buffer
 		cmd := exec.Command("go", "tool", "-n", Module)
+		cmd.Dir = dir
 		cmd.Stderr = &stderr
 		out, err := cmd.Output()
 		if err != nil {
@@ -80,6 +86,8 @@ type Options struct {
 	// Dial, if set, makes the connections that check a member's health,
 	// for members that the test's own namespace cannot reach.
 	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Binary is the etcd server to run. Zero means Binary().
+	Binary string
 }
 
 // Cluster is a running etcd cluster.
@@ -108,9 +116,12 @@ type Member struct {
 
 // Start starts an n-member cluster and waits until it has a leader.
 func Start(n int, opts Options) (*Cluster, error) {
-	bin, err := Binary()
-	if err != nil {
-		return nil, err
+	bin := opts.Binary
+	if bin == "" {
+		var err error
+		if bin, err = Binary(); err != nil {
+			return nil, err
+		}
 	}
 	dir, err := os.MkdirTemp("", "daoli-etcd-")
 	if err != nil {
