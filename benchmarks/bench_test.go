@@ -75,10 +75,25 @@ func TestQuickBench(t *testing.T) {
 		t.Error("no control-plane figures")
 	} else {
 		for name, v := range map[string]float64{"registrations/s": c.PerSecond, "programmed/s": c.ProgrammedPerSecond,
+			"batch registrations/s":                   c.BatchPerSecond,
 			"registration to programmed p50 (before)": c.Before.P50ms, "registration to programmed p50 (after)": c.After.P50ms} {
 			if !(v > 0) {
 				t.Errorf("control plane: %s is %v", name, v)
 			}
+		}
+	}
+	if h := res.HA; h == nil || h.Control == nil {
+		t.Error("no figures of the registry on etcd")
+	} else {
+		c := h.Control
+		for name, v := range map[string]float64{"registrations/s": c.PerSecond, "batch registrations/s": c.BatchPerSecond,
+			"registration to programmed p50 (before)": c.Before.P50ms, "registration to programmed p50 (after)": c.After.P50ms} {
+			if !(v > 0) {
+				t.Errorf("registry on etcd: %s is %v", name, v)
+			}
+		}
+		if h.Failover.Runs != 3 || h.FailoverDegraded.Runs != 3 || !(h.FailoverDegraded.P50ms > 0) {
+			t.Errorf("registry on etcd: failover gaps %+v and, degraded, %+v; want 3 positive runs each", h.Failover, h.FailoverDegraded)
 		}
 	}
 	if m := res.Mobility; m == nil {
@@ -103,7 +118,7 @@ func TestQuickBench(t *testing.T) {
 		t.Error("no goals judged")
 	}
 	md := res.Markdown()
-	for _, s := range []string{"| TCP throughput, 1 stream", "### Goals", "### Control plane", "### Map memory", "### Mobility"} {
+	for _, s := range []string{"| TCP throughput, 1 stream", "### Goals", "### Control plane", "### Registry on etcd", "### Map memory", "### Mobility"} {
 		if !strings.Contains(md, s) {
 			t.Errorf("the table lacks %q", s)
 		}

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/daolinet/daoli/benchmarks/paths"
 	"github.com/daolinet/daoli/mapper"
 )
 
@@ -25,6 +26,9 @@ const (
 	perPhantom   = phantomAddrs * 63
 	// parallel is the number of concurrent registering clients.
 	parallel = 64
+	// batchSize is the number of endpoints in one batch registration,
+	// batchParallel the number of clients sending batches at once.
+	batchSize, batchParallel = 100, 8
 )
 
 // revisions follows the change log and tells at which revision each
@@ -36,11 +40,11 @@ type revisions struct {
 	end  error // why the watch ended; nil while it runs
 }
 
-func (r *run) follow(ctx context.Context, from int64) *revisions {
+func (r *run) follow(ctx context.Context, c *paths.Cluster, from int64) *revisions {
 	rv := &revisions{rev: map[uint32]int64{}}
 	rv.cond = sync.NewCond(&rv.mu)
 	go func() {
-		for resp := range r.cluster.Registry.Watch(ctx, from) {
+		for resp := range c.Registry.Watch(ctx, from) {
 			rv.mu.Lock()
 			for _, c := range resp.Changes {
 				if c.Endpoint != nil {
@@ -81,15 +85,23 @@ func (rv *revisions) of(id uint32) (int64, error) {
 }
 
 // controlPlane measures registrations per second and the time from a
-// registration to its programming on every server.
+// registration to its programming on every server, on the bbolt registry.
 func (r *run) controlPlane() {
+	r.res.Control = r.measureControl(r.cluster, "control plane")
+}
+
+// measureControl measures the control plane of c. On a registry whose
+// mappers judge liveness (etcd), the harness heartbeats the phantom
+// servers as their agents would.
+func (r *run) measureControl(c *paths.Cluster, what string) *Control {
 	ctx := r.ctx
-	c := r.cluster
-	r.printf("control plane: registrations on phantom servers, watched by %d agents", len(c.World.Servers))
+	r.printf("%s: registrations on phantom servers, watched by %d agents", what, len(c.World.Servers))
 	if _, err := c.Mapper.CreateNetwork(ctx, mapper.NetworkSpec{Name: cpNetwork, Subnet: netip.MustParsePrefix("10.128.0.0/9")}); err != nil {
 		r.t.Fatalf("control plane: %v", err)
 	}
-	total := r.cfg.Registrations + 2*r.cfg.Latencies
+	batches := r.cfg.Registrations * 5 / batchSize
+	total := r.cfg.Registrations + batches*batchSize + 2*r.cfg.Latencies
+	var phantoms []string
 	for k := 0; k*perPhantom < total; k++ {
 		spec := mapper.ServerSpec{Name: fmt.Sprintf("phantom-%d", k), MAC: mapper.MAC{0x02, 0xbe, 0, 0, byte(k >> 8), byte(k)}}
 		for j := range phantomAddrs {
@@ -97,16 +109,30 @@ func (r *run) controlPlane() {
 			spec.IPs = append(spec.IPs, netip.AddrFrom4([4]byte{198, 18 + byte(k>>8), byte(k), byte(j + 1)}))
 		}
 		if _, err := c.Mapper.RegisterServer(ctx, spec); err != nil {
-			r.t.Fatalf("control plane: register %s: %v", spec.Name, err)
+			r.t.Fatalf("%s: register %s: %v", what, spec.Name, err)
 		}
-	}
-	snap, err := c.Mapper.Snapshot(ctx)
-	if err != nil {
-		r.t.Fatalf("control plane: %v", err)
+		phantoms = append(phantoms, spec.Name)
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	revs := r.follow(wctx, snap.Revision+1)
+	if c.Etcd != nil {
+		go func() {
+			for wctx.Err() == nil {
+				for _, name := range phantoms {
+					c.Mapper.Heartbeat(wctx, name)
+				}
+				select {
+				case <-wctx.Done():
+				case <-time.After(time.Second):
+				}
+			}
+		}()
+	}
+	snap, err := c.Mapper.Snapshot(ctx)
+	if err != nil {
+		r.t.Fatalf("%s: %v", what, err)
+	}
+	revs := r.follow(wctx, c, snap.Revision+1)
 	c.Settle(ctx)
 
 	var next atomic.Int64
@@ -125,7 +151,7 @@ func (r *run) controlPlane() {
 		}
 	}
 	cp := &Control{Agents: len(c.World.Servers), Parallel: parallel}
-	cp.Before = r.latencies(revs, spec, len(snap.Endpoints))
+	cp.Before = r.latencies(c, revs, spec, len(snap.Endpoints))
 	r.printf("registration -> programmed on every server, %d endpoints registered: p50 %.1f ms, p99 %.1f ms",
 		cp.Before.Registered, cp.Before.P50ms, cp.Before.P99ms)
 
@@ -165,32 +191,71 @@ func (r *run) controlPlane() {
 	acked := time.Since(t0)
 	r.check()
 	if failed.Load() > 0 {
-		r.res.Errors = append(r.res.Errors, fmt.Sprintf("control plane: %d of %d registrations failed: %v", failed.Load(), n, firstE.Load()))
+		r.res.Errors = append(r.res.Errors, fmt.Sprintf("%s: %d of %d registrations failed: %v", what, failed.Load(), n, firstE.Load()))
 	}
 	cp.Registrations = n - int(failed.Load())
 	cp.PerSecond = float64(cp.Registrations) / acked.Seconds()
 	// Programmed: every agent applied the newest revision of the burst.
 	snap, err = c.Mapper.Snapshot(ctx)
 	if err != nil {
-		r.t.Fatalf("control plane: %v", err)
+		r.t.Fatalf("%s: %v", what, err)
 	}
 	if err := c.WaitApplied(ctx, snap.Revision, 5*time.Minute); err != nil {
-		r.t.Fatalf("control plane: %v", err)
+		r.t.Fatalf("%s: %v", what, err)
 	}
 	cp.ProgrammedPerSecond = float64(cp.Registrations) / time.Since(t0).Seconds()
 	r.printf("%d registrations from %d clients: %.0f/s acknowledged, %.0f/s programmed on every server",
 		cp.Registrations, parallel, cp.PerSecond, cp.ProgrammedPerSecond)
 
-	cp.After = r.latencies(revs, spec, len(snap.Endpoints))
+	// Batches: batchParallel clients, batchSize endpoints per request.
+	var bfailed atomic.Int64
+	var btodo atomic.Int64
+	btodo.Store(int64(batches))
+	t0 = time.Now()
+	for range batchParallel {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for btodo.Add(-1) >= 0 && ctx.Err() == nil {
+				specs := make([]mapper.EndpointSpec, batchSize)
+				for i := range specs {
+					specs[i] = spec()
+				}
+				if _, err := c.Mapper.CreateEndpoints(ctx, specs); err != nil {
+					bfailed.Add(1)
+					firstE.CompareAndSwap(nil, err.Error())
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	backed := time.Since(t0)
+	r.check()
+	if bfailed.Load() > 0 {
+		r.res.Errors = append(r.res.Errors, fmt.Sprintf("%s: %d of %d batches failed: %v", what, bfailed.Load(), batches, firstE.Load()))
+	}
+	cp.BatchSize, cp.BatchParallel = batchSize, batchParallel
+	cp.BatchRegistrations = (batches - int(bfailed.Load())) * batchSize
+	cp.BatchPerSecond = float64(cp.BatchRegistrations) / backed.Seconds()
+	snap, err = c.Mapper.Snapshot(ctx)
+	if err != nil {
+		r.t.Fatalf("%s: %v", what, err)
+	}
+	if err := c.WaitApplied(ctx, snap.Revision, 5*time.Minute); err != nil {
+		r.t.Fatalf("%s: %v", what, err)
+	}
+	r.printf("%d registrations in batches of %d from %d clients: %.0f/s acknowledged",
+		cp.BatchRegistrations, batchSize, batchParallel, cp.BatchPerSecond)
+
+	cp.After = r.latencies(c, revs, spec, len(snap.Endpoints))
 	r.printf("registration -> programmed on every server, %d endpoints registered: p50 %.1f ms, p99 %.1f ms",
 		cp.After.Registered, cp.After.P50ms, cp.After.P99ms)
-	r.res.Control = cp
+	return cp
 }
 
 // latencies registers endpoints one at a time and times each from the
 // request to every agent reporting the registration's revision applied.
-func (r *run) latencies(revs *revisions, spec func() mapper.EndpointSpec, registered int) Latency {
-	c := r.cluster
+func (r *run) latencies(c *paths.Cluster, revs *revisions, spec func() mapper.EndpointSpec, registered int) Latency {
 	var ack, programmed []float64
 	for range r.cfg.Latencies {
 		r.check()

@@ -71,7 +71,7 @@ type Config struct {
 	// all.
 	Only []string
 	// Skip leaves out parts of the run: "ebpf", "mobility", "control",
-	// "memory".
+	// "ha" (the registry on etcd), "memory".
 	// The data path always runs (the cluster it builds serves the rest).
 	Skip []string
 	// Out receives progress lines. Nil means discard.
@@ -193,7 +193,7 @@ func Run(ctx context.Context, cfg Config) (res *Results, err error) {
 		// Mobility before the control plane: its thousands of
 		// registrations slow every agent's reconcile, which the failover
 		// and migration gaps would then include.
-		{"ebpf", r.ebpfCost}, {"mobility", r.mobility}, {"control", r.controlPlane}, {"memory", r.memory},
+		{"ebpf", r.ebpfCost}, {"mobility", r.mobility}, {"control", r.controlPlane}, {"ha", r.ha}, {"memory", r.memory},
 	} {
 		r.check()
 		if !slices.Contains(cfg.Skip, part.name) {

@@ -34,18 +34,7 @@ func (r *run) mobility() {
 	}
 	m := &Mobility{}
 	r.printf("failover: %d runs, each a master (server-1) and a backup (server-2) of a new IP:Port, killed while a client on server-0 connects every %s", r.cfg.MobilityRuns, probeEvery)
-	var gaps []float64
-	for i := range r.cfg.MobilityRuns {
-		r.check()
-		gap, failed, err := r.failover(i)
-		if err != nil {
-			r.res.Errors = append(r.res.Errors, fmt.Sprintf("failover run %d: %v", i+1, err))
-			continue
-		}
-		gaps = append(gaps, ms(gap))
-		m.FailoverFailedProbes += failed
-	}
-	m.Failover = distribution(gaps)
+	m.Failover, m.FailoverFailedProbes = r.failovers(c, "failover", 0)
 	r.printf("failover gap over %d runs: p50 %.1f ms, p99 %.1f ms, max %.1f ms", m.Failover.Runs, m.Failover.P50ms, m.Failover.P99ms, m.Failover.MaxMs)
 
 	r.check()
@@ -55,11 +44,29 @@ func (r *run) mobility() {
 	r.res.Mobility = m
 }
 
-// failover runs one failover: it returns the time from the master's death
-// (process killed, namespace deleted) to the first answer from the
+// failovers runs cfg.MobilityRuns failovers on c, in mobNetwork (which
+// must exist), numbered from first.
+func (r *run) failovers(c *paths.Cluster, what string, first int) (Distribution, int) {
+	var gaps []float64
+	failed := 0
+	for i := first; i < first+r.cfg.MobilityRuns; i++ {
+		r.check()
+		gap, f, err := r.failover(c, i)
+		if err != nil {
+			r.res.Errors = append(r.res.Errors, fmt.Sprintf("%s run %d: %v", what, i-first+1, err))
+			continue
+		}
+		gaps = append(gaps, ms(gap))
+		failed += f
+	}
+	return distribution(gaps), failed
+}
+
+// failover runs failover i on c: it returns the time from the master's
+// death (process killed, namespace deleted) to the first answer from the
 // backup, and how many probes failed meanwhile.
-func (r *run) failover(i int) (time.Duration, int, error) {
-	c, ctx := r.cluster, r.ctx
+func (r *run) failover(c *paths.Cluster, i int) (time.Duration, int, error) {
+	ctx := r.ctx
 	vip := netip.AddrFrom4([4]byte{10, 9, 1, byte(i + 1)})
 	served := []mapper.PortSpec{{Port: paths.BenchPort, Protocol: mapper.TCP}}
 	name := func(role string) string { return fmt.Sprintf("fo%d-%s", i, role) }

@@ -152,6 +152,9 @@ func (r *Results) Markdown() string {
 		p("| --- | ---: |")
 		p("| endpoint registrations, %d parallel clients over HTTP, each fsynced (%s registrations) | %s/s |", c.Parallel, num(float64(c.Registrations), 0), num(c.PerSecond, 0))
 		p("| the same burst, until programmed on every server (%d agents) | %s/s |", c.Agents, num(c.ProgrammedPerSecond, 0))
+		if c.BatchSize > 0 {
+			p("| endpoint registrations in batches of %d (one request, one transaction each), %d parallel clients (%s registrations) | %s/s |", c.BatchSize, c.BatchParallel, num(float64(c.BatchRegistrations), 0), num(c.BatchPerSecond, 0))
+		}
 		for _, l := range []Latency{c.Before, c.After} {
 			p("| registration → programmed on every server, %s endpoints registered (%d samples; registry ack p50 %.1f ms) | p50 %.1f ms, p99 %.1f ms |",
 				num(float64(l.Registered), 0), l.Samples, l.AckP50ms, l.P50ms, l.P99ms)
@@ -204,6 +207,38 @@ func (r *Results) Markdown() string {
 		} else if m.BalanceError != "" {
 			p("- Balance services: %s.", trim(m.BalanceError, 160))
 		}
+		p("")
+	}
+
+	if h := r.HA; h != nil && h.Control != nil {
+		bolt, etcd := r.Control, h.Control
+		p("### Registry on etcd")
+		p("")
+		p("%d etcd members and %d `daoli mapper --etcd` processes on the fabric, a cluster of %d servers of its own; the same measurements as above, beside the bbolt registry's of this run.", h.Members, h.Mappers, etcd.Agents)
+		p("")
+		p("| figure | bbolt, 1 mapper | etcd, %d mappers |", h.Mappers)
+		p("| --- | ---: | ---: |")
+		row := func(label string, f func(c *Control) string) {
+			b := "-"
+			if bolt != nil {
+				b = f(bolt)
+			}
+			p("| %s | %s | %s |", label, b, f(etcd))
+		}
+		row(fmt.Sprintf("registrations, %d parallel clients, one per request", etcd.Parallel), func(c *Control) string { return num(c.PerSecond, 0) + "/s" })
+		row(fmt.Sprintf("registrations in batches of %d, %d parallel clients", etcd.BatchSize, etcd.BatchParallel), func(c *Control) string { return num(c.BatchPerSecond, 0) + "/s" })
+		row("registration → programmed on every server, before the bursts", func(c *Control) string {
+			return fmt.Sprintf("p50 %.1f ms, p99 %.1f ms (%s registered)", c.Before.P50ms, c.Before.P99ms, num(float64(c.Before.Registered), 0))
+		})
+		row("registration → programmed on every server, after the bursts", func(c *Control) string {
+			return fmt.Sprintf("p50 %.1f ms, p99 %.1f ms (%s registered)", c.After.P50ms, c.After.P99ms, num(float64(c.After.Registered), 0))
+		})
+		row("registry ack of one registration, p50", func(c *Control) string { return fmt.Sprintf("%.1f ms", c.Before.AckP50ms) })
+		p("")
+		p("| failover gap on the etcd cluster | runs | p50 | p99 | max |")
+		p("| --- | ---: | ---: | ---: | ---: |")
+		p("| control plane whole | %d | %.1f ms | %.1f ms | %.1f ms |", h.Failover.Runs, h.Failover.P50ms, h.Failover.P99ms, h.Failover.MaxMs)
+		p("| after killing %s | %d | %.1f ms | %.1f ms | %.1f ms |", h.Killed, h.FailoverDegraded.Runs, h.FailoverDegraded.P50ms, h.FailoverDegraded.P99ms, h.FailoverDegraded.MaxMs)
 		p("")
 	}
 

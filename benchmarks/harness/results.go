@@ -20,6 +20,7 @@ type Results struct {
 	Summary  map[string]map[string]Figure `json:"summary"`
 	Control  *Control                     `json:"control,omitempty"`
 	Mobility *Mobility                    `json:"mobility,omitempty"`
+	HA       *HA                          `json:"ha,omitempty"`
 	Memory   *Memory                      `json:"memory,omitempty"`
 	EBPF     *EBPFCost                    `json:"ebpf,omitempty"`
 	Goals    []Goal                       `json:"goals"`
@@ -151,6 +152,12 @@ type Control struct {
 	Registrations       int     `json:"registrations"`
 	PerSecond           float64 `json:"per_second"`
 	ProgrammedPerSecond float64 `json:"programmed_per_second"`
+	// BatchRegistrations were made in batches of BatchSize endpoints (one
+	// request, one transaction each) by BatchParallel clients at once.
+	BatchSize          int     `json:"batch_size"`
+	BatchParallel      int     `json:"batch_parallel_clients"`
+	BatchRegistrations int     `json:"batch_registrations"`
+	BatchPerSecond     float64 `json:"batch_per_second"`
 	// Before and After time single registrations until programmed on
 	// every server, before and after the burst.
 	Before Latency `json:"before"`
@@ -164,6 +171,17 @@ type Latency struct {
 	P50ms      float64 `json:"p50_ms"`
 	P99ms      float64 `json:"p99_ms"`
 	AckP50ms   float64 `json:"registry_ack_p50_ms"`
+}
+
+// HA is the figures of a registry on etcd: the control plane's, and the
+// failover gap with the control plane whole and degraded.
+type HA struct {
+	Members          int          `json:"etcd_members"`
+	Mappers          int          `json:"mappers"`
+	Control          *Control     `json:"control"`
+	Failover         Distribution `json:"failover_gap"`
+	Killed           string       `json:"killed"`
+	FailoverDegraded Distribution `json:"failover_gap_degraded"`
 }
 
 // Mobility is the failover and live-migration figures.
@@ -443,5 +461,13 @@ func (r *Results) goals() {
 		f := r.Mobility.Failover
 		r.Goals = append(r.Goals, Goal{"failover gap p99 ≤ 100 ms",
 			fmt.Sprintf("p99 %.1f ms, p50 %.1f ms over %d runs", f.P99ms, f.P50ms, f.Runs), f.Runs > 0 && f.P99ms <= 100})
+	}
+	if h := r.HA; h != nil && h.Control != nil {
+		c := h.Control
+		r.Goals = append(r.Goals, Goal{"registry on etcd: ≥ 10,000 registrations/s with batches",
+			fmt.Sprintf("%s/s in batches of %d (%s/s one by one)", num(c.BatchPerSecond, 0), c.BatchSize, num(c.PerSecond, 0)), c.BatchPerSecond >= 10000})
+		r.Goals = append(r.Goals, Goal{fmt.Sprintf("registry on etcd, %d mappers: registration → programmed on every server p99 ≤ 20 ms", h.Mappers),
+			fmt.Sprintf("p99 %.1f ms with %s endpoints registered, %.1f ms with %s", c.Before.P99ms, num(float64(c.Before.Registered), 0), c.After.P99ms, num(float64(c.After.Registered), 0)),
+			c.Before.Samples > 0 && c.Before.P99ms <= 20 && c.After.P99ms <= 20})
 	}
 }

@@ -9,12 +9,14 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/daolinet/daoli/daoli/agent"
 	"github.com/daolinet/daoli/internal/testbed"
 	"github.com/daolinet/daoli/mapper"
 	"github.com/daolinet/daoli/mapper/store"
+	"github.com/daolinet/daoli/mapper/store/etcdtest"
 )
 
 // MapperIP is the mapper's address on a Cluster's fabric.
@@ -32,6 +34,13 @@ type ClusterConfig struct {
 	// Logs is where the agents' output goes, one file each. Empty means
 	// a temporary directory removed at cleanup.
 	Logs string
+	// Etcd, when not zero, keeps the registry in an etcd cluster of this
+	// many members, run in the fabric namespace, with Mappers `daoli
+	// mapper --etcd` processes beside them (zero: one). Agents are given
+	// every mapper. EtcdBin is the etcd server; zero means
+	// etcdtest.Binary().
+	Etcd, Mappers int
+	EtcdBin       string
 }
 
 // Cluster is a testbed World with daoli on it, as daoli/agent's tests
@@ -48,6 +57,11 @@ type Cluster struct {
 	Mapper   *mapper.Client
 	// MapperAddr is where agents reach the mapper, on the fabric.
 	MapperAddr string
+	// Etcd and MapperProcs are the etcd members and the mapper
+	// processes of a cluster built with ClusterConfig.Etcd; Registry
+	// then only follows the registry (for the harness's watch).
+	Etcd        *etcdtest.Cluster
+	MapperProcs []*Proc
 	// Agents holds each server's agent process; BPFFS is the bpf
 	// filesystem under which each pins its dataplane, in a directory
 	// named for its server.
@@ -81,7 +95,11 @@ func NewCluster(t testbed.TB, cfg ClusterConfig) *Cluster {
 	bpffs := testbed.BPFFS(t)
 	c := &Cluster{t: t, World: w, BPFFS: bpffs, runDir: filepath.Join(dir, "run"), dir: dir}
 	w.Fabric.Run("ip", "addr", "add", netip.PrefixFrom(MapperIP, 24).String(), "dev", "br0")
-	c.startMapper()
+	if cfg.Etcd > 0 {
+		c.startEtcd(cfg, logs)
+	} else {
+		c.startMapper()
+	}
 	ctx := context.Background()
 	if _, err := c.Mapper.CreateNetwork(ctx, mapper.NetworkSpec{Name: Network, Subnet: netip.MustParsePrefix("10.1.0.0/24")}); err != nil {
 		t.Fatalf("cluster: create network: %v", err)
@@ -155,6 +173,70 @@ func (c *Cluster) startMapper() {
 	c.Registry = reg
 	c.MapperAddr = fabric.Addr().String()
 	c.Mapper = mapper.NewClient(local.Addr().String(), &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}})
+}
+
+// fabricDial dials from the fabric namespace, where an etcd cluster's
+// members and mappers listen.
+func (c *Cluster) fabricDial(ctx context.Context, network, addr string) (net.Conn, error) {
+	var conn net.Conn
+	err := c.World.Fabric.Do(func() error {
+		var err error
+		conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+		return err
+	})
+	return conn, err
+}
+
+// startEtcd starts the etcd members and cfg.Mappers mapper processes on
+// the fabric (MapperIP, then the addresses after it), and a registry in
+// this process that follows it.
+func (c *Cluster) startEtcd(cfg ClusterConfig, logs string) {
+	t := c.t
+	ec, err := etcdtest.Start(cfg.Etcd, etcdtest.Options{Host: MapperIP.String(), Binary: cfg.EtcdBin,
+		Exec: []string{"ip", "netns", "exec", c.World.Fabric.Name}, Dial: c.fabricDial})
+	if err != nil {
+		t.Fatalf("cluster: %v", err)
+	}
+	t.Cleanup(ec.Close)
+	c.Etcd = ec
+	var addrs []string
+	ip := MapperIP
+	for i := range max(cfg.Mappers, 1) {
+		if i > 0 {
+			ip = ip.Next()
+			c.World.Fabric.Run("ip", "addr", "add", netip.PrefixFrom(ip, 24).String(), "dev", "br0")
+		}
+		addr := netip.AddrPortFrom(ip, 9470).String()
+		log, err := os.Create(filepath.Join(logs, fmt.Sprintf("mapper-%d.log", i)))
+		if err != nil {
+			t.Fatalf("cluster: %v", err)
+		}
+		c.MapperProcs = append(c.MapperProcs, Start(t, c.World.Fabric, log, -1, cfg.Bin, "mapper", "--listen", addr,
+			"--etcd", strings.Join(ec.Endpoints(), ",")))
+		log.Close()
+		addrs = append(addrs, addr)
+	}
+	st, err := store.OpenEtcd(store.EtcdConfig{Endpoints: ec.Endpoints(),
+		Dial: func(ctx context.Context, addr string) (net.Conn, error) { return c.fabricDial(ctx, "tcp", addr) }})
+	if err != nil {
+		t.Fatalf("cluster: open the registry on etcd: %v", err)
+	}
+	t.Cleanup(func() { st.Close() })
+	reg, err := mapper.New(mapper.Config{Store: st})
+	if err != nil {
+		t.Fatalf("cluster: %v", err)
+	}
+	c.Registry = reg
+	c.MapperAddr = strings.Join(addrs, ",")
+	c.Mapper = mapper.NewClient(c.MapperAddr, &http.Client{Transport: &http.Transport{DialContext: c.fabricDial, MaxIdleConnsPerHost: 256}})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	for _, a := range addrs {
+		one := mapper.NewClient(a, &http.Client{Transport: &http.Transport{DialContext: c.fabricDial}})
+		if err := waitFor(ctx, func() error { _, err := one.Allocation(ctx); return err }); err != nil {
+			t.Fatalf("cluster: the mapper at %s did not come up: %v", a, err)
+		}
+	}
 }
 
 // ServerName is the registry's name of server i.

@@ -30,7 +30,7 @@ func run(ctx context.Context, args []string) error {
 		readme   = fs.String("readme", "", "put the results table into `FILE` between its markers")
 		memory   = fs.String("memory", "", "comma-separated endpoint counts for map memory (default 1000,10000,100000; quick 1000)")
 		only     = fs.String("only", "", "comma-separated paths to measure besides the baseline: routes,vxlan,nat,nat-egress,nat-ingress,daoli,service,egress,ingress,ingress-remote (default all)")
-		skip     = fs.String("skip", "", "comma-separated parts to leave out: ebpf,mobility,control,memory")
+		skip     = fs.String("skip", "", "comma-separated parts to leave out: ebpf,mobility,control,ha,memory")
 		verbose  = fs.Bool("v", true, "print progress")
 		logs     = fs.String("logs", "", "keep the processes' logs in `DIR`")
 		duration = fs.Duration("duration", 0, "length of each measurement (default 2s; quick 1s)")
