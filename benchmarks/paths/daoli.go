@@ -62,6 +62,8 @@ type Cluster struct {
 	// then only follows the registry (for the harness's watch).
 	Etcd        *etcdtest.Cluster
 	MapperProcs []*Proc
+	mapperArgs  [][]string
+	mapperLogs  []string
 	// Agents holds each server's agent process; BPFFS is the bpf
 	// filesystem under which each pins its dataplane, in a directory
 	// named for its server.
@@ -207,13 +209,10 @@ func (c *Cluster) startEtcd(cfg ClusterConfig, logs string) {
 			c.World.Fabric.Run("ip", "addr", "add", netip.PrefixFrom(ip, 24).String(), "dev", "br0")
 		}
 		addr := netip.AddrPortFrom(ip, 9470).String()
-		log, err := os.Create(filepath.Join(logs, fmt.Sprintf("mapper-%d.log", i)))
-		if err != nil {
-			t.Fatalf("cluster: %v", err)
-		}
-		c.MapperProcs = append(c.MapperProcs, Start(t, c.World.Fabric, log, -1, cfg.Bin, "mapper", "--listen", addr,
-			"--etcd", strings.Join(ec.Endpoints(), ",")))
-		log.Close()
+		c.mapperArgs = append(c.mapperArgs, []string{cfg.Bin, "mapper", "--listen", addr, "--etcd", strings.Join(ec.Endpoints(), ",")})
+		c.mapperLogs = append(c.mapperLogs, filepath.Join(logs, fmt.Sprintf("mapper-%d.log", i)))
+		c.MapperProcs = append(c.MapperProcs, nil)
+		c.StartMapper(i)
 		addrs = append(addrs, addr)
 	}
 	st, err := store.OpenEtcd(store.EtcdConfig{Endpoints: ec.Endpoints(),
@@ -237,6 +236,17 @@ func (c *Cluster) startEtcd(cfg ClusterConfig, logs string) {
 			t.Fatalf("cluster: the mapper at %s did not come up: %v", a, err)
 		}
 	}
+}
+
+// StartMapper starts mapper process i of a cluster on etcd (again, after
+// its process was stopped).
+func (c *Cluster) StartMapper(i int) {
+	log, err := os.OpenFile(c.mapperLogs[i], os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		c.t.Fatalf("cluster: %v", err)
+	}
+	defer log.Close()
+	c.MapperProcs[i] = Start(c.t, c.World.Fabric, log, -1, c.mapperArgs[i]...)
 }
 
 // ServerName is the registry's name of server i.
