@@ -6,8 +6,10 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/daolinet/daoli/mapper"
+	"github.com/daolinet/daoli/mapper/store"
 	"github.com/google/go-cmp/cmp"
 )
 
@@ -323,6 +325,54 @@ func TestMapperFlags(t *testing.T) {
 			flags:    defaults(func(f *mapperFlags) { f.logFormat = "xml" }),
 			wantErr:  `--log-format "xml": want text or json`,
 			wantFlag: "log-format",
+		},
+		{
+			name: "etcd",
+			flags: defaults(func(f *mapperFlags) {
+				f.etcd, f.etcdPrefix, f.serverTTL = "http://10.0.0.1:2379, http://10.0.0.2:2379", "/a", 3*time.Second
+			}),
+			want: mapperConfig{
+				listen: "127.0.0.1:9470", db: "./daoli.db",
+				etcd:     &store.EtcdConfig{Endpoints: []string{"http://10.0.0.1:2379", "http://10.0.0.2:2379"}, Prefix: "/a"},
+				registry: mapper.Config{WirePorts: mapper.DefaultWirePorts, IdentityPorts: mapper.DefaultIdentityPorts, ServerTTL: 3 * time.Second},
+				level:    slog.LevelInfo,
+			},
+		},
+		{
+			name:     "etcd member without a scheme",
+			flags:    defaults(func(f *mapperFlags) { f.etcd = "10.0.0.1:2379" }),
+			wantErr:  `--etcd "10.0.0.1:2379": "10.0.0.1:2379" is not a member's client URL; want http(s)://host:port, several separated by commas`,
+			wantFlag: "etcd",
+		},
+		{
+			name:     "etcd TLS over http",
+			flags:    defaults(func(f *mapperFlags) { f.etcd, f.etcdCA = "http://10.0.0.1:2379", "ca.pem" }),
+			wantErr:  `--etcd "http://10.0.0.1:2379": http://10.0.0.1:2379 is plain http but TLS files were given; want https:// URLs`,
+			wantFlag: "etcd",
+		},
+		{
+			name:     "etcd cert without key",
+			flags:    defaults(func(f *mapperFlags) { f.etcd, f.etcdCert = "https://10.0.0.1:2379", "mapper.pem" }),
+			wantErr:  `--etcd-cert "mapper.pem": --etcd-cert and --etcd-key go together`,
+			wantFlag: "etcd-cert",
+		},
+		{
+			name:     "etcd CA missing",
+			flags:    defaults(func(f *mapperFlags) { f.etcd, f.etcdCA = "https://10.0.0.1:2379", "/nonexistent/ca.pem" }),
+			wantErr:  `--etcd-ca "/nonexistent/ca.pem": open /nonexistent/ca.pem: no such file or directory`,
+			wantFlag: "etcd-ca",
+		},
+		{
+			name:     "TLS files without etcd",
+			flags:    defaults(func(f *mapperFlags) { f.etcdKey = "k.pem" }),
+			wantErr:  `--etcd "": missing; --etcd-ca, --etcd-cert, --etcd-key and --etcd-prefix only apply with --etcd`,
+			wantFlag: "etcd",
+		},
+		{
+			name:     "server TTL below a second",
+			flags:    defaults(func(f *mapperFlags) { f.serverTTL = 500 * time.Millisecond }),
+			wantErr:  `--server-ttl "500ms": want one second or more (leases have a granularity of one second)`,
+			wantFlag: "server-ttl",
 		},
 	}
 	for _, tt := range tests {
