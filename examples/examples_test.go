@@ -214,6 +214,27 @@ func TestFailover(t *testing.T) {
 	}
 }
 
+// TestHAFailover: with the registry on three etcd members and two
+// mappers, the etcd leader and a mapper are killed, then the master: the
+// backup answers on the same IP:Port.
+func TestHAFailover(t *testing.T) {
+	out := story(t, "ha-failover")
+	mustContain(t, out,
+		"PASS: with the etcd leader and a mapper dead, the backup answered on the same IP:Port 10.1.0.9:8080",
+		"marked the master down through the mapper that was left",
+	)
+	for _, p := range []string{"tcp", "udp"} {
+		gap := number(t, out, "ha-failover "+p, "gap_ms")
+		if gap <= 0 || gap > 20000 {
+			t.Errorf("%s: failover gap %d ms, want a positive gap under 20 s", p, gap)
+		}
+		t.Logf("%s: the backup answered %d ms after the master's last answer", p, gap)
+	}
+	if !regexp.MustCompile(`(?m)^1\s+master\s.*failover\s+100\s+down\s+server-2\s`).MatchString(out) {
+		t.Errorf("endpoint ls does not show the master down:\n%s", out)
+	}
+}
+
 // TestScaleOut: three replicas share the flows, a fourth joins and takes
 // some, one marked down takes none.
 func TestScaleOut(t *testing.T) {

@@ -16,6 +16,10 @@
 #
 # Environment:
 #   DAOLI   the daoli binary (default: go build ./daoli into a temp dir)
+#   DL_REGISTRY=etcd  keep the registry in 3 etcd members with 2 mappers
+#           (192.0.2.250 and .251) instead of one mapper on a bbolt file
+#   ETCD    the etcd binary for DL_REGISTRY=etcd (default: the one this
+#           module builds, scripts/setup.sh etcd)
 #   SHORT=1 fewer iterations and shorter waits (CI)
 #   DAOLI_EXAMPLE_LOGS=DIR  keep the logs (agents, mapper, apps, clients) there
 
@@ -249,7 +253,11 @@ dl_world() {
 	DL_SERVERS=$n
 	echo "world: prefix $DL_PREFIX, bpffs $DL_BPFFS, $n servers 192.0.2.1-$n, mapper $DAOLI_MAPPER"
 
-	dl_bg mapper fabric "$DAOLI" mapper --listen "$DAOLI_MAPPER" --db "$DL_WORK/registry.db"
+	if [ "${DL_REGISTRY:-}" = etcd ]; then
+		dl_registry_etcd
+	else
+		dl_bg mapper fabric "$DAOLI" mapper --listen "$DAOLI_MAPPER" --db "$DL_WORK/registry.db"
+	fi
 	dl_wait "the mapper answering" 10 dl_daoli network ls
 	dl_daoli network create blue --subnet 10.1.0.0/24 >/dev/null
 	for ((i = 1; i <= n; i++)); do
@@ -261,6 +269,87 @@ dl_world() {
 	done
 	# A change log follower: dl_settle reads revisions from it.
 	dl_bg watch fabric "$DAOLI" watch -o json
+}
+
+# DL_ETCD_MEMBERS are the etcd members of DL_REGISTRY=etcd, m1..m3, all on
+# the fabric's first address; member mN serves clients on port 2N79.
+DL_ETCD_MEMBERS=(m1 m2 m3)
+dl_etcd_url() { echo "http://$DL_MAPPER_IP:2${1#m}79"; }
+
+# dl_registry_etcd starts three etcd members and two mappers on them, in
+# the fabric namespace; the CLI and the agents are given both mappers.
+dl_registry_etcd() {
+	if [ -z "${ETCD:-}" ]; then
+		ETCD=$(cd "$DL_ROOT" && go tool -n go.etcd.io/etcd/server/v3) || dl_fail "set ETCD to an etcd binary, or install Go to build one"
+	fi
+	local m initial=() urls=()
+	for m in "${DL_ETCD_MEMBERS[@]}"; do
+		initial+=("$m=http://$DL_MAPPER_IP:2${m#m}80")
+		urls+=("$(dl_etcd_url "$m")")
+	done
+	for m in "${DL_ETCD_MEMBERS[@]}"; do
+		dl_bg "etcd-$m" fabric "$ETCD" --name "$m" --data-dir "$DL_WORK/etcd/$m" \
+			--listen-client-urls "$(dl_etcd_url "$m")" --advertise-client-urls "$(dl_etcd_url "$m")" \
+			--listen-peer-urls "http://$DL_MAPPER_IP:2${m#m}80" --initial-advertise-peer-urls "http://$DL_MAPPER_IP:2${m#m}80" \
+			--initial-cluster "$(IFS=,; echo "${initial[*]}")" --initial-cluster-token "$DL_PREFIX" \
+			--max-txn-ops 20000 --max-request-bytes 33554432 --log-level error
+	done
+	for m in "${DL_ETCD_MEMBERS[@]}"; do
+		dl_wait "etcd member $m healthy" 20 dl_etcd_healthy "$m"
+	done
+	DL_ETCD=$(IFS=,; echo "${urls[*]}")
+	ip -n "$DL_FABRIC" addr add 192.0.2.251/24 dev br0
+	dl_bg mapper fabric "$DAOLI" mapper --listen "$DL_MAPPER_IP:9470" --etcd "$DL_ETCD"
+	dl_bg mapper-2 fabric "$DAOLI" mapper --listen 192.0.2.251:9470 --etcd "$DL_ETCD"
+	export DAOLI_MAPPER=$DL_MAPPER_IP:9470,192.0.2.251:9470
+	echo "registry: etcd members ${DL_ETCD_MEMBERS[*]} at $DL_ETCD; mappers $DAOLI_MAPPER"
+}
+
+# dl_etcd_http MEMBER METHOD PATH: an HTTP request to etcd member MEMBER's
+# gateway, from the fabric (bash's /dev/tcp: no curl needed); prints the body.
+dl_etcd_http() {
+	local port=2${1#m}79
+	ip netns exec "$DL_FABRIC" bash -c '
+		exec 3<>"/dev/tcp/$0/$1" || exit 1
+		printf "%s %s HTTP/1.0\r\nHost: %s\r\nContent-Length: 2\r\n\r\n{}" "$2" "$3" "$0" >&3
+		sed "1,/^\r$/d" <&3' "$DL_MAPPER_IP" "$port" "$2" "$3"
+}
+dl_etcd_healthy() { dl_etcd_http "$1" GET /health | grep -q '"health":"true"'; }
+
+# dl_etcd_leader: the member that leads the etcd cluster now.
+dl_etcd_leader() {
+	local m status id leader
+	for m in "${DL_ETCD_MEMBERS[@]}"; do
+		status=$(dl_etcd_http "$m" POST /v3/maintenance/status 2>/dev/null) || continue
+		id=$(echo "$status" | grep -o '"member_id":"[0-9]*"' | grep -o '[0-9]*') || continue
+		leader=$(echo "$status" | grep -o '"leader":"[0-9]*"' | grep -o '[0-9]*') || continue
+		if [ "$id" = "$leader" ]; then
+			echo "$m"
+			return
+		fi
+	done
+	return 1
+}
+
+# dl_kill_master SECONDS: the failover stories' kill. SIGKILL the master's
+# app and delete its namespace, as a container dies; set killed (unix ms);
+# wait until the backup gave AFTER answers to each of the clients ask-tcp
+# and ask-udp, at most SECONDS after the kill; then stop the clients.
+dl_kill_master() {
+	local secs=$1 deadline p
+	killed=$(dl_now)
+	dl_stop master-app KILL
+	ip netns del "$(dl_ns master)"
+	echo "killed at $killed (unix ms); waiting for the backup to answer on $SVC"
+	deadline=$((killed + secs * 1000))
+	for p in tcp udp; do
+		until [ "$(grep -c ' ok backup saw ' "$(dl_log "ask-$p")")" -ge "$AFTER" ]; do
+			[ "$(dl_now)" -le "$deadline" ] || dl_fail "$p: the backup did not answer (enough) within $secs s of the kill"
+			sleep 0.05
+		done
+	done
+	dl_stop ask-tcp
+	dl_stop ask-udp
 }
 
 # dl_container NAME SERVER-N ARGS...: an empty container namespace

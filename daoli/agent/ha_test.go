@@ -325,17 +325,7 @@ func TestFailoverWhileTheControlPlaneIsDegraded(t *testing.T) {
 	if out, err := exec.Command("ip", "netns", "del", master.Name).CombinedOutput(); err != nil {
 		t.Fatalf("delete the master's namespace: %v: %s", err, out)
 	}
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		s.mu.Lock()
-		last := s.lines[len(s.lines)-1]
-		s.mu.Unlock()
-		if strings.Contains(last, " ok backup saw 10.1.0.5:") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the backup never answered with the control plane degraded; last line %q", last)
-		}
-	}
+	s.waitFor(t, " ok backup saw 10.1.0.5:", 20*time.Second, "the backup answering with the control plane degraded")
 	t.Logf("kill of the master to the first answer from the backup: %v, with one mapper and one etcd member dead", time.Since(killed).Round(time.Millisecond))
 	e := got(c.mc.Endpoint(context.Background(), "master"))(t)
 	if e.Endpoint.State != mapper.Down {
@@ -422,4 +412,55 @@ func clientPorts(lines []string) []string {
 		}
 	}
 	return out
+}
+
+// TestWholeServerDeath: the server of a service's master dies whole (its
+// agent SIGKILLed, its uplink gone), so nobody is left to mark the master
+// down; its liveness lease runs out, the mappers mark the server gone,
+// and the others send the service to the backup on the same IP:Port.
+func TestWholeServerDeath(t *testing.T) {
+	c, cp := newHACluster(t, 3)
+	vip := netip.MustParseAddr("10.1.0.9")
+	master, _ := c.container("master", 1, agent.AttachRequest{IP: vip, Ports: tcpUDP8080, Mode: mapper.Failover, Priority: 100})
+	backup, _ := c.container("backup", 2, agent.AttachRequest{IP: vip, Ports: tcpUDP8080, Mode: mapper.Failover, Priority: 10})
+	master.Start(bin, "app", "serve", "--port", "8080", "--name", "master")
+	backup.Start(bin, "app", "serve", "--port", "8080", "--name", "backup")
+	client, _ := c.container("client", 0, agent.AttachRequest{IP: netip.MustParseAddr("10.1.0.5")})
+	serve(t, master, client, "master", "10.1.0.9:8080")
+
+	s := startStream(t, client, "--to", "10.1.0.9:8080", "--proto", "udp", "--count", "0", "--interval", "20ms", "--timeout", "100ms")
+	s.waitLines(t, 5)
+	died := time.Now()
+	c.killAgent(c.serverName(1), syscall.SIGKILL)
+	c.w.Servers[1].Run("ip", "link", "set", "uplink", "down")
+	s.waitFor(t, " ok backup saw 10.1.0.5:", 4*cp.ttl+10*time.Second, "the backup answering after its master's server died")
+	t.Logf("server death to the first answer from the backup: %v (liveness TTL %v)", time.Since(died).Round(time.Millisecond), cp.ttl)
+	srv := got(c.mc.Server(context.Background(), c.serverName(1)))(t)
+	if !srv.Gone {
+		t.Errorf("%s is not marked gone: %+v", srv.Name, srv)
+	}
+	// The registry still says the master is active: it was never marked
+	// down; the others treat it as down because its server is gone.
+	if e := got(c.mc.Endpoint(context.Background(), "master"))(t); e.Endpoint.State != mapper.Active {
+		t.Errorf("master is %s in the registry, want active (only its server is gone)", e.Endpoint.State)
+	}
+}
+
+// waitFor waits until the stream's last line contains want.
+func (s *stream) waitFor(t *testing.T, want string, timeout time.Duration, what string) {
+	t.Helper()
+	for deadline := time.Now().Add(timeout); ; time.Sleep(10 * time.Millisecond) {
+		s.mu.Lock()
+		last := ""
+		if n := len(s.lines); n > 0 {
+			last = s.lines[n-1]
+		}
+		s.mu.Unlock()
+		if strings.Contains(last, want) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v; last line %q", what, timeout, last)
+		}
+	}
 }

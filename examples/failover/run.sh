@@ -49,19 +49,7 @@ for p in tcp udp; do
 done
 
 dl_step "Kill the master: SIGKILL its process, delete its network namespace"
-killed=$(dl_now)
-dl_stop master-app KILL
-ip netns del "$(dl_ns master)"
-echo "killed at $killed (unix ms); waiting for the backup to answer on $SVC"
-deadline=$((killed + 10000))
-for p in tcp udp; do
-	until [ "$(grep -c ' ok backup saw ' "$(dl_log "ask-$p")")" -ge "$AFTER" ]; do
-		[ "$(dl_now)" -le "$deadline" ] || dl_fail "$p: the backup did not answer (enough) within 10 s of the kill"
-		sleep 0.05
-	done
-done
-dl_stop ask-tcp
-dl_stop ask-udp
+dl_kill_master 10
 
 dl_step "What the client saw"
 # gap: from the master's last answer to the backup's first; after: from
