@@ -23,6 +23,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 )
 
 // EtcdConfig configures an Etcd store.
@@ -93,6 +96,7 @@ type Etcd struct {
 	wg       sync.WaitGroup
 	reqs     chan *update
 	stop     chan struct{} // closed by Close
+	exited   chan struct{} // closed when the committer has returned
 
 	mu        sync.RWMutex // guards the mirror; held shared while a transaction function runs
 	kv        *btree.BTreeG[KeyValue]
@@ -133,7 +137,11 @@ func OpenEtcd(cfg EtcdConfig) (*Etcd, error) {
 		TLS:         cfg.TLS,
 		DialTimeout: cfg.DialTimeout,
 		DialOptions: dialOpts,
-		Logger:      zap.NewNop(),
+		// As large as the members' --max-request-bytes that docs/ha.md
+		// asks for; gRPC's default would refuse a large group at 2 MiB.
+		MaxCallSendMsgSize: 32 << 20,
+		MaxCallRecvMsgSize: 256 << 20,
+		Logger:             zap.NewNop(),
 		// Keep a connection that the network silently dropped from
 		// hanging a watch: a dead member is noticed and left.
 		DialKeepAliveTime:    2 * time.Second,
@@ -148,12 +156,15 @@ func OpenEtcd(cfg EtcdConfig) (*Etcd, error) {
 	s := &Etcd{
 		c: c, prefix: cfg.Prefix, internal: internal, fence: internal + "fence",
 		markers: internal + "txn/" + hex.EncodeToString(id[:]) + "/", log: log,
-		advanced: make(chan struct{}), reqs: make(chan *update, maxGroup), stop: make(chan struct{}),
+		advanced: make(chan struct{}), reqs: make(chan *update, maxGroup), stop: make(chan struct{}), exited: make(chan struct{}),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.DialTimeout)
 	defer cancel()
 	if err := s.load(ctx); err != nil {
 		c.Close()
+		if errors.Is(err, context.DeadlineExceeded) {
+			err = fmt.Errorf("no member answered within %v (are they up, and is the URL's scheme right?): %w", cfg.DialTimeout, err)
+		}
 		return nil, fmt.Errorf("open etcd store at %s: %w", strings.Join(cfg.Endpoints, ","), err)
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
@@ -198,6 +209,15 @@ func fromEtcd(key string, kv *mvccpb.KeyValue) KeyValue {
 		ModRevision: kv.ModRevision, Version: kv.Version, Lease: LeaseID(kv.Lease)}
 }
 
+// mirrorStream puts the mirror's watch on a gRPC stream of its own
+// (etcd's client keys streams by a context's metadata): a progress
+// request is answered only on the stream it came in on, and only when
+// every watch there has caught up, so the mirror must not share its
+// stream with the watches the store serves.
+func mirrorStream(ctx context.Context) context.Context {
+	return clientv3.WithRequireLeader(metadata.AppendToOutgoingContext(ctx, "daoli-watch", "mirror"))
+}
+
 // setRev advances the mirror's revision; s.mu is held.
 func (s *Etcd) setRev(rev int64) {
 	if rev > s.rev {
@@ -212,11 +232,12 @@ func (s *Etcd) setRev(rev int64) {
 // revision (a mirror that fell far behind) reloads it.
 func (s *Etcd) follow(ctx context.Context) {
 	defer s.wg.Done()
+	wait := 100 * time.Millisecond // grows while the watch keeps failing (no quorum)
 	for ctx.Err() == nil {
 		s.mu.RLock()
 		from := s.rev + 1
 		s.mu.RUnlock()
-		wch := s.c.Watch(clientv3.WithRequireLeader(ctx), s.prefix, clientv3.WithPrefix(),
+		wch := s.c.Watch(mirrorStream(ctx), s.prefix, clientv3.WithPrefix(),
 			clientv3.WithRev(from), clientv3.WithProgressNotify())
 		for resp := range wch {
 			if resp.CompactRevision != 0 {
@@ -227,9 +248,14 @@ func (s *Etcd) follow(ctx context.Context) {
 				break
 			}
 			if err := resp.Err(); err != nil {
-				s.log.Warn("etcd store mirror watch failed; resuming", "error", err)
+				if wait >= 5*time.Second {
+					s.log.Debug("etcd store mirror watch failed again", "error", err)
+				} else {
+					s.log.Warn("etcd store mirror watch failed; resuming", "error", err, "in", wait)
+				}
 				break
 			}
+			wait = 100 * time.Millisecond
 			s.mu.Lock()
 			for _, ev := range resp.Events {
 				k, ok := s.key(ev.Kv.Key)
@@ -253,10 +279,8 @@ func (s *Etcd) follow(ctx context.Context) {
 		if ctx.Err() != nil {
 			return
 		}
-		select {
-		case <-ctx.Done():
-		case <-time.After(100 * time.Millisecond):
-		}
+		sleepCtx(ctx, wait)
+		wait = min(2*wait, 5*time.Second)
 	}
 }
 
@@ -273,7 +297,7 @@ func (s *Etcd) waitRev(ctx context.Context, rev int64) error {
 		if cur >= rev {
 			return nil
 		}
-		if err := s.c.RequestProgress(context.Background()); err != nil && ctx.Err() == nil {
+		if err := s.c.RequestProgress(mirrorStream(ctx)); err != nil && ctx.Err() == nil {
 			s.log.Debug("request watch progress", "error", err)
 		}
 		select {
@@ -312,9 +336,11 @@ func (s *Etcd) Get(ctx context.Context, key string) (KeyValue, bool, int64, erro
 	if s.isClosed() {
 		return KeyValue{}, false, 0, ErrClosed
 	}
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
 	resp, err := s.c.Get(ctx, s.prefix+key)
 	if err != nil {
-		return KeyValue{}, false, 0, fmt.Errorf("get %q: %w", key, etcdErr(err))
+		return KeyValue{}, false, 0, fmt.Errorf("get %q: %w", key, s.unreachable(err))
 	}
 	if len(resp.Kvs) == 0 {
 		return KeyValue{}, false, resp.Header.Revision, nil
@@ -327,9 +353,11 @@ func (s *Etcd) List(ctx context.Context, prefix string) ([]KeyValue, int64, erro
 	if s.isClosed() {
 		return nil, 0, ErrClosed
 	}
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
 	resp, err := s.c.Get(ctx, s.prefix+prefix, clientv3.WithPrefix())
 	if err != nil {
-		return nil, 0, fmt.Errorf("list %q: %w", prefix, etcdErr(err))
+		return nil, 0, fmt.Errorf("list %q: %w", prefix, s.unreachable(err))
 	}
 	out := make([]KeyValue, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
@@ -340,13 +368,28 @@ func (s *Etcd) List(ctx context.Context, prefix string) ([]KeyValue, int64, erro
 	return out, resp.Header.Revision, nil
 }
 
+// opTimeout bounds a read of the cluster: without a quorum etcd's
+// client retries reads for ever, and a mapper must answer instead.
+const opTimeout = 5 * time.Second
+
 // current returns the cluster's revision.
 func (s *Etcd) current(ctx context.Context) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, opTimeout)
+	defer cancel()
 	resp, err := s.c.Get(ctx, s.fence, clientv3.WithCountOnly())
 	if err != nil {
-		return 0, etcdErr(err)
+		return 0, s.unreachable(err)
 	}
 	return resp.Header.Revision, nil
+}
+
+// unreachable maps etcd's errors, saying what a timeout means.
+func (s *Etcd) unreachable(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("no etcd member of %s answered within %v (is a quorum of them up?): %w: %w",
+			strings.Join(s.c.Endpoints(), ","), opTimeout, err, ErrUnavailable)
+	}
+	return etcdErr(err)
 }
 
 // Revision returns the cluster's revision and its compaction revision.
@@ -361,7 +404,7 @@ func (s *Etcd) Revision(ctx context.Context) (rev, compacted int64, err error) {
 		return 0, 0, fmt.Errorf("revision: %w", err)
 	}
 	readable := func(r int64) (bool, error) {
-		_, err := s.c.Get(ctx, s.fence, clientv3.WithRev(r), clientv3.WithCountOnly())
+		_, err := s.c.Get(ctx, s.fence, clientv3.WithRev(r), clientv3.WithCountOnly(), clientv3.WithSerializable())
 		switch {
 		case err == nil:
 			return true, nil
@@ -507,14 +550,22 @@ func (s *Etcd) Update(ctx context.Context, fn func(STM) error) (int64, error) {
 	select {
 	case <-u.done:
 		return u.rev, u.err
+	case <-s.exited:
+		select {
+		case <-u.done: // committed as the store closed
+			return u.rev, u.err
+		default:
+		}
+		return 0, ErrClosed
 	case <-ctx.Done():
-		return 0, fmt.Errorf("update: %w (it may still commit)", ctx.Err())
+		return 0, fmt.Errorf("update: %w (it may still commit): %w", ctx.Err(), ErrOutcomeUnknown)
 	}
 }
 
 // commitLoop is the committer: one etcd transaction in flight per store.
 func (s *Etcd) commitLoop() {
 	defer s.wg.Done()
+	defer close(s.exited)
 	for {
 		var group []*update
 		select {
@@ -553,7 +604,8 @@ func (s *Etcd) failQueued() {
 }
 
 // commit runs a group of Updates and commits them together. A group that
-// etcd refuses as too large is committed one Update at a time.
+// etcd refuses as too large, or because a lease one of them wrote with is
+// gone, is committed one Update at a time.
 func (s *Etcd) commit(group []*update) {
 	ctx := s.ctx
 	fail := func(err error) {
@@ -563,21 +615,23 @@ func (s *Etcd) commit(group []*update) {
 			}
 		}
 	}
-	marker := s.markers + strconv.FormatUint(s.seq.Add(1), 10)
+	newMarker := func() string { return s.markers + strconv.FormatUint(s.seq.Add(1), 10) }
+	marker := newMarker()
 	// Start from the cluster's revision now, not the mirror's: a write
 	// acknowledged by another mapper a moment ago must be seen
 	// (linearizable, at the cost of one read per group).
 	need, err := s.current(ctx)
 	if err != nil {
-		fail(fmt.Errorf("read the cluster's revision: %w", err))
+		fail(fmt.Errorf("read the cluster's revision: %w: %w", err, ErrUnavailable))
 		return
 	}
+	conflicts, lost, epochRenewed := 0, 0, false
 	for {
 		s.mu.RLock()
 		need = max(need, s.committed) // read this store's own writes
 		s.mu.RUnlock()
 		if err := s.waitRev(ctx, need); err != nil {
-			fail(err)
+			fail(fmt.Errorf("catch up with the cluster: %w: %w", err, ErrUnavailable))
 			return
 		}
 		s.mu.RLock()
@@ -617,7 +671,7 @@ func (s *Etcd) commit(group []*update) {
 		}
 		epoch, err := s.epochLease(ctx)
 		if err != nil {
-			fail(fmt.Errorf("commit: %w", err))
+			fail(fmt.Errorf("commit: %w: %w", err, ErrUnavailable))
 			return
 		}
 		cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(marker), "=", 0))
@@ -625,27 +679,51 @@ func (s *Etcd) commit(group []*update) {
 		resp, err := s.c.Txn(ctx).If(cmps...).Then(ops...).Else(clientv3.OpGet(marker)).Commit()
 		committed := int64(0)
 		switch {
-		case err != nil && len(ok) > 1 && (errors.Is(err, rpctypes.ErrTooManyOps) || errors.Is(err, rpctypes.ErrRequestTooLarge)):
-			// Too much for one transaction together: one by one.
+		case errors.Is(err, rpctypes.ErrLeaseNotFound) && !epochRenewed:
+			// Perhaps the markers' own lease (the process stalled past its
+			// TTL): a fresh one, and once more.
+			epochRenewed = true
+			s.mu.Lock()
+			s.epoch = 0
+			s.mu.Unlock()
+			continue
+		case err != nil && len(ok) > 1 && splittable(err):
+			// Too much for one transaction together, or one Update's
+			// lease is gone: one by one, so that each gets its own answer.
 			for _, u := range ok {
+				u.err = nil
 				s.commit([]*update{u})
 			}
 			return
 		case err != nil && !definite(err) && ctx.Err() == nil:
+			// Sent, and no answer: find out, and make sure that a commit
+			// still in flight can never land later.
 			var done bool
 			done, committed, err = s.resolve(ctx, marker)
 			if err == nil && !done {
-				continue // not committed, and now it never will be: again
+				lost++
+				if lost >= 5 {
+					err = fmt.Errorf("commit: %d attempts in a row got no answer: %w", lost, ErrOutcomeUnknown)
+					break
+				}
+				marker = newMarker() // the old one is void now
+				sleepCtx(ctx, time.Duration(lost)*100*time.Millisecond)
+				continue
 			}
 		case err == nil && resp.Succeeded:
 			committed = resp.Header.Revision
 		case err == nil:
-			if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
-				committed = kvs[0].ModRevision // an earlier attempt whose answer was lost did commit
+			if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 && string(kvs[0].Value) != markerVoid {
+				committed = kvs[0].ModRevision // cannot happen: the marker is new or void
 			} else {
 				// Something a function read changed after rev: run the
-				// group again on a mirror that has seen the change.
+				// group again on a mirror that has seen the change, after
+				// a pause that grows when conflicts persist.
 				need = resp.Header.Revision
+				conflicts++
+				if conflicts > 3 {
+					sleepCtx(ctx, time.Duration(min(conflicts, 50))*time.Millisecond)
+				}
 				continue
 			}
 		}
@@ -664,6 +742,24 @@ func (s *Etcd) commit(group []*update) {
 		}
 		return
 	}
+}
+
+// markerVoid is the value resolve gives a marker whose transaction did
+// not land: the transaction's compare on the marker then never holds.
+const markerVoid = "void"
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// splittable reports whether a group's commit failed for a reason that
+// committing its Updates one by one may not share.
+func splittable(err error) bool {
+	return errors.Is(err, rpctypes.ErrTooManyOps) || errors.Is(err, rpctypes.ErrRequestTooLarge) ||
+		errors.Is(err, rpctypes.ErrLeaseNotFound) || status.Code(err) == codes.ResourceExhausted
 }
 
 // txn turns a group's writes, reads and lists at revision rev into an etcd
@@ -716,31 +812,53 @@ func (s *Etcd) txn(rev int64, writes map[string]*write, reads map[string]int64, 
 
 // definite reports whether a failed commit certainly did not happen.
 func definite(err error) bool {
+	switch status.Code(err) {
+	case codes.ResourceExhausted, codes.InvalidArgument:
+		return true // refused by the client before it was sent
+	}
 	return errors.Is(err, rpctypes.ErrLeaseNotFound) || errors.Is(err, rpctypes.ErrTooManyOps) ||
 		errors.Is(err, rpctypes.ErrRequestTooLarge) || errors.Is(err, rpctypes.ErrKeyNotFound) ||
 		errors.Is(err, rpctypes.ErrPermissionDenied) || errors.Is(err, rpctypes.ErrAuthFailed)
 }
 
 // resolve finds out whether the transaction that wrote marker committed,
-// asking until a member answers. A marker outlives its transaction by at
-// least two thirds of markerTTL; resolve gives up well within that.
+// and makes sure that it never will if it has not: it writes the marker
+// itself, as void, when it is not there, so the transaction's compare on
+// it can no longer hold however late the transaction reaches the
+// leader. It asks until a member answers, for at most markerTTL/3 (a
+// marker outlives its transaction by more).
 func (s *Etcd) resolve(ctx context.Context, marker string) (committed bool, rev int64, err error) {
 	deadline := time.Now().Add(markerTTL / 3)
 	wait := 50 * time.Millisecond
 	for {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		resp, gerr := s.c.Get(rctx, marker)
+		var resp *clientv3.TxnResponse
+		epoch, lerr := s.epochLease(rctx)
+		err := lerr
+		if lerr == nil {
+			resp, err = s.c.Txn(rctx).If(clientv3.Compare(clientv3.CreateRevision(marker), "=", 0)).
+				Then(clientv3.OpPut(marker, markerVoid, clientv3.WithLease(epoch))).
+				Else(clientv3.OpGet(marker)).Commit()
+		}
 		cancel()
-		if gerr == nil {
-			if len(resp.Kvs) > 0 {
-				return true, resp.Kvs[0].ModRevision, nil
+		if err == nil {
+			if resp.Succeeded {
+				return false, 0, nil // voided: it never landed, and now never will
 			}
-			// Not there. A proposal still in flight may yet commit; the
-			// retry's own compare on the marker rules out both landing.
-			return false, 0, nil
+			if kvs := resp.Responses[0].GetResponseRange().Kvs; len(kvs) > 0 {
+				if string(kvs[0].Value) == markerVoid {
+					return false, 0, nil // voided by an earlier attempt whose answer was lost
+				}
+				return true, kvs[0].ModRevision, nil
+			}
 		}
 		if ctx.Err() != nil || time.Now().After(deadline) {
-			return false, 0, fmt.Errorf("the outcome of a commit is unknown (no etcd member answered within %v): %w", markerTTL/3, gerr)
+			return false, 0, fmt.Errorf("the outcome of a commit is unknown (no etcd member answered within %v: %v): %w", markerTTL/3, err, ErrOutcomeUnknown)
+		}
+		if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+			s.mu.Lock()
+			s.epoch = 0 // expired: grant another
+			s.mu.Unlock()
 		}
 		time.Sleep(wait)
 		wait = min(2*wait, time.Second)
@@ -785,7 +903,7 @@ func (s *Etcd) txnErr(err error, cmps, ops int) error {
 		return fmt.Errorf("commit: %w", ErrLeaseNotFound)
 	case errors.Is(err, rpctypes.ErrTooManyOps):
 		return fmt.Errorf("commit a transaction of %d reads and %d writes: etcd refused it (raise the members' --max-txn-ops): %w", cmps, ops, err)
-	case errors.Is(err, rpctypes.ErrRequestTooLarge):
+	case errors.Is(err, rpctypes.ErrRequestTooLarge), status.Code(err) == codes.ResourceExhausted:
 		return fmt.Errorf("commit a transaction of %d writes: etcd refused it as too large (raise the members' --max-request-bytes): %w", ops, err)
 	}
 	return fmt.Errorf("commit: %w", etcdErr(err))

@@ -2,6 +2,7 @@ package store_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -211,5 +212,47 @@ func TestEtcdTLS(t *testing.T) {
 	// Without a client certificate the cluster refuses us, clearly.
 	if _, err := store.OpenEtcd(store.EtcdConfig{Endpoints: c.Endpoints(), DialTimeout: time.Second}); err == nil {
 		t.Error("a client without TLS opened a store on a TLS cluster")
+	}
+}
+
+// A store with a prefix keeps writing when others write to the cluster
+// outside it: its mirror then sees no event for the newest revisions and
+// must learn by a progress notification that it is current.
+func TestEtcdPrefixWithForeignWriters(t *testing.T) {
+	mine := openEtcd(t, cluster.Endpoints())
+	other := openEtcd(t, cluster.Endpoints())
+	storetest.Fill(t, mine, "k/", 1)
+	storetest.Fill(t, other, "x/", 3) // revisions the first store's mirror has no event for
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	t0 := time.Now()
+	if _, err := mine.Update(ctx, func(tx store.STM) error { tx.Put("k/after", []byte("1"), 0); return nil }); err != nil {
+		t.Fatalf("update after foreign writes: %v", err)
+	}
+	if d := time.Since(t0); d > 5*time.Second {
+		t.Errorf("an update after foreign writes took %v", d)
+	}
+}
+
+// Without a quorum, an update fails with ErrUnavailable instead of
+// hanging, and reads fail the same way.
+func TestEtcdWithoutQuorum(t *testing.T) {
+	c, err := etcdtest.Start(3, etcdtest.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s := openEtcd(t, c.Endpoints())
+	storetest.Fill(t, s, "k/", 1)
+	c.Members[0].Kill()
+	c.Members[1].Kill()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	_, err = s.Update(ctx, func(tx store.STM) error { tx.Put("k/x", []byte("1"), 0); return nil })
+	if !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("update without a quorum: %v, want ErrUnavailable", err)
+	}
+	if _, _, err := s.List(ctx, "k/"); !errors.Is(err, store.ErrUnavailable) {
+		t.Errorf("list without a quorum: %v, want ErrUnavailable", err)
 	}
 }

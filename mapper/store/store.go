@@ -43,6 +43,12 @@ var (
 	ErrLeaseNotFound = errors.New("lease not found")
 	// ErrClosed is returned by every call on a closed store.
 	ErrClosed = errors.New("store closed")
+	// ErrUnavailable is returned by Update when the store could not be
+	// reached before anything was written: trying again elsewhere is safe.
+	ErrUnavailable = errors.New("store unavailable")
+	// ErrOutcomeUnknown is returned by Update when a commit was sent and
+	// no answer says whether it happened.
+	ErrOutcomeUnknown = errors.New("outcome unknown")
 )
 
 // KeyValue is one key at one revision.
