@@ -353,8 +353,20 @@ func TestMapperFlags(t *testing.T) {
 		{
 			name:     "etcd cert without key",
 			flags:    defaults(func(f *mapperFlags) { f.etcd, f.etcdCert = "https://10.0.0.1:2379", "mapper.pem" }),
-			wantErr:  `--etcd-cert "mapper.pem": --etcd-cert and --etcd-key go together`,
+			wantErr:  `--etcd-cert "mapper.pem": --etcd-cert needs --etcd-key, the certificate's key`,
 			wantFlag: "etcd-cert",
+		},
+		{
+			name:     "etcd key without cert, over http",
+			flags:    defaults(func(f *mapperFlags) { f.etcd, f.etcdKey = "http://10.0.0.1:2379", "k.pem" }),
+			wantErr:  `--etcd-key "k.pem": --etcd-key needs --etcd-cert, the certificate it is the key of`,
+			wantFlag: "etcd-key",
+		},
+		{
+			name:     "etcd prefix without a slash",
+			flags:    defaults(func(f *mapperFlags) { f.etcd, f.etcdPrefix = "http://10.0.0.1:2379", "cluster-a" }),
+			wantErr:  `--etcd-prefix "cluster-a": want a key prefix starting with /, such as /cluster-a`,
+			wantFlag: "etcd-prefix",
 		},
 		{
 			name:     "etcd CA missing",

@@ -107,6 +107,15 @@ func (f *mapperFlags) config() (mapperConfig, error) {
 // etcdConfig parses --etcd and its TLS flags.
 func (f *mapperFlags) etcdConfig() (*store.EtcdConfig, error) {
 	ec := &store.EtcdConfig{Prefix: f.etcdPrefix}
+	if f.etcdPrefix != "" && !strings.HasPrefix(f.etcdPrefix, "/") {
+		return nil, badFlagf("etcd-prefix", f.etcdPrefix, "want a key prefix starting with /, such as /cluster-a")
+	}
+	switch {
+	case f.etcdCert != "" && f.etcdKey == "":
+		return nil, badFlagf("etcd-cert", f.etcdCert, "--etcd-cert needs --etcd-key, the certificate's key")
+	case f.etcdKey != "" && f.etcdCert == "":
+		return nil, badFlagf("etcd-key", f.etcdKey, "--etcd-key needs --etcd-cert, the certificate it is the key of")
+	}
 	for _, e := range strings.Split(f.etcd, ",") {
 		e = strings.TrimSpace(e)
 		u, err := url.Parse(e)
@@ -117,9 +126,6 @@ func (f *mapperFlags) etcdConfig() (*store.EtcdConfig, error) {
 			return nil, badFlagf("etcd", f.etcd, "%s is plain http but TLS files were given; want https:// URLs", e)
 		}
 		ec.Endpoints = append(ec.Endpoints, e)
-	}
-	if (f.etcdCert == "") != (f.etcdKey == "") {
-		return nil, badFlagf("etcd-cert", f.etcdCert, "--etcd-cert and --etcd-key go together")
 	}
 	if f.etcdCA == "" && f.etcdCert == "" && !strings.Contains(f.etcd, "https://") {
 		return ec, nil
@@ -232,6 +238,9 @@ func runMapper(ctx context.Context, cfg mapperConfig, logw io.Writer) error {
 		ec := *cfg.etcd
 		ec.Logger = log
 		where = "etcd " + strings.Join(ec.Endpoints, ",")
+		if ec.Prefix != "" {
+			where += " prefix " + ec.Prefix
+		}
 		st, err = store.OpenEtcd(ec)
 	} else {
 		st, err = store.OpenBolt(store.BoltConfig{Path: cfg.db, Logger: log})

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 )
 
 // RevisionHeader carries the registry revision a list was read at.
@@ -50,6 +51,8 @@ var errorCodes = []struct {
 	{ErrInUse, "in_use", http.StatusConflict},
 	{ErrPortSpaceFull, "port_space_full", http.StatusConflict},
 	{ErrCompacted, "compacted", http.StatusGone},
+	{ErrUnavailable, "unavailable", http.StatusServiceUnavailable},
+	{ErrOutcomeUnknown, "outcome_unknown", http.StatusInternalServerError},
 }
 
 func toAPIError(err error) *APIError {
@@ -125,7 +128,7 @@ func NewAPI(reg *Registry, log *slog.Logger) *API {
 		a.mux.HandleFunc(rt.pattern, a.wrap(rt.h))
 	}
 	a.mux.HandleFunc("GET /v1/watch", a.watch)
-	a.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { w.Write([]byte("ok\n")) })
+	a.mux.HandleFunc("GET /healthz", a.healthz)
 	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &APIError{Status: http.StatusNotFound, Code: "not_found",
 			Message: fmt.Sprintf("no route %s %s; see docs/api.md", r.Method, r.URL.Path)})
@@ -457,23 +460,56 @@ func (a *API) watch(w http.ResponseWriter, r *http.Request) {
 		}
 	}()
 	enc := json.NewEncoder(w)
-	for resp := range a.reg.Watch(ctx, rev) {
-		for i := range resp.Changes {
-			if err := enc.Encode(&resp.Changes[i]); err != nil {
+	keepalive := time.NewTicker(WatchKeepalive)
+	defer keepalive.Stop()
+	changes := a.reg.Watch(ctx, rev)
+	for {
+		select {
+		case <-keepalive.C:
+			// An empty line: a client that hears nothing for a few of
+			// these knows this mapper is gone, even without a reset.
+			if _, err := w.Write([]byte("\n")); err != nil {
 				return
 			}
-		}
-		if resp.Err != nil {
-			e := toAPIError(resp.Err)
-			e.CompactRevision = resp.CompactRevision
-			enc.Encode(e)
-			return
+		case resp, ok := <-changes:
+			if !ok {
+				return
+			}
+			for i := range resp.Changes {
+				if err := enc.Encode(&resp.Changes[i]); err != nil {
+					return
+				}
+			}
+			if resp.Err != nil {
+				e := toAPIError(resp.Err)
+				e.CompactRevision = resp.CompactRevision
+				enc.Encode(e)
+				return
+			}
+			keepalive.Reset(WatchKeepalive)
 		}
 		if flusher != nil {
 			flusher.Flush()
 		}
 	}
 }
+
+// healthz answers 200 "ok" while the registry's store answers a read
+// within two seconds, 503 otherwise (an etcd cluster without a quorum).
+func (a *API) healthz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if _, _, _, err := a.reg.st.Get(ctx, blockSizeKey); err != nil {
+		http.Error(w, "the registry's store does not answer: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	w.Write([]byte("ok\n"))
+}
+
+// WatchKeepalive is how often a watch stream with no change to send sends
+// an empty line. Clients treat three intervals of silence as a dead
+// mapper.
+const WatchKeepalive = 2 * time.Second
 
 // normalizeURL accepts "host:port" as well as a full URL.
 func normalizeURL(s string) string {

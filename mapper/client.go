@@ -16,6 +16,9 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
+
+	"github.com/daolinet/daoli/mapper/store"
 )
 
 // DefaultAddr is where `daoli mapper` listens unless told otherwise.
@@ -43,9 +46,14 @@ type Client struct {
 }
 
 // ErrOutcomeUnknown is wrapped by a Client's error when a mapper received
-// a request that creates something and died before answering: whether
-// the write happened is unknown until it is looked up.
-var ErrOutcomeUnknown = errors.New("outcome unknown")
+// a request that creates something and died before answering, or when
+// the mapper itself lost the answer of its store: whether the write
+// happened is unknown until it is looked up.
+var ErrOutcomeUnknown = store.ErrOutcomeUnknown
+
+// ErrUnavailable is returned when a mapper could not reach its store
+// before writing anything (HTTP 503): another mapper may be asked.
+var ErrUnavailable = store.ErrUnavailable
 
 // NewClient returns a client of the mappers at addrs: one "host:port" or
 // URL, or several separated by commas. A nil hc means http.DefaultClient.
@@ -118,7 +126,11 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 			return nil
 		}
 		if !again || ctx.Err() != nil {
-			if again {
+			var ae *APIError
+			if again || (ctx.Err() != nil && !errors.As(err, &ae)) {
+				// That mapper failed or did not answer in time (a
+				// machine that died without a reset): the next call
+				// starts at another.
 				c.next(i)
 			}
 			return err
@@ -162,8 +174,12 @@ func (c *Client) try(ctx context.Context, base, method, path string, body []byte
 	defer resp.Body.Close()
 	if resp.StatusCode >= 300 {
 		switch resp.StatusCode {
-		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		case http.StatusServiceUnavailable:
+			// The mapper wrote nothing (it could not reach its store).
 			return readAPIError(resp), true
+		case http.StatusBadGateway, http.StatusGatewayTimeout:
+			// A proxy's: the mapper may have received the request.
+			return readAPIError(resp), repeatable(method, path)
 		}
 		return readAPIError(resp), false
 	}
@@ -400,10 +416,19 @@ func (c *Client) Watch(ctx context.Context, rev int64) <-chan WatchResponse {
 			return
 		}
 		defer resp.Body.Close()
+		// A mapper that goes silent for three keepalives is gone (its
+		// machine died, no reset will come): end the stream, and the
+		// next watch starts at another mapper.
+		silent := time.AfterFunc(3*WatchKeepalive, func() { resp.Body.Close() })
+		defer silent.Stop()
 		sc := bufio.NewScanner(resp.Body)
 		sc.Buffer(make([]byte, 64<<10), maxBody)
 		for sc.Scan() {
+			silent.Reset(3 * WatchKeepalive)
 			line := sc.Bytes()
+			if len(bytes.TrimSpace(line)) == 0 {
+				continue // a keepalive
+			}
 			var probe struct {
 				Message string `json:"error"`
 			}

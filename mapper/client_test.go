@@ -80,3 +80,46 @@ func TestClientDoesNotRepeatACreate(t *testing.T) {
 		t.Errorf("a read through a dying mapper and a live one: %v", err)
 	}
 }
+
+// A mapper whose machine died answers nothing and sends no reset: a call
+// that runs out of time moves the next one to another mapper, and a watch
+// stream that goes silent ends, so that it can resume elsewhere.
+func TestClientLeavesASilentMapper(t *testing.T) {
+	_, b := twoMappers(t)
+	hold := make(chan struct{})
+	defer close(hold)
+	silent := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/watch" {
+			w.WriteHeader(http.StatusOK)
+			w.(http.Flusher).Flush()
+		}
+		select { // never a byte more
+		case <-hold:
+		case <-r.Context().Done():
+		}
+	}))
+	defer silent.Close()
+	c := mapper.NewClient(silent.URL+","+b.URL, nil)
+	tctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err := c.Networks(tctx)
+	cancel()
+	if err == nil {
+		t.Fatal("a call to a silent mapper succeeded")
+	}
+	if _, err := c.Networks(ctx); err != nil || c.URL() != b.URL {
+		t.Errorf("the next call: %v at %s, want an answer from %s", err, c.URL(), b.URL)
+	}
+
+	w := mapper.NewClient(silent.URL, nil)
+	t0 := time.Now()
+	wctx, wcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer wcancel()
+	for resp := range w.Watch(wctx, 0) {
+		if resp.Err != nil {
+			break
+		}
+	}
+	if d := time.Since(t0); d > 4*mapper.WatchKeepalive {
+		t.Errorf("a silent watch stream ended after %v, want within three keepalives (%v)", d, 3*mapper.WatchKeepalive)
+	}
+}

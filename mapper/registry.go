@@ -487,7 +487,9 @@ func (r *Registry) RegisterServer(ctx context.Context, spec ServerSpec) (Server,
 		return nil
 	})
 	if err != nil {
-		r.st.Revoke(context.WithoutCancel(ctx), lease)
+		if !errors.Is(err, store.ErrOutcomeUnknown) { // it may have landed: keep its lease
+			r.st.Revoke(context.WithoutCancel(ctx), lease)
+		}
 		return Server{}, fmt.Errorf("register server %s: %w", spec.Name, err)
 	}
 	return srv, nil
@@ -533,7 +535,9 @@ func (r *Registry) Heartbeat(ctx context.Context, name string) (Server, error) {
 		return nil
 	})
 	if err != nil {
-		r.st.Revoke(context.WithoutCancel(ctx), lease)
+		if !errors.Is(err, store.ErrOutcomeUnknown) { // it may have landed: keep its lease
+			r.st.Revoke(context.WithoutCancel(ctx), lease)
+		}
 		return fail(err)
 	}
 	return srv, nil
@@ -1246,6 +1250,27 @@ func decodeObject(key string, value []byte) (Change, error) {
 	return c, nil
 }
 
+// deletedObject is the Change of a deletion known only by its key: the
+// object holds what the key says (a name, or an endpoint's ID).
+func deletedObject(key string) (Change, error) {
+	var c Change
+	switch {
+	case strings.HasPrefix(key, networkPrefix):
+		c.Kind, c.Network = KindNetwork, &Network{Name: strings.TrimPrefix(key, networkPrefix)}
+	case strings.HasPrefix(key, serverPrefix):
+		c.Kind, c.Server = KindServer, &Server{Name: strings.TrimPrefix(key, serverPrefix)}
+	case strings.HasPrefix(key, endpointPrefix):
+		id, err := strconv.ParseUint(strings.TrimPrefix(key, endpointPrefix), 10, 32)
+		if err != nil {
+			return c, fmt.Errorf("%w: endpoint key %s", errCorrupt, key)
+		}
+		c.Kind, c.Endpoint = KindEndpoint, &Endpoint{ID: uint32(id)}
+	default:
+		return c, fmt.Errorf("%w: unknown key %s", errCorrupt, key)
+	}
+	return c, nil
+}
+
 // WatchResponse carries changes in revision order. One with Err set ends
 // its channel; with ErrCompacted, CompactRevision is the oldest revision
 // still available.
@@ -1274,7 +1299,16 @@ func (r *Registry) Watch(ctx context.Context, rev int64) <-chan WatchResponse {
 				if ev.Type == store.EventDelete {
 					value = ev.PrevValue
 				}
-				c, err := decodeObject(ev.KV.Key, value)
+				var c Change
+				var err error
+				if ev.Type == store.EventDelete && value == nil {
+					// A store may lose the previous value of a delete at
+					// its compaction revision: what the key names is
+					// enough to delete it.
+					c, err = deletedObject(ev.KV.Key)
+				} else {
+					c, err = decodeObject(ev.KV.Key, value)
+				}
 				if err != nil {
 					w.Err = err
 					break

@@ -755,3 +755,25 @@ func TestParsePublishedPort(t *testing.T) {
 		}
 	}
 }
+
+// TestWatchDeleteWithoutPreviousValue: a deletion whose previous value
+// the store lost (etcd at its compaction revision) still reaches
+// watchers as a deletion of the object its key names.
+func TestWatchDeleteWithoutPreviousValue(t *testing.T) {
+	for _, tt := range []struct {
+		key  string
+		want mapper.Change
+	}{
+		{"/daoli/obj/endpoints/0000000042", mapper.Change{Kind: mapper.KindEndpoint, Endpoint: &mapper.Endpoint{ID: 42}}},
+		{"/daoli/obj/servers/s1", mapper.Change{Kind: mapper.KindServer, Server: &mapper.Server{Name: "s1"}}},
+		{"/daoli/obj/networks/blue", mapper.Change{Kind: mapper.KindNetwork, Network: &mapper.Network{Name: "blue"}}},
+	} {
+		got, err := mapper.DeletedObject(tt.key)
+		if err != nil || diff(tt.want, got) != "" {
+			t.Errorf("%s: %+v, %v; want %+v", tt.key, got, err, tt.want)
+		}
+	}
+	if _, err := mapper.DeletedObject("/daoli/obj/endpoints/x"); err == nil {
+		t.Error("a malformed endpoint key was accepted")
+	}
+}

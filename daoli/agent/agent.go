@@ -493,7 +493,13 @@ func (a *Agent) heartbeat(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if _, err := a.mc.Heartbeat(ctx, a.cfg.Name); err != nil && ctx.Err() == nil {
+		// Bounded by the interval: a mapper whose machine died without a
+		// reset must not hold the heartbeat past the server's TTL (the
+		// client then starts the next one at another mapper).
+		hctx, cancel := context.WithTimeout(ctx, a.cfg.Heartbeat)
+		_, err := a.mc.Heartbeat(hctx, a.cfg.Name)
+		cancel()
+		if err != nil && ctx.Err() == nil {
 			a.log.Warn("heartbeat", "error", err)
 			if errors.Is(err, mapper.ErrNotFound) {
 				a.register(ctx) // the server was removed: register again

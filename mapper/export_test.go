@@ -1,0 +1,4 @@
+package mapper
+
+// DeletedObject is deletedObject, for tests.
+var DeletedObject = deletedObject
