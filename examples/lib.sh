@@ -292,7 +292,8 @@ dl_registry_etcd() {
 			--listen-client-urls "$(dl_etcd_url "$m")" --advertise-client-urls "$(dl_etcd_url "$m")" \
 			--listen-peer-urls "http://$DL_MAPPER_IP:2${m#m}80" --initial-advertise-peer-urls "http://$DL_MAPPER_IP:2${m#m}80" \
 			--initial-cluster "$(IFS=,; echo "${initial[*]}")" --initial-cluster-token "$DL_PREFIX" \
-			--max-txn-ops 20000 --max-request-bytes 33554432 --log-level error
+			--max-txn-ops 20000 --max-request-bytes 33554432 \
+			--auto-compaction-mode revision --auto-compaction-retention 100000 --log-level error
 	done
 	for m in "${DL_ETCD_MEMBERS[@]}"; do
 		dl_wait "etcd member $m healthy" 20 dl_etcd_healthy "$m"

@@ -730,7 +730,11 @@ func (r *Registry) createEndpoints(ctx context.Context, specs []EndpointSpec, ba
 		return nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("create endpoint: %w", err)
+		what := "create endpoint"
+		if batch {
+			what = fmt.Sprintf("create a batch of %d endpoints", len(specs))
+		}
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	return out, nil
 }
