@@ -32,13 +32,17 @@ const DefaultAddr = "127.0.0.1:9470"
 // does on a Registry. A Client is safe for concurrent use.
 //
 // A request is sent to another mapper when the connection to one failed
-// before the request went out, when the mapper answered 502, 503 or 504,
-// or, for requests that can be repeated without changing their effect
-// (reads, PUT and DELETE, registering a server and heartbeats), when the
-// connection broke before the answer came. A request that creates
+// before the request went out, when the mapper answered 503 (it could not
+// reach its store and wrote nothing), when the call ran out of time (the
+// next call starts at another mapper), or, for requests that can be
+// repeated without changing their effect (reads, PUT and DELETE,
+// registering a server and heartbeats), when the connection broke before
+// the answer came or a proxy answered 502 or 504. A request that creates
 // something (a network, an endpoint, a batch of them, a scheduled
 // service) is not repeated then: its error wraps ErrOutcomeUnknown, and
-// the caller looks the object up by its name before trying again.
+// the caller looks the object up by its name before trying again. A watch
+// stream that carries nothing, not even keepalives, for three times
+// WatchKeepalive ends, and the next watch starts at another mapper.
 type Client struct {
 	bases []string
 	cur   atomic.Int32 // the mapper that answered last
@@ -116,46 +120,54 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		}
 		body = b
 	}
+	_, err := c.across(ctx, func(base string) (error, bool) {
+		return c.try(ctx, base, method, path, body, out)
+	})
+	return err
+}
+
+// across calls f with one mapper after another, from the one that answered
+// last, until f succeeds or says that asking another is not safe (its
+// second result). A mapper that failed, or did not answer in time, is
+// left: the next call starts at another. It returns the index of the
+// last mapper asked.
+func (c *Client) across(ctx context.Context, f func(base string) (err error, again bool)) (int, error) {
 	start := int(c.cur.Load())
 	var errs []error
-	for n := 0; n < len(c.bases); n++ {
+	for n := range len(c.bases) {
 		i := (start + n) % len(c.bases)
-		err, again := c.try(ctx, c.bases[i], method, path, body, in != nil, out)
+		err, again := f(c.bases[i])
 		if err == nil {
 			c.cur.Store(int32(i))
-			return nil
+			return i, nil
+		}
+		var ae *APIError
+		if again || (ctx.Err() != nil && !errors.As(err, &ae)) {
+			c.next(i)
 		}
 		if !again || ctx.Err() != nil {
-			var ae *APIError
-			if again || (ctx.Err() != nil && !errors.As(err, &ae)) {
-				// That mapper failed or did not answer in time (a
-				// machine that died without a reset): the next call
-				// starts at another.
-				c.next(i)
-			}
-			return err
+			return i, err
 		}
-		c.next(i)
 		errs = append(errs, err)
 	}
 	if len(errs) == 1 {
-		return errs[0]
+		return start, errs[0]
 	}
-	return fmt.Errorf("no mapper answered: %w", errors.Join(errs...))
+	return start, fmt.Errorf("no mapper answered: %w", errors.Join(errs...))
 }
 
 // try sends one request to the mapper at base; again says whether another
 // mapper may be asked.
-func (c *Client) try(ctx context.Context, base, method, path string, body []byte, hasBody bool, out any) (err error, again bool) {
+func (c *Client) try(ctx context.Context, base, method, path string, body []byte, out any) (err error, again bool) {
 	var rd io.Reader
-	if hasBody {
+	if body != nil {
 		rd = bytes.NewReader(body)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
 	if err != nil {
 		return err, false
 	}
-	if hasBody {
+	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := c.hc.Do(req)
@@ -463,39 +475,30 @@ func (c *Client) Watch(ctx context.Context, rev int64) <-chan WatchResponse {
 
 // openWatch starts a watch stream at the first mapper that answers.
 func (c *Client) openWatch(ctx context.Context, rev int64) (*http.Response, int, error) {
-	start := int(c.cur.Load())
-	var errs []error
-	for n := 0; n < len(c.bases); n++ {
-		i := (start + n) % len(c.bases)
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.bases[i]+"/v1/watch?revision="+strconv.FormatInt(rev, 10), nil)
+	var resp *http.Response
+	i, err := c.across(ctx, func(base string) (error, bool) {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/watch?revision="+strconv.FormatInt(rev, 10), nil)
 		if err != nil {
-			return nil, i, err
+			return err, false
 		}
-		resp, err := c.hc.Do(req)
+		r, err := c.hc.Do(req)
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil, i, fmt.Errorf("watch: %w", err)
+				return fmt.Errorf("watch: %w", err), false
 			}
-			c.next(i)
-			errs = append(errs, fmt.Errorf("watch: %w (is the mapper running at %s?)", err, c.bases[i]))
-			continue
+			return fmt.Errorf("watch: %w (is the mapper running at %s?)", err, base), true
 		}
-		if resp.StatusCode == http.StatusOK {
-			c.cur.Store(int32(i))
-			return resp, i, nil
+		if r.StatusCode == http.StatusOK {
+			resp = r
+			return nil, false
 		}
-		err = readAPIError(resp)
-		resp.Body.Close()
-		switch resp.StatusCode {
+		defer r.Body.Close()
+		err = readAPIError(r)
+		switch r.StatusCode {
 		case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
-			c.next(i)
-			errs = append(errs, err)
-			continue
+			return err, true
 		}
-		return nil, i, err
-	}
-	if len(errs) == 1 {
-		return nil, 0, errs[0]
-	}
-	return nil, 0, fmt.Errorf("no mapper answered: %w", errors.Join(errs...))
+		return err, false
+	})
+	return resp, i, err
 }

@@ -158,92 +158,31 @@ func (r *run) measureControl(c *paths.Cluster, what string) *Control {
 	// The burst: parallel clients over HTTP, as many hooks registering
 	// at once.
 	n := r.cfg.Registrations
-	var (
-		wg     sync.WaitGroup
-		failed atomic.Int64
-		firstE atomic.Value
-		last   atomic.Uint32
-		todo   atomic.Int64
-	)
-	todo.Store(int64(n))
 	t0 := time.Now()
-	for range parallel {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for todo.Add(-1) >= 0 && ctx.Err() == nil {
-				e, err := c.Mapper.CreateEndpoint(ctx, spec())
-				if err != nil {
-					failed.Add(1)
-					firstE.CompareAndSwap(nil, err.Error())
-					continue
-				}
-				for {
-					old := last.Load()
-					if e.ID <= old || last.CompareAndSwap(old, e.ID) {
-						break
-					}
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	acked := time.Since(t0)
-	r.check()
-	if failed.Load() > 0 {
-		r.res.Errors = append(r.res.Errors, fmt.Sprintf("%s: %d of %d registrations failed: %v", what, failed.Load(), n, firstE.Load()))
-	}
-	cp.Registrations = n - int(failed.Load())
+	failed, acked := r.burst(what, "registrations", parallel, n, func() error {
+		_, err := c.Mapper.CreateEndpoint(ctx, spec())
+		return err
+	})
+	cp.Registrations = n - failed
 	cp.PerSecond = float64(cp.Registrations) / acked.Seconds()
-	// Programmed: every agent applied the newest revision of the burst.
-	snap, err = c.Mapper.Snapshot(ctx)
-	if err != nil {
-		r.t.Fatalf("%s: %v", what, err)
-	}
-	if err := c.WaitApplied(ctx, snap.Revision, 5*time.Minute); err != nil {
-		r.t.Fatalf("%s: %v", what, err)
-	}
+	r.programmed(c, what) // every agent applied the newest revision of the burst
 	cp.ProgrammedPerSecond = float64(cp.Registrations) / time.Since(t0).Seconds()
 	r.printf("%d registrations from %d clients: %.0f/s acknowledged, %.0f/s programmed on every server",
 		cp.Registrations, parallel, cp.PerSecond, cp.ProgrammedPerSecond)
 
 	// Batches: batchParallel clients, batchSize endpoints per request.
-	var bfailed atomic.Int64
-	var btodo atomic.Int64
-	btodo.Store(int64(batches))
-	t0 = time.Now()
-	for range batchParallel {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for btodo.Add(-1) >= 0 && ctx.Err() == nil {
-				specs := make([]mapper.EndpointSpec, batchSize)
-				for i := range specs {
-					specs[i] = spec()
-				}
-				if _, err := c.Mapper.CreateEndpoints(ctx, specs); err != nil {
-					bfailed.Add(1)
-					firstE.CompareAndSwap(nil, err.Error())
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	backed := time.Since(t0)
-	r.check()
-	if bfailed.Load() > 0 {
-		r.res.Errors = append(r.res.Errors, fmt.Sprintf("%s: %d of %d batches failed: %v", what, bfailed.Load(), batches, firstE.Load()))
-	}
+	failed, acked = r.burst(what, "batches", batchParallel, batches, func() error {
+		specs := make([]mapper.EndpointSpec, batchSize)
+		for i := range specs {
+			specs[i] = spec()
+		}
+		_, err := c.Mapper.CreateEndpoints(ctx, specs)
+		return err
+	})
 	cp.BatchSize, cp.BatchParallel = batchSize, batchParallel
-	cp.BatchRegistrations = (batches - int(bfailed.Load())) * batchSize
-	cp.BatchPerSecond = float64(cp.BatchRegistrations) / backed.Seconds()
-	snap, err = c.Mapper.Snapshot(ctx)
-	if err != nil {
-		r.t.Fatalf("%s: %v", what, err)
-	}
-	if err := c.WaitApplied(ctx, snap.Revision, 5*time.Minute); err != nil {
-		r.t.Fatalf("%s: %v", what, err)
-	}
+	cp.BatchRegistrations = (batches - failed) * batchSize
+	cp.BatchPerSecond = float64(cp.BatchRegistrations) / acked.Seconds()
+	snap = r.programmed(c, what)
 	r.printf("%d registrations in batches of %d from %d clients: %.0f/s acknowledged",
 		cp.BatchRegistrations, batchSize, batchParallel, cp.BatchPerSecond)
 
@@ -251,6 +190,52 @@ func (r *run) measureControl(c *paths.Cluster, what string) *Control {
 	r.printf("registration -> programmed on every server, %d endpoints registered: p50 %.1f ms, p99 %.1f ms",
 		cp.After.Registered, cp.After.P50ms, cp.After.P99ms)
 	return cp
+}
+
+// burst runs n jobs on workers goroutines at once and returns how many
+// failed (the first failure goes into the results' errors) and how long
+// all took.
+func (r *run) burst(what, jobs string, workers, n int, job func() error) (failed int, took time.Duration) {
+	var (
+		wg      sync.WaitGroup
+		nfailed atomic.Int64
+		first   atomic.Value
+		todo    atomic.Int64
+	)
+	todo.Store(int64(n))
+	t0 := time.Now()
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for todo.Add(-1) >= 0 && r.ctx.Err() == nil {
+				if err := job(); err != nil {
+					nfailed.Add(1)
+					first.CompareAndSwap(nil, err.Error())
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	took = time.Since(t0)
+	r.check()
+	if f := nfailed.Load(); f > 0 {
+		r.res.Errors = append(r.res.Errors, fmt.Sprintf("%s: %d of %d %s failed: %v", what, f, n, jobs, first.Load()))
+	}
+	return int(nfailed.Load()), took
+}
+
+// programmed waits until every agent of c has applied the registry's
+// current revision, and returns the snapshot it read that at.
+func (r *run) programmed(c *paths.Cluster, what string) mapper.Snapshot {
+	snap, err := c.Mapper.Snapshot(r.ctx)
+	if err != nil {
+		r.t.Fatalf("%s: %v", what, err)
+	}
+	if err := c.WaitApplied(r.ctx, snap.Revision, 5*time.Minute); err != nil {
+		r.t.Fatalf("%s: %v", what, err)
+	}
+	return snap
 }
 
 // latencies registers endpoints one at a time and times each from the

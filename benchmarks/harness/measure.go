@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/netip"
 	"runtime"
 	"slices"
@@ -372,18 +371,7 @@ func (r *run) dropsSince(p *paths.Path, what string, before map[string]uint64) {
 }
 
 // dialIn returns a netbench.Dial that opens its sockets inside ns.
-func dialIn(ns *testbed.Namespace) netbench.Dial {
-	return func(ctx context.Context, network, addr string) (net.Conn, error) {
-		var c net.Conn
-		err := ns.Do(func() error {
-			var d net.Dialer
-			var err error
-			c, err = d.DialContext(ctx, network, addr)
-			return err
-		})
-		return c, err
-	}
-}
+func dialIn(ns *testbed.Namespace) netbench.Dial { return ns.DialContext }
 
 // retry calls f until it succeeds or timeout passes.
 func retry(ctx context.Context, timeout time.Duration, f func() error) error {

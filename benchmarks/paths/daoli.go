@@ -177,25 +177,13 @@ func (c *Cluster) startMapper() {
 	c.Mapper = mapper.NewClient(local.Addr().String(), &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}})
 }
 
-// fabricDial dials from the fabric namespace, where an etcd cluster's
-// members and mappers listen.
-func (c *Cluster) fabricDial(ctx context.Context, network, addr string) (net.Conn, error) {
-	var conn net.Conn
-	err := c.World.Fabric.Do(func() error {
-		var err error
-		conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-		return err
-	})
-	return conn, err
-}
-
 // startEtcd starts the etcd members and cfg.Mappers mapper processes on
 // the fabric (MapperIP, then the addresses after it), and a registry in
 // this process that follows it.
 func (c *Cluster) startEtcd(cfg ClusterConfig, logs string) {
 	t := c.t
 	ec, err := etcdtest.Start(cfg.Etcd, etcdtest.Options{Host: MapperIP.String(), Binary: cfg.EtcdBin,
-		Exec: []string{"ip", "netns", "exec", c.World.Fabric.Name}, Dial: c.fabricDial})
+		Exec: []string{"ip", "netns", "exec", c.World.Fabric.Name}, Dial: c.World.Fabric.DialContext})
 	if err != nil {
 		t.Fatalf("cluster: %v", err)
 	}
@@ -216,7 +204,9 @@ func (c *Cluster) startEtcd(cfg ClusterConfig, logs string) {
 		addrs = append(addrs, addr)
 	}
 	st, err := store.OpenEtcd(store.EtcdConfig{Endpoints: ec.Endpoints(),
-		Dial: func(ctx context.Context, addr string) (net.Conn, error) { return c.fabricDial(ctx, "tcp", addr) }})
+		Dial: func(ctx context.Context, addr string) (net.Conn, error) {
+			return c.World.Fabric.DialContext(ctx, "tcp", addr)
+		}})
 	if err != nil {
 		t.Fatalf("cluster: open the registry on etcd: %v", err)
 	}
@@ -227,11 +217,11 @@ func (c *Cluster) startEtcd(cfg ClusterConfig, logs string) {
 	}
 	c.Registry = reg
 	c.MapperAddr = strings.Join(addrs, ",")
-	c.Mapper = mapper.NewClient(c.MapperAddr, &http.Client{Transport: &http.Transport{DialContext: c.fabricDial, MaxIdleConnsPerHost: 256}})
+	c.Mapper = mapper.NewClient(c.MapperAddr, &http.Client{Transport: &http.Transport{DialContext: c.World.Fabric.DialContext, MaxIdleConnsPerHost: 256}})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	for _, a := range addrs {
-		one := mapper.NewClient(a, &http.Client{Transport: &http.Transport{DialContext: c.fabricDial}})
+		one := mapper.NewClient(a, &http.Client{Transport: &http.Transport{DialContext: c.World.Fabric.DialContext}})
 		if err := waitFor(ctx, func() error { _, err := one.Allocation(ctx); return err }); err != nil {
 			t.Fatalf("cluster: the mapper at %s did not come up: %v", a, err)
 		}

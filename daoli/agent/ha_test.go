@@ -49,15 +49,7 @@ func startControlPlane(t *testing.T, w *testbed.World) *controlPlane {
 			w.Fabric.Run("ip", "addr", "add", ip+"/24", "dev", "br0")
 			cp.addrs = append(cp.addrs, ip+":9470")
 		}
-		cp.dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var conn net.Conn
-			err := w.Fabric.Do(func() error {
-				var err error
-				conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
-				return err
-			})
-			return conn, err
-		}
+		cp.dial = w.Fabric.DialContext
 		opts = etcdtest.Options{Host: mapperIPs[0], Exec: []string{"ip", "netns", "exec", w.Fabric.Name}, Dial: cp.dial}
 	} else {
 		for range mapperIPs {

@@ -464,7 +464,7 @@ func (d *world) dialRetry(ctx context.Context, c *container, addr string) net.Co
 		var err error
 		dctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 		defer cancel()
-		conn, err = d.dialIn(dctx, c.ns, "tcp", addr)
+		conn, err = c.ns.DialContext(dctx, "tcp", addr)
 		return err
 	})
 	return conn

@@ -3,7 +3,6 @@ package demo
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -69,11 +68,7 @@ func (d *world) build(ctx context.Context, servers int) {
 	d.w.Fabric.Run("ip", "addr", "add", mapperIP+"/24", "dev", "br0")
 	d.start(d.w.Fabric, "mapper", d.bin, "mapper", "--listen", mapperAddr, "--db", filepath.Join(d.dir, "registry.db"))
 	// The mapper is reachable only on the fabric: dial it from there.
-	d.mc = mapper.NewClient(mapperAddr, &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			return d.dialIn(ctx, d.w.Fabric, network, addr)
-		},
-	}})
+	d.mc = mapper.NewClient(mapperAddr, &http.Client{Transport: &http.Transport{DialContext: d.w.Fabric.DialContext}})
 	d.waitFor(ctx, "the mapper", func() error { _, err := d.mc.Networks(ctx); return err })
 	for i, s := range d.w.Servers {
 		d.start(s.Namespace, d.serverName(i), d.bin, "agent", "--uplink", "uplink", "--name", d.serverName(i),
@@ -83,18 +78,6 @@ func (d *world) build(ctx context.Context, servers int) {
 		cl := d.agent(i)
 		d.waitFor(ctx, "the agent of "+d.serverName(i), func() error { _, err := cl.Status(ctx); return err })
 	}
-}
-
-// dialIn opens a connection from inside namespace ns.
-func (d *world) dialIn(ctx context.Context, ns *testbed.Namespace, network, addr string) (net.Conn, error) {
-	var c net.Conn
-	err := ns.Do(func() error {
-		var err error
-		var dl net.Dialer
-		c, err = dl.DialContext(ctx, network, addr)
-		return err
-	})
-	return c, err
 }
 
 func (d *world) waitFor(ctx context.Context, what string, f func() error) {

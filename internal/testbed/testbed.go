@@ -46,6 +46,7 @@ package testbed
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -170,6 +171,19 @@ func (n *Namespace) Start(args ...string) *exec.Cmd {
 		}
 	})
 	return cmd
+}
+
+// DialContext opens a connection from inside the namespace, for clients
+// in this process of servers that only the namespace reaches. It has the
+// signature of net.Dialer.DialContext, for http.Transport and the like.
+func (n *Namespace) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := n.Do(func() error {
+		var err error
+		c, err = (&net.Dialer{}).DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
 }
 
 // Do runs f on an OS thread switched into the namespace. Sockets f opens
