@@ -52,11 +52,15 @@ func startControlPlane(t *testing.T, w *testbed.World) *controlPlane {
 		cp.dial = w.Fabric.DialContext
 		opts = etcdtest.Options{Host: mapperIPs[0], Exec: []string{"ip", "netns", "exec", w.Fabric.Name}, Dial: cp.dial}
 	} else {
+		// An address of the control plane's own: a killed mapper is
+		// restarted on its port, which no other test may take meanwhile.
+		host := etcdtest.Loopback()
 		for range mapperIPs {
-			l := got(net.Listen("tcp", "127.0.0.1:0"))(t)
+			l := got(net.Listen("tcp", host+":0"))(t)
 			cp.addrs = append(cp.addrs, l.Addr().String())
 			l.Close()
 		}
+		opts.Host = host
 	}
 	cp.etcd = got(etcdtest.Start(3, opts))(t)
 	t.Cleanup(func() {

@@ -77,7 +77,8 @@ type Options struct {
 	// TLS serves the client URLs over TLS with a fresh CA; ClientTLS
 	// returns a config for clients. Peers always talk in the clear.
 	TLS bool
-	// Host is the address members listen on. Zero means 127.0.0.1.
+	// Host is the address members listen on. Zero means an address of
+	// the cluster's own in 127.0.0.0/8 (see Loopback).
 	Host string
 	// Exec is put before every member's command line, to run it
 	// elsewhere: {"ip", "netns", "exec", NAME} runs it in a network
@@ -129,7 +130,7 @@ func Start(n int, opts Options) (*Cluster, error) {
 	}
 	host := opts.Host
 	if host == "" {
-		host = "127.0.0.1"
+		host = Loopback()
 	}
 	c := &Cluster{dir: dir, dial: opts.Dial, host: host}
 	scheme := "http"
@@ -140,7 +141,13 @@ func Start(n int, opts Options) (*Cluster, error) {
 			return nil, err
 		}
 	}
-	ports, err := freePorts(2 * n)
+	// Members run in another namespace (Exec) have its ports to
+	// themselves; this process can only ask its own for free ones.
+	probe := host
+	if len(opts.Exec) > 0 {
+		probe = "127.0.0.1"
+	}
+	ports, err := freePorts(probe, 2*n)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -456,7 +463,18 @@ func writePEM(path, typ string, der []byte) error {
 	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600)
 }
 
-func freePorts(n int) ([]int, error) {
+// Loopback returns a random address in 127.0.0.0/8 other than 127.0.0.1.
+// A test that restarts a listener on the port it had before needs a
+// port nobody else can take in the meantime: on 127.0.0.1 any other
+// test's "listen on port 0" may be handed it, on an address of its own
+// only a wildcard listener could collide.
+func Loopback() string {
+	var b [3]byte
+	rand.Read(b[:])
+	return fmt.Sprintf("127.%d.%d.%d", 2+b[0]%250, b[1], 1+b[2]%254)
+}
+
+func freePorts(host string, n int) ([]int, error) {
 	var ls []net.Listener
 	defer func() {
 		for _, l := range ls {
@@ -465,7 +483,7 @@ func freePorts(n int) ([]int, error) {
 	}()
 	var out []int
 	for i := 0; i < n; i++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+		l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
 		if err != nil {
 			return nil, err
 		}
