@@ -482,5 +482,20 @@ func TestCLI(t *testing.T) {
 	if !n1.Egress.IsZero() {
 		t.Errorf("egress after --egress allow: %+v, want the zero value", n1.Egress)
 	}
+
+	// Claims: an owner gets a free address, keeps it after its endpoint
+	// is removed, and loses it when forgotten.
+	var owned mapper.Endpoint
+	c.json(&owned, "endpoint", "add", "--network", "net1", "--owner", "pod:shop/db-0", "--server", "s1", "--port", "5432")
+	c.ok("endpoint", "rm", fmt.Sprint(owned.ID))
+	if out := c.ok("network", "claims", "net1"); !strings.Contains(out, "pod:shop/db-0") || !strings.Contains(out, owned.IP.String()) {
+		t.Errorf("network claims printed %q, want pod:shop/db-0 at %s", out, owned.IP)
+	}
+	c.fails("claimed by pod:shop/db-0", "endpoint", "add", "--network", "net1", "--ip", owned.IP.String(), "--server", "s1")
+	c.fails("--ip: missing", "endpoint", "add", "--network", "net1", "--server", "s1")
+	if out := c.ok("network", "forget", "net1", "pod:shop/db-0"); !strings.Contains(out, "forgot pod:shop/db-0") {
+		t.Errorf("network forget printed %q", out)
+	}
+	c.fails("has no claim", "network", "forget", "net1", "pod:shop/db-0")
 	m.stop(t)
 }

@@ -30,6 +30,7 @@ func newEndpointCmd(a *app) *cobra.Command {
 // endpointAddFlags are the flags of "endpoint add".
 type endpointAddFlags struct {
 	network, ip, mac, name, server, iface string
+	owner                                 string
 	ports, published                      []string
 	mode                                  string
 	priority                              uint16
@@ -38,11 +39,16 @@ type endpointAddFlags struct {
 // spec parses the flags into an EndpointSpec.
 func (f *endpointAddFlags) spec() (mapper.EndpointSpec, error) {
 	spec := mapper.EndpointSpec{
-		Name: f.name, Network: f.network, Server: f.server, Interface: f.iface, Priority: f.priority,
+		Name: f.name, Owner: f.owner, Network: f.network, Server: f.server, Interface: f.iface, Priority: f.priority,
 	}
 	var err error
-	if spec.IP, err = parseAddrFlag("ip", f.ip); err != nil {
-		return mapper.EndpointSpec{}, err
+	switch {
+	case f.ip == "" && f.owner == "":
+		return mapper.EndpointSpec{}, errors.New("--ip: missing; name the address, or an --owner that gets its claimed or a free one")
+	case f.ip != "":
+		if spec.IP, err = parseAddrFlag("ip", f.ip); err != nil {
+			return mapper.EndpointSpec{}, err
+		}
 	}
 	if f.mac != "" {
 		if spec.MAC, err = parseMACFlag("mac", f.mac); err != nil {
@@ -64,7 +70,7 @@ func (f *endpointAddFlags) spec() (mapper.EndpointSpec, error) {
 func newEndpointAddCmd(a *app) *cobra.Command {
 	var f endpointAddFlags
 	cmd := &cobra.Command{
-		Use:   "add --network NET --ip IP --server NAME [--port 80/tcp...] [flags]",
+		Use:   "add --network NET (--ip IP | --owner OWNER) --server NAME [--port 80/tcp...] [flags]",
 		Short: "Attach an endpoint: a container's identity in a network, and where it runs",
 		Long: `Attach an endpoint: the identity a container sees (network, IP, MAC,
 ports) and where it runs (server, host-side interface). The mapper gives
@@ -73,9 +79,14 @@ it a wire block on the server (its ServerPorts) and an identity block.
 Endpoints of one network may share an IP: those that serve the same
 IP:port form a service, spread over its backends in balance mode or sent
 to the active one of highest priority in failover mode. All backends of a
-service must agree on the mode.`,
+service must agree on the mode.
+
+With --owner, the address is the owner's: the one it claimed before, else
+--ip, else the network's first free address, and no endpoint of another
+owner may use it (daoli network claims lists them).`,
 		Example: `  daoli endpoint add --network blue --ip 10.1.0.5 --server node1 --port 80/tcp --name web-1
-  daoli endpoint add --network blue --ip 10.1.0.9 --server node2 --port 5432 --mode failover --priority 10`,
+  daoli endpoint add --network blue --ip 10.1.0.9 --server node2 --port 5432 --mode failover --priority 10
+  daoli endpoint add --network blue --owner pod:shop/db-0 --server node1 --port 5432`,
 		Args: cobra.NoArgs,
 		RunE: a.withClient(func(ctx context.Context, s *session, _ []string) error {
 			spec, err := f.spec()
@@ -87,7 +98,8 @@ service must agree on the mode.`,
 	}
 	fl := cmd.Flags()
 	fl.StringVar(&f.network, "network", "", "the network to attach to (required)")
-	fl.StringVar(&f.ip, "ip", "", "the IP the container has, inside the network's subnet (required)")
+	fl.StringVar(&f.ip, "ip", "", "the IP the container has, inside the network's subnet (required without --owner)")
+	fl.StringVar(&f.owner, "owner", "", "who the address belongs to, such as pod:NAMESPACE/NAME: it keeps the address for its next endpoints")
 	fl.StringVar(&f.mac, "mac", "", "the MAC the container has (default: a generated one)")
 	fl.StringVar(&f.name, "name", "", "a name to refer to the endpoint by, instead of its ID")
 	fl.StringVar(&f.server, "server", "", "the server the container runs on (required)")
@@ -96,7 +108,7 @@ service must agree on the mode.`,
 	fl.StringVar(&f.mode, "mode", string(mapper.Balance), "how a service spreads flows over its backends: balance or failover")
 	fl.Uint16Var(&f.priority, "priority", 0, "preference among failover backends; the highest active one gets the traffic")
 	fl.StringSliceVarP(&f.published, "publish", "p", nil, "publish a port to clients outside the cluster on every server, HOSTPORT:PORT[/tcp|/udp]")
-	for _, name := range []string{"network", "ip", "server"} {
+	for _, name := range []string{"network", "server"} {
 		cmd.MarkFlagRequired(name)
 	}
 	return cmd

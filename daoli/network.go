@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/daolinet/daoli/mapper"
 	"github.com/spf13/cobra"
@@ -13,7 +14,8 @@ import (
 func newNetworkCmd(a *app) *cobra.Command {
 	cmd := groupCmd("network", "Create, list, update and remove virtual networks")
 	a.addClientFlags(cmd)
-	cmd.AddCommand(newNetworkCreateCmd(a), newNetworkLsCmd(a), newNetworkUpdateCmd(a), newNetworkRmCmd(a))
+	cmd.AddCommand(newNetworkCreateCmd(a), newNetworkLsCmd(a), newNetworkUpdateCmd(a), newNetworkRmCmd(a),
+		newNetworkClaimsCmd(a), newNetworkForgetCmd(a))
 	return cmd
 }
 
@@ -162,4 +164,53 @@ func newNetworkRmCmd(a *app) *cobra.Command {
 // names removed (nothing with -o json: the API answers with no body).
 func networkRm(ctx context.Context, s *session, names []string) error {
 	return removeEach(s, names, func(name string) error { return s.cl.DeleteNetwork(ctx, name) })
+}
+
+func newNetworkClaimsCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "claims NETWORK",
+		Short: "List the addresses the registry remembers for their owners",
+		Long: `List a network's address claims: each owner (a pod, the service its
+replicas declare, a container) that created an endpoint without naming an
+address, or with one, keeps that IP (and MAC) for its next endpoints,
+on any server. No other endpoint may use a claimed address.`,
+		Args: exactArgs("NETWORK"),
+		RunE: a.withClient(func(ctx context.Context, s *session, args []string) error {
+			cs, err := s.cl.Claims(ctx, args[0])
+			if err != nil {
+				return err
+			}
+			return printList(s, cs, func([]mapper.Claim) {}, writeClaims)
+		}),
+	}
+}
+
+func newNetworkForgetCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "forget NETWORK OWNER",
+		Short: "Release an owner's address claim",
+		Long: `Release an owner's address claim: the address goes to the next endpoint
+that needs one once no endpoint holds it. Endpoints of the owner keep
+running; the owner's next endpoint gets a free address.`,
+		Example: "  daoli network forget blue pod:shop/db-0",
+		Args:    exactArgs("NETWORK", "OWNER"),
+		RunE: a.withClient(func(ctx context.Context, s *session, args []string) error {
+			c, err := s.cl.Forget(ctx, args[0], args[1])
+			if err != nil {
+				return err
+			}
+			return s.out.print(c, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "forgot %s: %s is free once no endpoint holds it\n", c.Owner, c.IP)
+				return err
+			})
+		}),
+	}
+}
+
+func writeClaims(w io.Writer, cs []mapper.Claim) error {
+	t := newTable(w, "OWNER", "IP", "MAC", "USED")
+	for _, c := range cs {
+		t.row(c.Owner, c.IP.String(), c.MAC.String(), c.Used.Format(time.RFC3339))
+	}
+	return t.flush()
 }

@@ -50,6 +50,7 @@ var errorCodes = []struct {
 	{ErrConflict, "conflict", http.StatusConflict},
 	{ErrInUse, "in_use", http.StatusConflict},
 	{ErrPortSpaceFull, "port_space_full", http.StatusConflict},
+	{ErrNetworkFull, "network_full", http.StatusConflict},
 	{ErrCompacted, "compacted", http.StatusGone},
 	{ErrUnavailable, "unavailable", http.StatusServiceUnavailable},
 	{ErrOutcomeUnknown, "outcome_unknown", http.StatusInternalServerError},
@@ -104,6 +105,8 @@ func NewAPI(reg *Registry, log *slog.Logger) *API {
 		{"GET /v1/networks/{name}", a.getNetwork},
 		{"PATCH /v1/networks/{name}", a.updateNetwork},
 		{"DELETE /v1/networks/{name}", a.deleteNetwork},
+		{"GET /v1/networks/{name}/claims", a.listClaims},
+		{"DELETE /v1/networks/{name}/claims", a.forget},
 		{"GET /v1/servers", a.listServers},
 		{"POST /v1/servers", a.registerServer},
 		{"GET /v1/servers/{name}", a.getServer},
@@ -201,6 +204,21 @@ func (a *API) updateNetwork(r *http.Request) (int, any, error) {
 
 func (a *API) deleteNetwork(r *http.Request) (int, any, error) {
 	return http.StatusNoContent, nil, a.reg.DeleteNetwork(r.Context(), r.PathValue("name"))
+}
+
+func (a *API) listClaims(r *http.Request) (int, any, error) {
+	cs, err := a.reg.Claims(r.Context(), r.PathValue("name"))
+	return http.StatusOK, cs, err
+}
+
+// forget takes the owner as a query parameter: owners hold slashes.
+func (a *API) forget(r *http.Request) (int, any, error) {
+	owner := r.URL.Query().Get("owner")
+	if owner == "" {
+		return 0, nil, invalid("owner", "missing; want ?owner=OWNER")
+	}
+	c, err := a.reg.Forget(r.Context(), r.PathValue("name"), owner)
+	return http.StatusOK, c, err
 }
 
 func (a *API) listServers(r *http.Request) (int, any, error) {

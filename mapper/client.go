@@ -246,6 +246,18 @@ func (c *Client) DeleteNetwork(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/networks/"+url.PathEscape(name), nil, nil)
 }
 
+// Claims lists the address claims of a network.
+func (c *Client) Claims(ctx context.Context, network string) ([]Claim, error) {
+	var cs []Claim
+	return cs, c.do(ctx, http.MethodGet, "/v1/networks/"+url.PathEscape(network)+"/claims", nil, &cs)
+}
+
+// Forget removes an owner's address claim in a network.
+func (c *Client) Forget(ctx context.Context, network, owner string) (Claim, error) {
+	var cl Claim
+	return cl, c.do(ctx, http.MethodDelete, "/v1/networks/"+url.PathEscape(network)+"/claims?owner="+url.QueryEscape(owner), nil, &cl)
+}
+
 // RegisterServer creates or updates a server.
 func (c *Client) RegisterServer(ctx context.Context, spec ServerSpec) (Server, error) {
 	var s Server

@@ -26,6 +26,9 @@ var (
 	// ErrPortSpaceFull is returned when a server has no free wire block,
 	// or a (network, IP) no free identity block.
 	ErrPortSpaceFull = errors.New("port space full")
+	// ErrNetworkFull is returned when an endpoint without an address
+	// needs one and every address of its network is held.
+	ErrNetworkFull = errors.New("network full")
 	// ErrCompacted is returned by a watch whose start revision was
 	// compacted away: list again and watch from the listed revision.
 	ErrCompacted = errors.New("revision compacted")

@@ -212,6 +212,9 @@ type Endpoint struct {
 	// endpoint's life, moves included.
 	ID   uint32 `json:"id"`
 	Name string `json:"name,omitempty"`
+	// Owner, when set, is who the endpoint's address belongs to (see
+	// Claim): endpoints of one owner share its IP; no other may use it.
+	Owner string `json:"owner,omitempty"`
 	// Network, IP and MAC are the identity the container sees.
 	Network   string     `json:"network"`
 	NetworkID uint32     `json:"network_id"`

@@ -405,6 +405,7 @@ func (r *Registry) DeleteNetwork(ctx context.Context, name string) error {
 		if held := t.List(identityPrefix(n.ID)); len(held) > 0 {
 			return fmt.Errorf("%w: endpoints with %d addresses are still attached; remove them first", ErrInUse, len(held))
 		}
+		dropClaims(t, n)
 		t.Del(networkKey(name))
 		return nil
 	})
@@ -583,11 +584,14 @@ func (r *Registry) DeleteServer(ctx context.Context, name string) error {
 // ---- endpoints ----
 
 // EndpointSpec is what an endpoint is created from. Zero MAC means
-// generate one; zero Mode means Balance; zero State means Active.
+// generate one (or the owner's, see Claim); zero Mode means Balance; zero
+// State means Active. IP may be zero when Owner is set: the owner's
+// claimed address, or a free one.
 type EndpointSpec struct {
 	Name      string     `json:"name,omitempty"`
+	Owner     string     `json:"owner,omitempty"`
 	Network   string     `json:"network"`
-	IP        netip.Addr `json:"ip"`
+	IP        netip.Addr `json:"ip,omitzero"`
 	MAC       MAC        `json:"mac,omitzero"`
 	Server    string     `json:"server"`
 	Interface string     `json:"interface,omitempty"`
@@ -616,7 +620,11 @@ func (r *Registry) check(spec *EndpointSpec) error {
 	if spec.Server == "" {
 		return invalid("server", "missing")
 	}
-	if !spec.IP.IsValid() {
+	if spec.Owner != "" {
+		if err := validOwner(spec.Owner); err != nil {
+			return err
+		}
+	} else if !spec.IP.IsValid() {
 		return invalid("ip", "missing")
 	}
 	if !spec.MAC.IsZero() && !spec.MAC.IsUnicast() {
@@ -752,6 +760,9 @@ func (r *Registry) create(t tx, spec *EndpointSpec) (Endpoint, error) {
 	if !t.get(networkKey(spec.Network), &n) {
 		return Endpoint{}, fieldErr("network", ErrNotFound, "network %q does not exist", spec.Network)
 	}
+	if err := r.claimAddress(t, n, spec); err != nil {
+		return Endpoint{}, err
+	}
 	if err := checkHostAddr("ip", spec.IP, n.Subnet); err != nil {
 		return Endpoint{}, err
 	}
@@ -823,7 +834,7 @@ func (r *Registry) create(t tx, spec *EndpointSpec) (Endpoint, error) {
 		return Endpoint{}, err
 	}
 	e := Endpoint{
-		ID: id, Name: spec.Name, Network: n.Name, NetworkID: n.ID, IP: spec.IP, MAC: mac,
+		ID: id, Name: spec.Name, Owner: spec.Owner, Network: n.Name, NetworkID: n.ID, IP: spec.IP, MAC: mac,
 		Server: srv.Name, Interface: spec.Interface, Ports: slices.Clone(spec.Ports),
 		Mode: spec.Mode, Priority: spec.Priority, State: spec.State,
 	}
@@ -870,6 +881,7 @@ func (r *Registry) create(t tx, spec *EndpointSpec) (Endpoint, error) {
 			return Endpoint{}, err
 		}
 	}
+	rememberMAC(t, e)
 	t.put(endpointKey(id), e)
 	return e, nil
 }
