@@ -62,7 +62,7 @@ func newAttachCmd(a *app) *cobra.Command {
 		ep            endpointAddFlags
 	)
 	cmd := &cobra.Command{
-		Use:   "attach --netns PATH --network NET --ip IP [--port 80/tcp...] [flags]",
+		Use:   "attach --netns PATH --network NET (--ip IP | --owner OWNER) [--port 80/tcp...] [flags]",
 		Short: "Attach a container to a network through this server's agent",
 		Long: `Attach a container, named by its network namespace, to a network: the
 agent registers the endpoint, creates a veth pair into the namespace, gives
@@ -80,7 +80,7 @@ left behind.`,
 			}
 			e, err := cl.Attach(ctx, agent.AttachRequest{
 				Netns: netns, Ifname: ifname, Network: spec.Network, IP: spec.IP, MAC: spec.MAC,
-				Name: spec.Name, Ports: spec.Ports, Mode: spec.Mode, Priority: spec.Priority,
+				Name: spec.Name, Owner: spec.Owner, Ports: spec.Ports, Mode: spec.Mode, Priority: spec.Priority,
 				Published: spec.Published,
 			})
 			if err != nil {
@@ -94,7 +94,8 @@ left behind.`,
 	fl.StringVar(&netns, "netns", "", "the container's network namespace: /proc/PID/ns/net or /run/netns/NAME (required)")
 	fl.StringVar(&ifname, "ifname", "eth0", "interface name inside the container")
 	fl.StringVar(&ep.network, "network", "", "network to attach to (required)")
-	fl.StringVar(&ep.ip, "ip", "", "the container's IP in the network (required)")
+	fl.StringVar(&ep.ip, "ip", "", "the container's IP in the network (required without --owner)")
+	fl.StringVar(&ep.owner, "owner", "", "who the address belongs to, such as pod:NAMESPACE/NAME: it keeps the address for its next endpoints")
 	fl.StringVar(&ep.mac, "mac", "", "the container's MAC (default: generated)")
 	fl.StringVar(&ep.name, "name", "", "endpoint name")
 	fl.StringArrayVar(&ep.ports, "port", nil, "a port it serves, PORT[/tcp|/udp]; repeat for more")

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/daolinet/daoli/agentapi"
 	"github.com/daolinet/daoli/mapper"
 )
 
@@ -50,7 +51,7 @@ type Plugin struct {
 	cfg   Config
 	log   *slog.Logger
 	mc    *mapper.Client
-	agent *agentClient
+	agent *agentapi.Client
 	path  string // the state file
 
 	ctx    context.Context // ends with Close: background name lookups
@@ -94,7 +95,7 @@ func New(cfg Config) (*Plugin, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Plugin{
-		cfg: cfg, log: log, mc: cfg.Mapper, agent: newAgentClient(cfg.AgentSocket), path: path,
+		cfg: cfg, log: log, mc: cfg.Mapper, agent: agentapi.NewClient(cfg.AgentSocket), path: path,
 		ctx: ctx, cancel: cancel, st: st, pending: map[netip.Prefix]map[netip.Addr]bool{},
 	}, nil
 }
@@ -399,7 +400,7 @@ func (p *Plugin) createEndpoint(ctx context.Context, req createEndpointRequest) 
 	if err := p.checkClaim(ctx, ns.Name, ip, decl.Service, name, 0); err != nil {
 		return resp, fmt.Errorf("create endpoint: %w", err)
 	}
-	r, err := p.agent.hostVeth(ctx, hostVethRequest{
+	r, err := p.agent.HostVeth(ctx, agentapi.HostVethRequest{
 		Network: ns.Name, IP: ip, MAC: mac, Name: name, Ports: decl.Ports,
 		Mode: decl.Mode, Priority: decl.Priority, State: mapper.Down,
 	})
@@ -408,7 +409,7 @@ func (p *Plugin) createEndpoint(ctx context.Context, req createEndpointRequest) 
 	}
 	e := r.Endpoint
 	undo := func(err error) (createEndpointResponse, error) {
-		if derr := p.agent.detach(context.WithoutCancel(ctx), strconv.FormatUint(uint64(e.ID), 10)); derr != nil {
+		if derr := detach(context.WithoutCancel(ctx), p.agent, e.ID); derr != nil {
 			err = errors.Join(err, fmt.Errorf("roll back endpoint %d: %w", e.ID, derr))
 		}
 		return createEndpointResponse{}, fmt.Errorf("create endpoint: %w", err)
@@ -524,8 +525,8 @@ func (p *Plugin) deleteEndpoint(ctx context.Context, req endpointRequest) (struc
 	if !ok {
 		return struct{}{}, nil // deleting twice is not an error
 	}
-	err := p.agent.detach(ctx, strconv.FormatUint(uint64(ep.Endpoint), 10))
-	var ae *agentError
+	err := detach(ctx, p.agent, ep.Endpoint)
+	var ae *agentapi.Error
 	if err != nil && !(errors.As(err, &ae) && ae.Status == http.StatusNotFound) {
 		return struct{}{}, fmt.Errorf("delete endpoint %d: %w", ep.Endpoint, err)
 	}

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/daolinet/daoli/agentapi"
 	"github.com/daolinet/daoli/mapper"
 	"github.com/daolinet/daoli/mapper/store"
 	"github.com/google/go-cmp/cmp"
@@ -90,7 +91,7 @@ func (f *fakeAgent) serve(t *testing.T) string {
 		json.NewEncoder(w).Encode(v)
 	}
 	mux.HandleFunc("POST /v1/host-veth", func(w http.ResponseWriter, r *http.Request) {
-		var req hostVethRequest
+		var req agentapi.HostVethRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 			reply(w, nil, err)
 			return
@@ -104,7 +105,7 @@ func (f *fakeAgent) serve(t *testing.T) string {
 			Name: req.Name, Network: req.Network, IP: req.IP, MAC: req.MAC, Server: testServer, Interface: host,
 			Ports: req.Ports, Mode: req.Mode, Priority: req.Priority, State: req.State,
 		})
-		reply(w, hostVethResponse{Endpoint: e, Peer: "dlc" + host[2:]}, err)
+		reply(w, agentapi.HostVethResponse{Endpoint: e, Peer: "dlc" + host[2:]}, err)
 	})
 	mux.HandleFunc("POST /v1/detach", func(w http.ResponseWriter, r *http.Request) {
 		var req struct{ Endpoint string }

@@ -26,6 +26,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/daolinet/daoli/agentapi"
 	"github.com/daolinet/daoli/dataplane"
 	"github.com/daolinet/daoli/mapper"
 	"github.com/vishvananda/netlink"
@@ -133,12 +134,7 @@ func New(cfg Config) (*Agent, error) {
 }
 
 // SocketPath is where the agent of server name listens under runDir.
-func SocketPath(runDir, name string) string {
-	if runDir == "" {
-		runDir = "/run/daoli"
-	}
-	return filepath.Join(runDir, name+".sock")
-}
+func SocketPath(runDir, name string) string { return agentapi.SocketPath(runDir, name) }
 
 // Run starts the agent and serves until ctx ends. On return the dataplane
 // stays programmed and attached: traffic keeps flowing without the agent.

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/daolinet/daoli/agentapi"
 	"github.com/daolinet/daoli/dataplane"
 	"github.com/daolinet/daoli/mapper"
 )
@@ -68,6 +69,10 @@ func (a *Agent) api() http.Handler {
 				} else if errors.Is(err, errBadRequest) {
 					status = http.StatusBadRequest
 				}
+				var nr *notReady
+				if errors.As(err, &nr) {
+					status = http.StatusServiceUnavailable
+				}
 				w.WriteHeader(status)
 				json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
 				return
@@ -97,6 +102,17 @@ func (a *Agent) api() http.Handler {
 		return a.Detach(ctx, req)
 	})
 	handle("POST /v1/host-veth", a.hostVethRoute) // hostveth.go: for Docker's network plugin
+	handle("POST /v1/check", func(ctx context.Context, b []byte) (any, error) {
+		var req agentapi.CheckRequest
+		if err := decode(b, &req); err != nil {
+			return nil, err
+		}
+		return a.Check(ctx, req)
+	})
+	handle("GET /v1/ready", func(ctx context.Context, _ []byte) (any, error) { return a.Ready(ctx) })
+	handle("GET /v1/endpoints", func(ctx context.Context, _ []byte) (any, error) {
+		return a.mc.Endpoints(ctx, "", a.cfg.Name)
+	})
 	handle("GET /v1/status", func(ctx context.Context, _ []byte) (any, error) { return a.Status() })
 	return mux
 }
@@ -130,74 +146,15 @@ func (a *Agent) Status() (Status, error) {
 	return s, err
 }
 
-// Client talks to an agent over its unix socket. It is safe for
-// concurrent use.
-type Client struct {
-	path string
-	hc   *http.Client
-}
+// Client talks to an agent over its unix socket: agentapi's client, and
+// the agent's status. It is safe for concurrent use.
+type Client struct{ *agentapi.Client }
 
 // NewClient returns a client of the agent listening at socket path.
-func NewClient(path string) *Client {
-	return &Client{path: path, hc: &http.Client{Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", path)
-		},
-	}}}
-}
-
-func (c *Client) do(ctx context.Context, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return err
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://agent"+path, body)
-	if err != nil {
-		return err
-	}
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		return fmt.Errorf("agent at %s: %w (is the agent running?)", c.path, err)
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		var e struct {
-			Error string `json:"error"`
-		}
-		json.NewDecoder(resp.Body).Decode(&e)
-		if e.Error == "" {
-			e.Error = resp.Status
-		}
-		return errors.New(e.Error)
-	}
-	return json.NewDecoder(resp.Body).Decode(out)
-}
-
-// Attach asks the agent to attach a container.
-func (c *Client) Attach(ctx context.Context, req AttachRequest) (mapper.Endpoint, error) {
-	var e mapper.Endpoint
-	return e, c.do(ctx, http.MethodPost, "/v1/attach", req, &e)
-}
-
-// Move asks the agent to take over an endpoint's container.
-func (c *Client) Move(ctx context.Context, req MoveRequest) (mapper.Endpoint, error) {
-	var e mapper.Endpoint
-	return e, c.do(ctx, http.MethodPost, "/v1/move", req, &e)
-}
-
-// Detach asks the agent to remove an endpoint.
-func (c *Client) Detach(ctx context.Context, req DetachRequest) (mapper.Endpoint, error) {
-	var e mapper.Endpoint
-	return e, c.do(ctx, http.MethodPost, "/v1/detach", req, &e)
-}
+func NewClient(path string) *Client { return &Client{agentapi.NewClient(path)} }
 
 // Status returns the agent's status.
 func (c *Client) Status(ctx context.Context) (Status, error) {
 	var s Status
-	return s, c.do(ctx, http.MethodGet, "/v1/status", nil, &s)
+	return s, c.Do(ctx, http.MethodGet, "/v1/status", nil, &s)
 }

@@ -11,43 +11,19 @@ import (
 	"strings"
 	"time"
 
+	"github.com/daolinet/daoli/agentapi"
 	"github.com/daolinet/daoli/mapper"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
-// AttachRequest attaches a container to a network through this server.
-type AttachRequest struct {
-	// Netns is the path of the container's network namespace, such as
-	// /proc/PID/ns/net or /run/netns/NAME.
-	Netns string `json:"netns"`
-	// Ifname is the interface inside the container. Zero means eth0.
-	Ifname   string            `json:"ifname,omitempty"`
-	Network  string            `json:"network"`
-	IP       netip.Addr        `json:"ip"`
-	MAC      mapper.MAC        `json:"mac,omitzero"`
-	Name     string            `json:"name,omitempty"`
-	Ports    []mapper.PortSpec `json:"ports,omitempty"`
-	Mode     mapper.Mode       `json:"mode,omitempty"`
-	Priority uint16            `json:"priority,omitempty"`
-	// Published are ports every server serves to clients outside the
-	// cluster, leading to ports it serves.
-	Published []mapper.PublishedPort `json:"published,omitempty"`
-}
-
-// MoveRequest re-attaches an endpoint's container to this server: live
-// migration when the container's namespace is reachable from here.
-type MoveRequest struct {
-	Endpoint string `json:"endpoint"` // ID or name
-	Netns    string `json:"netns"`
-	Ifname   string `json:"ifname,omitempty"`
-}
-
-// DetachRequest removes an endpoint attached through this server.
-type DetachRequest struct {
-	Endpoint string `json:"endpoint"` // ID or name
-}
+// The socket's requests are agentapi's, the protocol hooks share.
+type (
+	AttachRequest = agentapi.AttachRequest
+	MoveRequest   = agentapi.MoveRequest
+	DetachRequest = agentapi.DetachRequest
+)
 
 func hostIfname() string {
 	var b [4]byte
@@ -135,7 +111,7 @@ func (a *Agent) Attach(ctx context.Context, req AttachRequest) (mapper.Endpoint,
 	mctx, cancel := detached(ctx)
 	defer cancel()
 	e, err := a.mc.CreateEndpoint(mctx, mapper.EndpointSpec{
-		Name: req.Name, Network: req.Network, IP: req.IP, MAC: req.MAC, Server: a.cfg.Name,
+		Name: req.Name, Owner: req.Owner, Network: req.Network, IP: req.IP, MAC: req.MAC, Server: a.cfg.Name,
 		Interface: host, Ports: req.Ports, Mode: req.Mode, Priority: req.Priority,
 		Published: req.Published,
 	})

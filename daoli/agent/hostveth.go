@@ -10,38 +10,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/netip"
 
+	"github.com/daolinet/daoli/agentapi"
 	"github.com/daolinet/daoli/mapper"
 	"github.com/vishvananda/netlink"
 )
 
-// HostVethRequest registers an endpoint on this server and creates its
-// veth pair in the server's namespace, both ends there: the caller moves
-// the peer into the container (POST /v1/host-veth).
-type HostVethRequest struct {
-	Network  string            `json:"network"`
-	IP       netip.Addr        `json:"ip"`
-	MAC      mapper.MAC        `json:"mac,omitzero"`
-	Name     string            `json:"name,omitempty"`
-	Ports    []mapper.PortSpec `json:"ports,omitempty"`
-	Mode     mapper.Mode       `json:"mode,omitempty"`
-	Priority uint16            `json:"priority,omitempty"`
-	// State is the endpoint's first state. Zero means active; an
-	// orchestrator that must check the registration first (Docker's
-	// plugin claims an address this way) asks for down and marks the
-	// endpoint active in the mapper when the container starts.
-	State mapper.State `json:"state,omitempty"`
-}
-
-// HostVethResponse is what POST /v1/host-veth answers.
-type HostVethResponse struct {
-	Endpoint mapper.Endpoint `json:"endpoint"`
-	// Peer is the container's side, down, in the server's namespace,
-	// with the endpoint's MAC and the uplink's MTU. Deleting the
-	// endpoint (POST /v1/detach) deletes the pair, wherever Peer is then.
-	Peer string `json:"peer"`
-}
+type (
+	HostVethRequest  = agentapi.HostVethRequest
+	HostVethResponse = agentapi.HostVethResponse
+)
 
 func (a *Agent) hostVethRoute(ctx context.Context, b []byte) (any, error) {
 	var req HostVethRequest
