@@ -9,7 +9,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -26,7 +28,7 @@ as it saw it; "app ask" keeps asking and prints one timestamped line per
 request, so gaps and failures show.`
 	cmd.Example = `  ip netns exec web daoli app serve --port 8080 --name web-1
   ip netns exec client daoli app ask --to 10.1.0.5:8080 --count 0 --interval 10ms --keep`
-	cmd.AddCommand(newAppServeCmd(a), newAppAskCmd(a))
+	cmd.AddCommand(newAppServeCmd(a), newAppAskCmd(a), newAppPauseCmd())
 	return cmd
 }
 
@@ -227,4 +229,32 @@ func askApp(ctx context.Context, w io.Writer, to, proto string, count int, inter
 		}
 	}
 	return nil
+}
+
+// newAppPauseCmd is a pod sandbox's process, like Kubernetes' pause image:
+// it holds the pod's namespaces, reaps the orphans it inherits as the
+// first process of a PID namespace, and exits on SIGTERM or SIGINT.
+func newAppPauseCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "pause",
+		Short: "Hold a pod sandbox's namespaces until told to stop",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			reap := make(chan os.Signal, 1)
+			signal.Notify(reap, syscall.SIGCHLD)
+			for {
+				select {
+				case <-cmd.Context().Done():
+					return nil
+				case <-reap:
+					for {
+						var ws syscall.WaitStatus
+						if pid, err := syscall.Wait4(-1, &ws, syscall.WNOHANG, nil); pid <= 0 || err != nil {
+							break
+						}
+					}
+				}
+			}
+		},
+	}
 }

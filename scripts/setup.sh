@@ -11,6 +11,10 @@
 #   docker    Debian's docker.io (dockerd 20.10, containerd, runc) for the
 #             Docker plugin's tests; they start their own dockerd, so no
 #             system one is started or needed
+#   kubernetes  Debian's containerd (1.6, with its CRI plugin) and runc, and
+#             into .tools/: crictl (sigs.k8s.io/cri-tools) and the CNI
+#             loopback plugin (containernetworking/plugins), for the CNI
+#             plugin's runtime tests; they start their own containerd
 #   etcd      .tools/etcd, the etcd server at the version go.mod names
 #             (a go tool of this module), for a registry on etcd
 #             (docs/ha.md); tests build it themselves
@@ -20,6 +24,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 STATICCHECK_VERSION=v0.8.2   # supports the go directive in go.mod
+CRICTL_VERSION=v1.37.0       # speaks CRI v1, which containerd 1.6 serves
+CNI_PLUGINS_VERSION=v1.10.0  # the loopback plugin containerd's CRI always runs
 CLANG=clang-19               # the one clang that builds the committed objects
 
 apt_packages=()
@@ -36,8 +42,12 @@ for purpose in "$@"; do
 	bench) apt_packages+=(iproute2 iperf3 iptables) ;;
 	docker) apt_packages+=(docker.io containerd runc util-linux) ;; # swarmhook's tests run their own dockerd
 	etcd) need_tools+=(etcd) ;;
+	kubernetes)
+		apt_packages+=(containerd runc util-linux)
+		need_tools+=(crictl loopback)
+		;;
 	*)
-		echo "setup.sh: unknown purpose \"$purpose\"; want build, demo, test, generate, docker, etcd or bench" >&2
+		echo "setup.sh: unknown purpose \"$purpose\"; want build, demo, test, generate, docker, kubernetes, etcd or bench" >&2
 		exit 2
 		;;
 	esac
@@ -64,6 +74,21 @@ for tool in "${need_tools[@]}"; do
 		if ! .tools/staticcheck -version 2>/dev/null | grep -q "${STATICCHECK_VERSION#v}"; then
 			echo "setup.sh: installing staticcheck $STATICCHECK_VERSION into .tools/"
 			GOBIN="$PWD/.tools" go install "honnef.co/go/tools/cmd/staticcheck@$STATICCHECK_VERSION"
+		fi
+		;;
+	crictl)
+		if ! .tools/crictl --version 2>/dev/null | grep -q "${CRICTL_VERSION#v}"; then
+			echo "setup.sh: installing crictl $CRICTL_VERSION into .tools/"
+			GOBIN="$PWD/.tools" go install -ldflags "-X sigs.k8s.io/cri-tools/pkg/version.Version=${CRICTL_VERSION#v}" \
+				"sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"
+		fi
+		;;
+	loopback)
+		if [ ! -x .tools/cni/loopback ] || [ "$(cat .tools/cni/.version 2>/dev/null)" != "$CNI_PLUGINS_VERSION" ]; then
+			echo "setup.sh: installing the CNI loopback plugin $CNI_PLUGINS_VERSION into .tools/cni/"
+			mkdir -p .tools/cni
+			GOBIN="$PWD/.tools/cni" go install "github.com/containernetworking/plugins/plugins/main/loopback@$CNI_PLUGINS_VERSION"
+			echo "$CNI_PLUGINS_VERSION" >.tools/cni/.version
 		fi
 		;;
 	etcd)

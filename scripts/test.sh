@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-scripts/setup.sh build test generate docker bench
+scripts/setup.sh build test generate docker kubernetes bench
 export PATH="$PWD/.tools:$PATH"
 
 if [ "$(id -u)" != 0 ]; then

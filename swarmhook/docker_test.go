@@ -185,7 +185,7 @@ func newDockerEnv(t *testing.T) *dockerEnv {
 	dockerd, cli := requireDocker(t)
 	bin := daoliBinary(t)
 	w := testbed.New(t, 1)
-	removeCreatedDirs(t, filepath.Join(PluginDir), filepath.Dir(PluginDir), "/run/containerd/s", "/run/containerd")
+	testbed.RemoveCreatedDirs(t, filepath.Join(PluginDir), filepath.Dir(PluginDir), "/run/containerd/s", "/run/containerd")
 	e := &dockerEnv{t: t, w: w, cli: cli, runDir: t.TempDir(), running: &running{}}
 	var b [4]byte
 	rand.Read(b[:])
@@ -273,7 +273,7 @@ func newDockerEnv(t *testing.T) *dockerEnv {
 			cmd.Process.Kill()
 			<-done
 		}
-		removeCgroups(t, cgroup)
+		testbed.RemoveCgroups(t, cgroup)
 		if t.Failed() {
 			t.Logf("dockerd's log:\n%s", tail(logs.String(), 60))
 		}
@@ -335,35 +335,6 @@ func (e *dockerEnv) removeAll() {
 	if ids, err := e.docker("network", "ls", "-q", "--filter", "driver="+e.plugin); err == nil && strings.TrimSpace(ids) != "" {
 		e.docker(append([]string{"network", "rm"}, strings.Fields(ids)...)...)
 	}
-}
-
-func removeCgroups(t *testing.T, parent string) {
-	dirs, _ := filepath.Glob(filepath.Join("/sys/fs/cgroup", "*", parent))
-	if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", parent)); err == nil {
-		dirs = append(dirs, filepath.Join("/sys/fs/cgroup", parent))
-	}
-	for _, d := range dirs {
-		if err := os.Remove(d); err != nil && !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("remove cgroup %s: %v", d, err)
-		}
-	}
-}
-
-// removeCreatedDirs removes at cleanup those of dirs (deepest first) that
-// do not exist now and are empty then: what this test's plugin, dockerd and
-// containerd created outside the test's own directories.
-func removeCreatedDirs(t *testing.T, dirs ...string) {
-	var created []string
-	for _, d := range dirs {
-		if _, err := os.Stat(d); errors.Is(err, os.ErrNotExist) {
-			created = append(created, d)
-		}
-	}
-	t.Cleanup(func() {
-		for _, d := range created {
-			os.Remove(d) // fails, rightly, when something else put a file there
-		}
-	})
 }
 
 func errorf(format string, args ...any) error { return fmt.Errorf(format, args...) }

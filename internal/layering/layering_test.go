@@ -1,11 +1,13 @@
 // Package layering holds the test that keeps daoli's dependency graph
 // pointing one way:
 //
-//	daoli → {swarmhook, dataplane} → mapper
+//	daoli → {swarmhook, cni, dataplane} → agentapi → mapper
 //
 // The mapper imports nothing of ours and nothing of eBPF, netlink or
-// Docker; only dataplane imports cilium/ebpf; only swarmhook imports the
-// Docker client. docs/architecture.md explains why.
+// Docker; agentapi, the agent socket's protocol, only the mapper; the
+// hooks (swarmhook, cni) never the agent or its dataplane; only dataplane
+// imports cilium/ebpf; only swarmhook imports the Docker client.
+// docs/architecture.md explains why.
 package layering
 
 import (
@@ -51,7 +53,12 @@ func TestDependenciesPointOneWay(t *testing.T) {
 		{module + "/mapper", []string{module + "/dataplane", module + "/swarmhook", module + "/daoli", module + "/internal",
 			"github.com/cilium/ebpf", "github.com/vishvananda/netlink", "github.com/docker"}},
 		{module + "/dataplane", []string{module + "/swarmhook", module + "/daoli", "github.com/docker"}},
-		{module + "/swarmhook", []string{module + "/dataplane", module + "/daoli", "github.com/cilium/ebpf"}},
+		{module + "/swarmhook", []string{module + "/dataplane", module + "/daoli", module + "/cni", "github.com/cilium/ebpf"}},
+		{module + "/agentapi", []string{module + "/dataplane", module + "/swarmhook", module + "/daoli", module + "/cni", module + "/internal",
+			"github.com/cilium/ebpf", "github.com/vishvananda/netlink", "github.com/docker"}},
+		{module + "/cni", []string{module + "/dataplane", module + "/swarmhook", module + "/daoli",
+			"github.com/cilium/ebpf", "github.com/vishvananda/netlink", "github.com/docker"}},
+		{module + "/cmd/daoli-cni", []string{module + "/dataplane", module + "/swarmhook", module + "/daoli", "github.com/cilium/ebpf", "github.com/docker"}},
 	}
 	for _, p := range list(t) {
 		for _, r := range rules {
