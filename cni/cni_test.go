@@ -2,7 +2,10 @@ package cni_test
 
 import (
 	"context"
+	"encoding/json"
 	"net/netip"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -111,6 +114,9 @@ func TestPodKeepsItsAddress(t *testing.T) {
 	if ip := podIP(t, e.mustAdd(cn, l0, pinned)); ip != netip.MustParseAddr("10.1.0.77") {
 		t.Errorf("a pod annotated daoli.io/ip=10.1.0.77 got %s", ip)
 	}
+	// Kubernetes' longest names: a 63-character namespace, a 253-character pod.
+	long := e.newPod(strings.Repeat("n", 63), strings.Repeat("p", 253), nil)
+	e.mustAdd(cn, l0, long)
 	claims, err := e.mc.Claims(context.Background(), "blue")
 	if err != nil {
 		t.Fatal(err)
@@ -183,6 +189,15 @@ func TestBadInput(t *testing.T) {
 				t.Errorf("error %d %q; want code %d saying %q", te.Code, te.Msg, tc.code, tc.says)
 			}
 		})
+	}
+	// Stdin that is not JSON, sent as a runtime would.
+	cmd := exec.Command(filepath.Join(e.pluginDir, "daoli-cni"))
+	cmd.Env = []string{"CNI_COMMAND=ADD", "CNI_CONTAINERID=x", "CNI_NETNS=" + held.rt.NetNS, "CNI_IFNAME=eth1", "CNI_PATH=" + e.pluginDir}
+	cmd.Stdin = strings.NewReader(`{"cniVersion": "1.1.0", "name": "blue", "type": "daoli-cni", "ports": [8080`)
+	out, _ := cmd.Output()
+	var te types.Error
+	if err := json.Unmarshal(out, &te); err != nil || te.Code != types.ErrDecodingFailure {
+		t.Errorf("ADD with broken JSON answered %q, want CNI error %d", out, types.ErrDecodingFailure)
 	}
 	// The runtime adds the same container twice.
 	_, err := e.add(e.runtime(), good, held)

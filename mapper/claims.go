@@ -38,14 +38,18 @@ func claimIPKey(net uint32, ip netip.Addr) string {
 }
 func membersPrefix(net uint32) string { return fmt.Sprintf("%smembers/%d/", idxPrefix, net) }
 
-// validOwner accepts 1 to 253 printable ASCII characters without spaces:
-// enough for "pod:NAMESPACE/NAME" with Kubernetes' longest names.
+// maxOwner is enough for "service:NAMESPACE/NAME" with Kubernetes'
+// longest names (63 and 253 characters).
+const maxOwner = 330
+
+// validOwner accepts 1 to maxOwner printable ASCII characters without
+// spaces.
 func validOwner(s string) error {
 	if s == "" {
 		return invalid("owner", "missing")
 	}
-	if len(s) > 253 {
-		return invalid("owner", "%.40q... is longer than 253 characters", s)
+	if len(s) > maxOwner {
+		return invalid("owner", "%.40q... is longer than %d characters", s, maxOwner)
 	}
 	for _, c := range s {
 		if c <= ' ' || c > '~' {

@@ -2,6 +2,7 @@ package mapper_test
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/daolinet/daoli/mapper"
@@ -150,7 +151,7 @@ func TestOwnerValidation(t *testing.T) {
 	for _, tc := range []struct{ owner, fragment string }{
 		{"pod:a b", "printable ASCII without spaces"},
 		{"pod:\x00", "printable ASCII without spaces"},
-		{string(make([]byte, 254)), "longer than 253"},
+		{"pod:" + strings.Repeat("a", 327), "longer than 330"},
 	} {
 		_, err := reg.CreateEndpoint(ctx, owned(tc.owner, "s1"))
 		wantErr(t, err, mapper.ErrInvalid, "owner", tc.fragment)
