@@ -54,18 +54,17 @@ returns.`,
 			if err != nil {
 				return err
 			}
-			cl, err := newClient(a.client.mapper)
-			if err != nil {
-				return err
-			}
 			// A mapper that accepts connections and then hangs must not
 			// stall the agent: bound the connect and the wait for a
 			// response's headers (a watch sends them at once).
-			cl = cl.WithHTTPClient(&http.Client{Transport: &http.Transport{
+			cl, err := a.mapperClient(&http.Transport{
 				DialContext:           (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
 				ResponseHeaderTimeout: 10 * time.Second,
 				IdleConnTimeout:       time.Minute,
-			}})
+			})
+			if err != nil {
+				return err
+			}
 			if f.healthInterval < 0 || f.healthFailures < 1 {
 				return badFlagf("health-interval", f.healthInterval.String(), "want 0 (off) or more, with --health-failures 1 or more")
 			}
@@ -114,6 +113,7 @@ func (a *app) addMapperFlag(cmd *cobra.Command) {
 		def = mapper.DefaultAddr
 	}
 	cmd.Flags().StringVar(&a.client.mapper, "mapper", def, "mapper address, host:port or URL, or several separated by commas; $"+envMapper+" sets the default")
+	a.addTLSFlags(cmd.Flags())
 }
 
 func newLogger(w interface{ Write([]byte) (int, error) }, level, format string) (*slog.Logger, error) {

@@ -218,7 +218,12 @@ func TestWatch(t *testing.T) {
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
 			var out syncBuffer
-			root := newRootCmd(&out, &bytes.Buffer{}, func(string) string { return addr })
+			root := newRootCmd(&out, &bytes.Buffer{}, func(k string) string {
+				if k == envMapper {
+					return addr
+				}
+				return ""
+			})
 			root.SetArgs([]string{"watch", "--revision", "1", "-o", tt.format})
 			done := make(chan error, 1)
 			go func() { done <- root.ExecuteContext(ctx) }()

@@ -51,7 +51,7 @@ container holds any more (a dockerd killed mid-way never says so).
 			if err != nil {
 				return err
 			}
-			cl, err := newClient(a.client.mapper)
+			cl, err := a.mapperClient(nil)
 			if err != nil {
 				return err
 			}

@@ -251,13 +251,13 @@ func TestMapperFlags(t *testing.T) {
 		{
 			name: "everything set",
 			flags: defaults(func(f *mapperFlags) {
-				f.listen, f.db, f.blockSize = ":0", "/var/lib/daoli/registry.db", 64
+				f.listen, f.db, f.blockSize, f.insecure = ":0", "/var/lib/daoli/registry.db", 64, true
 				f.wirePorts, f.identityPorts, f.logLevel, f.logFormat = "20000-29999", "40000-49999", "DEBUG", "json"
 			}),
 			want: mapperConfig{
 				listen: ":0", db: "/var/lib/daoli/registry.db",
 				registry: mapper.Config{BlockSize: 64, WirePorts: mapper.PortRange{First: 20000, Last: 29999}, IdentityPorts: mapper.PortRange{First: 40000, Last: 49999}},
-				level:    slog.LevelDebug, json: true,
+				level:    slog.LevelDebug, json: true, insecure: true,
 			},
 		},
 		{
@@ -386,6 +386,32 @@ func TestMapperFlags(t *testing.T) {
 			wantErr:  `--server-ttl "500ms": want one second or more (leases have a granularity of one second)`,
 			wantFlag: "server-ttl",
 		},
+		{
+			name:     "plain HTTP beyond loopback",
+			flags:    defaults(func(f *mapperFlags) { f.listen = "10.0.0.1:9470" }),
+			wantErr:  `--listen "10.0.0.1:9470": a mapper without TLS serves only on loopback, since anyone who reaches it may rewrite the registry; give --tls-cert, --tls-key and --tls-client-ca (docs/security.md), or --insecure on a network only trusted machines reach`,
+			wantFlag: "listen",
+		},
+		{
+			name:     "certificate without key",
+			flags:    defaults(func(f *mapperFlags) { f.tlsCert = "m.pem" }),
+			wantErr:  `--tls-cert "m.pem": --tls-cert needs --tls-key, the certificate's key`,
+			wantFlag: "tls-cert",
+		},
+		{
+			name:     "TLS without client certificates",
+			flags:    defaults(func(f *mapperFlags) { f.tlsCert, f.tlsKey = "m.pem", "m-key.pem" }),
+			wantErr:  `--tls-client-ca "": missing; a mapper over TLS requires client certificates signed by this CA (daoli ca init makes one)`,
+			wantFlag: "tls-client-ca",
+		},
+		{
+			name: "TLS and insecure",
+			flags: defaults(func(f *mapperFlags) {
+				f.tlsCert, f.tlsKey, f.tlsClientCA, f.insecure = "m.pem", "m-key.pem", "ca.pem", true
+			}),
+			wantErr:  `--insecure "true": contradicts --tls-cert`,
+			wantFlag: "insecure",
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -437,7 +463,7 @@ func TestNewClient(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.addr, func(t *testing.T) {
-			cl, err := newClient(tt.addr)
+			cl, err := newClient(tt.addr, false)
 			if errString(err) != tt.wantErr {
 				t.Fatalf("error = %q, want %q", errString(err), tt.wantErr)
 			}

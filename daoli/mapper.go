@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"strconv"
@@ -44,6 +45,10 @@ type mapperFlags struct {
 	identityPorts string
 	logLevel      string
 	logFormat     string
+	tlsCert       string
+	tlsKey        string
+	tlsClientCA   string
+	insecure      bool
 }
 
 // mapperConfig is mapperFlags parsed and checked.
@@ -54,6 +59,9 @@ type mapperConfig struct {
 	registry mapper.Config     // without Store and Logger
 	level    slog.Level
 	json     bool
+	tls      *tls.Config           // nil: plain HTTP
+	auth     *mapper.Authenticator // nil: no client certificates
+	insecure bool                  // plain HTTP beyond loopback, on purpose
 }
 
 func (f *mapperFlags) config() (mapperConfig, error) {
@@ -64,6 +72,9 @@ func (f *mapperFlags) config() (mapperConfig, error) {
 	}
 	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
 		return mapperConfig{}, badFlagf("listen", f.listen, "port %q is not a number from 0 to 65535", port)
+	}
+	if err := f.tlsConfig(&cfg); err != nil {
+		return mapperConfig{}, err
 	}
 	switch {
 	case f.etcd != "":
@@ -102,6 +113,43 @@ func (f *mapperFlags) config() (mapperConfig, error) {
 		return mapperConfig{}, badFlagf("log-format", f.logFormat, "want text or json")
 	}
 	return cfg, nil
+}
+
+// tlsConfig checks the serving flags: TLS with client certificates, or
+// plain HTTP on loopback (or, with --insecure, anywhere).
+func (f *mapperFlags) tlsConfig(cfg *mapperConfig) error {
+	switch {
+	case f.tlsCert != "" && f.tlsKey == "":
+		return badFlagf("tls-cert", f.tlsCert, "--tls-cert needs --tls-key, the certificate's key")
+	case f.tlsKey != "" && f.tlsCert == "":
+		return badFlagf("tls-key", f.tlsKey, "--tls-key needs --tls-cert, the certificate it is the key of")
+	case f.tlsCert != "" && f.tlsClientCA == "":
+		return badFlagf("tls-client-ca", "", "missing; a mapper over TLS requires client certificates signed by this CA (daoli ca init makes one)")
+	case f.tlsClientCA != "" && f.tlsCert == "":
+		return badFlagf("tls-client-ca", f.tlsClientCA, "needs --tls-cert and --tls-key, the mapper's own certificate")
+	case f.tlsCert != "" && f.insecure:
+		return badFlagf("insecure", "true", "contradicts --tls-cert")
+	}
+	if f.tlsCert == "" {
+		host, _, _ := net.SplitHostPort(f.listen)
+		ip, err := netip.ParseAddr(host)
+		if !f.insecure && host != "localhost" && (err != nil || !ip.IsLoopback()) {
+			return badFlagf("listen", f.listen, "a mapper without TLS serves only on loopback, since anyone who reaches it may rewrite the registry; "+
+				"give --tls-cert, --tls-key and --tls-client-ca (docs/security.md), or --insecure on a network only trusted machines reach")
+		}
+		cfg.insecure = f.insecure
+		return nil
+	}
+	tc, err := mapper.ServerTLS(f.tlsCert, f.tlsKey)
+	if err != nil {
+		return badFlag("tls-cert", f.tlsCert, err)
+	}
+	au, err := mapper.NewAuthenticator(f.tlsClientCA)
+	if err != nil {
+		return badFlag("tls-client-ca", f.tlsClientCA, err)
+	}
+	cfg.tls, cfg.auth = tc, au
+	return nil
 }
 
 // etcdConfig parses --etcd and its TLS flags.
@@ -215,6 +263,10 @@ registry is created: every dataplane masks ports with it.`,
 	fl.Uint16Var(&f.blockSize, "block-size", f.blockSize, "ports in each wire and identity block: a power of two from 8 to 32768, fixed when the registry is created (0: the registry's, or 256 for a new one)")
 	fl.StringVar(&f.wirePorts, "wire-ports", f.wirePorts, "range of each server address's ports given out as wire blocks, FIRST-LAST")
 	fl.StringVar(&f.identityPorts, "identity-ports", f.identityPorts, "range identity blocks (the client ports peers see) come from, FIRST-LAST")
+	fl.StringVar(&f.tlsCert, "tls-cert", "", "serve over TLS with this certificate (PEM; daoli ca issue --role mapper makes it)")
+	fl.StringVar(&f.tlsKey, "tls-key", "", "key (PEM) of --tls-cert")
+	fl.StringVar(&f.tlsClientCA, "tls-client-ca", "", "CA (PEM) whose client certificates the mapper accepts; their roles say what each may do (docs/security.md)")
+	fl.BoolVar(&f.insecure, "insecure", false, "serve plain HTTP, with no authentication, on an address beyond loopback")
 	fl.StringVar(&f.logLevel, "log-level", f.logLevel, "debug, info, warn or error")
 	fl.StringVar(&f.logFormat, "log-format", f.logFormat, "text or json (logs go to stderr)")
 	return cmd
@@ -262,6 +314,16 @@ func runMapper(ctx context.Context, cfg mapperConfig, logw io.Writer) error {
 	}
 	api := mapper.NewAPI(reg, log)
 	defer api.Close()
+	security := "plain HTTP on loopback"
+	switch {
+	case cfg.tls != nil:
+		ln = tls.NewListener(ln, cfg.tls)
+		api.RequireClientCerts(cfg.auth)
+		security = "TLS, client certificates required"
+	case cfg.insecure:
+		security = "plain HTTP, no authentication (--insecure)"
+		log.Warn("serving without TLS or authentication: anyone who reaches " + cfg.listen + " may rewrite the registry")
+	}
 	srv := &http.Server{
 		Handler:           api,
 		ReadHeaderTimeout: readHeaderTimeout,
@@ -271,7 +333,7 @@ func runMapper(ctx context.Context, cfg mapperConfig, logw io.Writer) error {
 	lctx, stopLiveness := context.WithCancel(context.WithoutCancel(ctx))
 	livenessDone := make(chan struct{})
 	go func() { defer close(livenessDone); reg.RunLiveness(lctx) }()
-	log.Info("mapper listening", "addr", ln.Addr().String(), "registry", where,
+	log.Info("mapper listening", "addr", ln.Addr().String(), "security", security, "registry", where,
 		"block_size", reg.BlockSize(), "wire_ports", rc.WirePorts.String(), "identity_ports", rc.IdentityPorts.String(),
 		"endpoints_per_server_ip", wire, "endpoints_per_ip", identity)
 

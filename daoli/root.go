@@ -41,6 +41,7 @@ in the kernel of each server.
 	})
 	root.AddCommand(
 		newMapperCmd(a),
+		newCACmd(a),
 		newNetworkCmd(a),
 		newServerCmd(a),
 		newEndpointCmd(a),

@@ -256,7 +256,7 @@ dl_world() {
 	if [ "${DL_REGISTRY:-}" = etcd ]; then
 		dl_registry_etcd
 	else
-		dl_bg mapper fabric "$DAOLI" mapper --listen "$DAOLI_MAPPER" --db "$DL_WORK/registry.db"
+		dl_bg mapper fabric "$DAOLI" mapper --listen "$DAOLI_MAPPER" --insecure --db "$DL_WORK/registry.db"
 	fi
 	dl_wait "the mapper answering" 10 dl_daoli network ls
 	dl_daoli network create blue --subnet 10.1.0.0/24 >/dev/null
@@ -300,8 +300,8 @@ dl_registry_etcd() {
 	done
 	DL_ETCD=$(IFS=,; echo "${urls[*]}")
 	ip -n "$DL_FABRIC" addr add 192.0.2.251/24 dev br0
-	dl_bg mapper fabric "$DAOLI" mapper --listen "$DL_MAPPER_IP:9470" --etcd "$DL_ETCD"
-	dl_bg mapper-2 fabric "$DAOLI" mapper --listen 192.0.2.251:9470 --etcd "$DL_ETCD"
+	dl_bg mapper fabric "$DAOLI" mapper --listen "$DL_MAPPER_IP:9470" --insecure --etcd "$DL_ETCD"
+	dl_bg mapper-2 fabric "$DAOLI" mapper --listen 192.0.2.251:9470 --insecure --etcd "$DL_ETCD"
 	export DAOLI_MAPPER=$DL_MAPPER_IP:9470,192.0.2.251:9470
 	echo "registry: etcd members ${DL_ETCD_MEMBERS[*]} at $DL_ETCD; mappers $DAOLI_MAPPER"
 }

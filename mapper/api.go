@@ -52,6 +52,8 @@ var errorCodes = []struct {
 	{ErrPortSpaceFull, "port_space_full", http.StatusConflict},
 	{ErrNetworkFull, "network_full", http.StatusConflict},
 	{ErrCompacted, "compacted", http.StatusGone},
+	{ErrUnauthenticated, "unauthenticated", http.StatusUnauthorized},
+	{ErrForbidden, "forbidden", http.StatusForbidden},
 	{ErrUnavailable, "unavailable", http.StatusServiceUnavailable},
 	{ErrOutcomeUnknown, "outcome_unknown", http.StatusInternalServerError},
 }
@@ -79,6 +81,42 @@ type API struct {
 	mux  *http.ServeMux
 	stop chan struct{}
 	once sync.Once
+	auth *Authenticator // nil: every request is trusted
+}
+
+// access is who may call a route.
+type access int
+
+const (
+	read     access = iota // every identity
+	operator               // operators only
+	scoped                 // the registry checks the server it writes (permitServer)
+)
+
+// RequireClientCerts makes the API answer only requests with a client
+// certificate au accepts, and permit each identity what its role allows
+// (docs/security.md). Serve it over TLS configured with ServerTLS.
+func (a *API) RequireClientCerts(au *Authenticator) { a.auth = au }
+
+// authorize authenticates r and checks that its identity may use a route
+// of access acc, returning r with the identity in its context.
+func (a *API) authorize(r *http.Request, pattern string, acc access) (*http.Request, error) {
+	if a.auth == nil {
+		return r, nil
+	}
+	id, err := a.auth.authenticate(r)
+	if err != nil {
+		return r, err
+	}
+	switch {
+	case acc == operator:
+		if err := permitOperator(WithIdentity(r.Context(), id), pattern); err != nil {
+			return r, err
+		}
+	case acc == scoped && id.Role == RoleReader:
+		return r, fmt.Errorf("%w: %s may only read and watch, not %s", ErrForbidden, id, pattern)
+	}
+	return r.WithContext(WithIdentity(r.Context(), id)), nil
 }
 
 // Close ends every open watch stream, so that http.Server.Shutdown, which
@@ -97,38 +135,39 @@ func NewAPI(reg *Registry, log *slog.Logger) *API {
 	routes := []struct {
 		pattern string
 		h       func(*http.Request) (int, any, error)
+		access  access
 	}{
-		{"GET /v1/snapshot", a.snapshot},
-		{"GET /v1/allocation", func(*http.Request) (int, any, error) { return http.StatusOK, a.reg.Allocation(), nil }},
-		{"GET /v1/networks", a.listNetworks},
-		{"POST /v1/networks", a.createNetwork},
-		{"GET /v1/networks/{name}", a.getNetwork},
-		{"PATCH /v1/networks/{name}", a.updateNetwork},
-		{"DELETE /v1/networks/{name}", a.deleteNetwork},
-		{"GET /v1/networks/{name}/claims", a.listClaims},
-		{"DELETE /v1/networks/{name}/claims", a.forget},
-		{"GET /v1/servers", a.listServers},
-		{"POST /v1/servers", a.registerServer},
-		{"GET /v1/servers/{name}", a.getServer},
-		{"DELETE /v1/servers/{name}", a.deleteServer},
-		{"POST /v1/servers/{name}/heartbeat", a.heartbeat},
-		{"GET /v1/endpoints", a.listEndpoints},
-		{"POST /v1/endpoints", a.createEndpoint},
-		{"POST /v1/endpoints/batch", a.createEndpoints},
-		{"GET /v1/endpoints/{ref}", a.getEndpoint},
-		{"DELETE /v1/endpoints/{ref}", a.deleteEndpoint},
-		{"POST /v1/endpoints/{ref}/move", a.moveEndpoint},
-		{"PUT /v1/endpoints/{ref}/state", a.setState},
-		{"PUT /v1/endpoints/{ref}/published", a.setPublished},
-		{"GET /v1/services", a.listServices},
-		{"GET " + schedPath, a.getScheduled},
-		{"POST " + schedPath, a.placeService},
-		{"POST " + schedPath + "/scale", a.scaleService},
-		{"POST " + schedPath + "/move", a.moveReplica},
-		{"DELETE " + schedPath, a.removeService},
+		{"GET /v1/snapshot", a.snapshot, read},
+		{"GET /v1/allocation", func(*http.Request) (int, any, error) { return http.StatusOK, a.reg.Allocation(), nil }, read},
+		{"GET /v1/networks", a.listNetworks, read},
+		{"POST /v1/networks", a.createNetwork, operator},
+		{"GET /v1/networks/{name}", a.getNetwork, read},
+		{"PATCH /v1/networks/{name}", a.updateNetwork, operator},
+		{"DELETE /v1/networks/{name}", a.deleteNetwork, operator},
+		{"GET /v1/networks/{name}/claims", a.listClaims, read},
+		{"DELETE /v1/networks/{name}/claims", a.forget, operator},
+		{"GET /v1/servers", a.listServers, read},
+		{"POST /v1/servers", a.registerServer, scoped},
+		{"GET /v1/servers/{name}", a.getServer, read},
+		{"DELETE /v1/servers/{name}", a.deleteServer, operator},
+		{"POST /v1/servers/{name}/heartbeat", a.heartbeat, scoped},
+		{"GET /v1/endpoints", a.listEndpoints, read},
+		{"POST /v1/endpoints", a.createEndpoint, scoped},
+		{"POST /v1/endpoints/batch", a.createEndpoints, scoped},
+		{"GET /v1/endpoints/{ref}", a.getEndpoint, read},
+		{"DELETE /v1/endpoints/{ref}", a.deleteEndpoint, scoped},
+		{"POST /v1/endpoints/{ref}/move", a.moveEndpoint, scoped},
+		{"PUT /v1/endpoints/{ref}/state", a.setState, scoped},
+		{"PUT /v1/endpoints/{ref}/published", a.setPublished, scoped},
+		{"GET /v1/services", a.listServices, read},
+		{"GET " + schedPath, a.getScheduled, read},
+		{"POST " + schedPath, a.placeService, operator},
+		{"POST " + schedPath + "/scale", a.scaleService, operator},
+		{"POST " + schedPath + "/move", a.moveReplica, operator},
+		{"DELETE " + schedPath, a.removeService, operator},
 	}
 	for _, rt := range routes {
-		a.mux.HandleFunc(rt.pattern, a.wrap(rt.h))
+		a.mux.HandleFunc(rt.pattern, a.wrap(rt.pattern, rt.access, rt.h))
 	}
 	a.mux.HandleFunc("GET /v1/watch", a.watch)
 	a.mux.HandleFunc("GET /healthz", a.healthz)
@@ -141,9 +180,15 @@ func NewAPI(reg *Registry, log *slog.Logger) *API {
 
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
 
-func (a *API) wrap(h func(*http.Request) (int, any, error)) http.HandlerFunc {
+func (a *API) wrap(pattern string, acc access, h func(*http.Request) (int, any, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		r, err := a.authorize(r, pattern, acc)
+		if err != nil {
+			a.log.Warn("request refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "error", err)
+			writeError(w, toAPIError(err))
+			return
+		}
 		status, v, err := h(r)
 		if err != nil {
 			e := toAPIError(err)
@@ -431,6 +476,11 @@ func (a *API) removeService(r *http.Request) (int, any, error) {
 // line, from ?revision=R on (default: the next revision). A stream that
 // cannot go on ends with one APIError line.
 func (a *API) watch(w http.ResponseWriter, r *http.Request) {
+	r, err := a.authorize(r, "GET /v1/watch", read)
+	if err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
 	var rev int64
 	if s := r.URL.Query().Get("revision"); s != "" {
 		v, err := strconv.ParseInt(s, 10, 64)

@@ -213,6 +213,9 @@ func readAPIError(resp *http.Response) error {
 	e := &APIError{Status: resp.StatusCode}
 	if err := json.Unmarshal(b, e); err != nil || e.Message == "" {
 		e.Message = fmt.Sprintf("mapper answered %s: %s", resp.Status, bytes.TrimSpace(b))
+		if bytes.Contains(b, []byte("HTTP request to an HTTPS server")) {
+			e.Message += " (it serves TLS: dial https://, or give the registry's CA with --tls-ca)"
+		}
 	}
 	return e
 }

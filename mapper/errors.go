@@ -29,6 +29,12 @@ var (
 	// ErrNetworkFull is returned when an endpoint without an address
 	// needs one and every address of its network is held.
 	ErrNetworkFull = errors.New("network full")
+	// ErrUnauthenticated is returned when a mapper that requires client
+	// certificates gets a request without a valid one.
+	ErrUnauthenticated = errors.New("unauthenticated")
+	// ErrForbidden is returned when the request's identity may not do
+	// what it asks (docs/security.md).
+	ErrForbidden = errors.New("forbidden")
 	// ErrCompacted is returned by a watch whose start revision was
 	// compacted away: list again and watch from the listed revision.
 	ErrCompacted = errors.New("revision compacted")

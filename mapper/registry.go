@@ -431,6 +431,9 @@ func (r *Registry) RegisterServer(ctx context.Context, spec ServerSpec) (Server,
 	if err := validName("name", spec.Name); err != nil {
 		return Server{}, err
 	}
+	if err := permitServer(ctx, spec.Name, "register servers"); err != nil {
+		return Server{}, fmt.Errorf("register server %s: %w", spec.Name, err)
+	}
 	if len(spec.IPs) == 0 {
 		return Server{}, invalid("ips", "missing; want at least one locator address")
 	}
@@ -503,6 +506,9 @@ func (r *Registry) RegisterServer(ctx context.Context, spec ServerSpec) (Server,
 func (r *Registry) Heartbeat(ctx context.Context, name string) (Server, error) {
 	fail := func(err error) (Server, error) {
 		return Server{}, fmt.Errorf("heartbeat of server %s: %w", name, err)
+	}
+	if err := permitServer(ctx, name, "renew the liveness of servers"); err != nil {
+		return fail(err)
 	}
 	kv, ok, _, err := r.st.Get(ctx, liveKey(name))
 	if err != nil {
@@ -722,6 +728,9 @@ func (r *Registry) createEndpoints(ctx context.Context, specs []EndpointSpec, ba
 	}
 	for i := range specs {
 		if err := r.check(&specs[i]); err != nil {
+			return nil, fmt.Errorf("create endpoint: %w", name(err, i))
+		}
+		if err := permitServer(ctx, specs[i].Server, "create endpoints"); err != nil {
 			return nil, fmt.Errorf("create endpoint: %w", name(err, i))
 		}
 	}
@@ -949,6 +958,9 @@ func (r *Registry) DeleteEndpoint(ctx context.Context, ref string) (Endpoint, er
 		if e, err = resolve(t, ref); err != nil {
 			return err
 		}
+		if err := permitServer(ctx, e.Server, "remove endpoints"); err != nil {
+			return err
+		}
 		r.remove(t, &e)
 		return nil
 	})
@@ -1008,6 +1020,13 @@ func (r *Registry) MoveEndpoint(ctx context.Context, ref, server, iface string) 
 		if e, err = resolve(t, ref); err != nil {
 			return err
 		}
+		// A server takes endpoints over (live migration), and gives its
+		// own away (a move undone).
+		if err := permitServer(ctx, server, "move endpoints to other servers"); err != nil {
+			if permitServer(ctx, e.Server, "move endpoints") != nil {
+				return err
+			}
+		}
 		var srv Server
 		if !t.get(serverKey(server), &srv) {
 			return fieldErr("server", ErrNotFound, "server %q does not exist", server)
@@ -1052,6 +1071,9 @@ func (r *Registry) SetPublished(ctx context.Context, ref string, ps []PublishedP
 	_, err := r.update(ctx, func(t tx) error {
 		var err error
 		if e, err = resolve(t, ref); err != nil {
+			return err
+		}
+		if err := permitServer(ctx, e.Server, "publish ports of endpoints"); err != nil {
 			return err
 		}
 		for i, p := range ps {
@@ -1166,6 +1188,9 @@ func (r *Registry) SetEndpointState(ctx context.Context, ref string, req StateRe
 	_, err := r.update(ctx, func(t tx) error {
 		var err error
 		if e, err = resolve(t, ref); err != nil {
+			return err
+		}
+		if err := permitServer(ctx, e.Server, "change the state of endpoints"); err != nil {
 			return err
 		}
 		if req.IfServer != "" && e.Server != req.IfServer {

@@ -21,6 +21,7 @@ import (
 	"github.com/daolinet/daoli/daoli/agent"
 	"github.com/daolinet/daoli/internal/testbed"
 	"github.com/daolinet/daoli/mapper"
+	"github.com/daolinet/daoli/mapper/pkitest"
 	"github.com/daolinet/daoli/mapper/store"
 )
 
@@ -58,6 +59,9 @@ type cluster struct {
 	runDir string
 	db     string
 	stop   func() // stops the mapper
+	// pki, when set, makes the mapper require client certificates and
+	// gives each agent its server's (see auth_test.go).
+	pki    *pkitest.PKI
 	agents map[string]*exec.Cmd
 	// agentArgs are added to every agent's command line.
 	agentArgs []string
@@ -65,8 +69,13 @@ type cluster struct {
 
 func newCluster(t *testing.T, servers int, agentArgs ...string) *cluster {
 	t.Helper()
+	return buildCluster(t, servers, nil, agentArgs...)
+}
+
+func buildCluster(t *testing.T, servers int, p *pkitest.PKI, agentArgs ...string) *cluster {
+	t.Helper()
 	w := testbed.New(t, servers)
-	c := &cluster{t: t, w: w, agentArgs: agentArgs, bpffs: testbed.BPFFS(t), runDir: t.TempDir(), db: filepath.Join(t.TempDir(), "registry.db"), agents: map[string]*exec.Cmd{}}
+	c := &cluster{t: t, w: w, agentArgs: agentArgs, bpffs: testbed.BPFFS(t), runDir: t.TempDir(), db: filepath.Join(t.TempDir(), "registry.db"), agents: map[string]*exec.Cmd{}, pki: p}
 	w.Fabric.Run("ip", "addr", "add", netip.PrefixFrom(mapperIP, 24).String(), "dev", "br0")
 	c.startMapper()
 	if _, err := c.mc.CreateNetwork(context.Background(), mapper.NetworkSpec{Name: "blue", Subnet: netip.MustParsePrefix("10.1.0.0/24")}); err != nil {
@@ -113,6 +122,11 @@ func (c *cluster) startMapper() {
 	local := got(net.Listen("tcp", "127.0.0.1:0"))(t)
 	c.addr = fabric.Addr().String()
 	c.mc = mapper.NewClient(local.Addr().String(), nil)
+	if c.pki != nil {
+		fabric, local = c.pki.Serve(api, fabric, mapperIP.String()), c.pki.Serve(api, local, "127.0.0.1")
+		c.addr = "https://" + c.addr
+		c.mc = c.pki.Client("https://"+local.Addr().String(), mapper.RoleOperator, "test")
+	}
 	servers := []*http.Server{{Handler: api}, {Handler: api}}
 	go servers[0].Serve(fabric)
 	go servers[1].Serve(local)
@@ -141,6 +155,10 @@ func (c *cluster) startAgent(i int) {
 	name := c.serverName(i)
 	args := append([]string{bin, "agent", "--uplink", "uplink", "--name", name, "--mapper", c.addr,
 		"--bpffs", filepath.Join(c.bpffs, name), "--run-dir", c.runDir, "--log-level", "debug"}, c.agentArgs...)
+	if c.pki != nil {
+		cert, key := c.pki.Issue(mapper.RoleServer, name)
+		args = append(args, "--tls-ca", c.pki.CAFile(), "--tls-cert", cert, "--tls-key", key)
+	}
 	cmd := c.w.Servers[i].Start(args...)
 	c.agents[name] = cmd
 	cl := c.agent(name)

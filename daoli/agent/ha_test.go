@@ -89,7 +89,7 @@ func startControlPlane(t *testing.T, w *testbed.World) *controlPlane {
 func (cp *controlPlane) startMapper(i int) {
 	t := cp.t
 	t.Helper()
-	args := []string{bin, "mapper", "--listen", cp.addrs[i], "--etcd", strings.Join(cp.etcd.Endpoints(), ","),
+	args := []string{bin, "mapper", "--listen", cp.addrs[i], "--insecure", "--etcd", strings.Join(cp.etcd.Endpoints(), ","),
 		"--server-ttl", cp.ttl.String(), "--log-level", "debug"}
 	if cp.ns != nil {
 		args = append([]string{"ip", "netns", "exec", cp.ns.Name}, args...)

@@ -141,7 +141,10 @@ func Run(ctx context.Context, cfg Config) (res Result, err error) {
 	for i, s := range d.w.Servers {
 		p("  %s  ServerIP %s  agent pid %d", d.serverName(i), s.IP, d.procs[i+1].Process.Pid)
 	}
-	p("  mapper on the fabric at %s; network blue %s\n", mapperAddr, subnet)
+	p("  mapper on the fabric at %s; network blue %s", mapperAddr, subnet)
+	p("  (plain HTTP without authentication: the fabric is a namespace of this machine that")
+	p("  nothing else reaches; a real cluster's mappers require TLS client certificates,")
+	p("  docs/security.md)\n")
 
 	steps := []func(context.Context, *world, *Result, Config, func(string, ...any)) error{
 		storyIdentity, storyReplicas, storyFailover, storyMigration, storyOutside,
