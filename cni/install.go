@@ -40,6 +40,12 @@ func Install(args []string, stdout io.Writer) error {
 	if *name == "" {
 		*name = *network
 	}
+	if *file != filepath.Base(*file) || !strings.HasSuffix(*file, ".conflist") {
+		return fmt.Errorf("install: --file %q: want a file name ending in .conflist, inside --conf-dir", *file)
+	}
+	if *socket != "" && !filepath.IsAbs(*socket) {
+		return fmt.Errorf("install: --agent-socket %q: want an absolute path; the runtime runs the plugin from its own directory", *socket)
+	}
 	switch *version {
 	case "0.4.0", "1.0.0", "1.1.0":
 	default:

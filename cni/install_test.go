@@ -54,6 +54,9 @@ func TestInstallWritesTheExample(t *testing.T) {
 		{[]string{"--bin-dir", filepath.Join(dir, "x"), "--conf-dir", filepath.Join(dir, "y")}, "--network is required"},
 		{[]string{"--bin-dir", filepath.Join(dir, "x"), "--conf-dir", filepath.Join(dir, "y"), "--network", "blue", "--ports", "http"}, "--ports"},
 		{[]string{"--bin-dir", filepath.Join(dir, "x"), "--conf-dir", filepath.Join(dir, "y"), "--network", "blue", "--cni-version", "2.0"}, "--cni-version"},
+		{[]string{"--bin-dir", filepath.Join(dir, "x"), "--conf-dir", filepath.Join(dir, "y"), "--network", "blue", "--file", "../10-daoli.conflist"}, "inside --conf-dir"},
+		{[]string{"--bin-dir", filepath.Join(dir, "x"), "--conf-dir", filepath.Join(dir, "y"), "--network", "blue", "--file", "daoli.json"}, "ending in .conflist"},
+		{[]string{"--bin-dir", filepath.Join(dir, "x"), "--conf-dir", filepath.Join(dir, "y"), "--network", "blue", "--agent-socket", "node1.sock"}, "absolute path"},
 	} {
 		err := cni.Install(tc.args, &out)
 		if err == nil || !strings.Contains(err.Error(), tc.says) {

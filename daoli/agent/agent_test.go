@@ -558,6 +558,16 @@ func TestAttachRefusals(t *testing.T) {
 			_, err := c.agent("server-0").Attach(ctx, agent.AttachRequest{Netns: server0, Network: "blue", IP: netip.MustParseAddr("10.1.0.21")})
 			return err
 		}, "the server's own network namespace"},
+		{"a path that holds no namespace", func() error {
+			// What the agent sees of a runtime's namespace mount made in
+			// another mount namespace: the empty file under it.
+			plain := filepath.Join(t.TempDir(), "cni-1234")
+			if err := os.WriteFile(plain, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := c.agent("server-0").Attach(ctx, agent.AttachRequest{Netns: plain, Network: "blue", IP: netip.MustParseAddr("10.1.0.23")})
+			return err
+		}, "is no network namespace here"},
 		{"unknown network", func() error {
 			_, err := c.agent("server-0").Attach(ctx, agent.AttachRequest{Netns: "/run/netns/" + victim.Name, Network: "nope", IP: netip.MustParseAddr("10.1.0.22")})
 			return err

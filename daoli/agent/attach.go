@@ -65,6 +65,11 @@ func openNetns(path string) (netns.NsHandle, error) {
 	if err != nil {
 		return 0, fmt.Errorf("netns %s: %w", path, err)
 	}
+	var fs unix.Statfs_t
+	if err := unix.Fstatfs(int(h), &fs); err != nil || fs.Type != unix.NSFS_MAGIC {
+		h.Close()
+		return 0, fmt.Errorf("netns %s is no network namespace here: the agent does not see the runtime's mount of it (run the agent in the runtime's mount namespace, or mount the namespaces' directory with shared propagation: docs/kubernetes.md)", path)
+	}
 	return h, nil
 }
 
