@@ -228,6 +228,7 @@ func TestMapperFlags(t *testing.T) {
 		f := mapperFlags{
 			listen: "127.0.0.1:9470", db: "./daoli.db", blockSize: 0,
 			wirePorts: "16384-32767", identityPorts: "32768-60927", logLevel: "info", logFormat: "text",
+			limits: mapper.DefaultLimits,
 		}
 		mod(&f)
 		return f
@@ -245,7 +246,7 @@ func TestMapperFlags(t *testing.T) {
 			want: mapperConfig{
 				listen: "127.0.0.1:9470", db: "./daoli.db",
 				registry: mapper.Config{BlockSize: 0, WirePorts: mapper.DefaultWirePorts, IdentityPorts: mapper.DefaultIdentityPorts},
-				level:    slog.LevelInfo,
+				level:    slog.LevelInfo, limits: mapper.DefaultLimits,
 			},
 		},
 		{
@@ -253,6 +254,7 @@ func TestMapperFlags(t *testing.T) {
 			flags: defaults(func(f *mapperFlags) {
 				f.listen, f.db, f.blockSize, f.insecure = ":0", "/var/lib/daoli/registry.db", 64, true
 				f.wirePorts, f.identityPorts, f.logLevel, f.logFormat = "20000-29999", "40000-49999", "DEBUG", "json"
+				f.limits = mapper.Limits{}
 			}),
 			want: mapperConfig{
 				listen: ":0", db: "/var/lib/daoli/registry.db",
@@ -335,7 +337,7 @@ func TestMapperFlags(t *testing.T) {
 				listen: "127.0.0.1:9470", db: "./daoli.db",
 				etcd:     &store.EtcdConfig{Endpoints: []string{"http://10.0.0.1:2379", "http://10.0.0.2:2379"}, Prefix: "/a"},
 				registry: mapper.Config{WirePorts: mapper.DefaultWirePorts, IdentityPorts: mapper.DefaultIdentityPorts, ServerTTL: 3 * time.Second},
-				level:    slog.LevelInfo,
+				level:    slog.LevelInfo, limits: mapper.DefaultLimits,
 			},
 		},
 		{
@@ -411,6 +413,30 @@ func TestMapperFlags(t *testing.T) {
 			}),
 			wantErr:  `--insecure "true": contradicts --tls-cert`,
 			wantFlag: "insecure",
+		},
+		{
+			name:     "negative rate",
+			flags:    defaults(func(f *mapperFlags) { f.limits.Rate = -1 }),
+			wantErr:  `--rate "-1": want requests per second per client, or 0 for no limit`,
+			wantFlag: "rate",
+		},
+		{
+			name:     "rate without burst",
+			flags:    defaults(func(f *mapperFlags) { f.limits.Burst = 0 }),
+			wantErr:  `--burst "0": want 1 or more requests`,
+			wantFlag: "burst",
+		},
+		{
+			name:     "negative watches",
+			flags:    defaults(func(f *mapperFlags) { f.limits.Watches = -2 }),
+			wantErr:  `--max-watches "-2": want watch streams per client, or 0 for no limit`,
+			wantFlag: "max-watches",
+		},
+		{
+			name:     "negative list",
+			flags:    defaults(func(f *mapperFlags) { f.limits.ListPage = -1 }),
+			wantErr:  `--max-list "-1": want items per list response, or 0 for no limit`,
+			wantFlag: "max-list",
 		},
 	}
 	for _, tt := range tests {

@@ -49,6 +49,7 @@ type mapperFlags struct {
 	tlsKey        string
 	tlsClientCA   string
 	insecure      bool
+	limits        mapper.Limits
 }
 
 // mapperConfig is mapperFlags parsed and checked.
@@ -62,6 +63,7 @@ type mapperConfig struct {
 	tls      *tls.Config           // nil: plain HTTP
 	auth     *mapper.Authenticator // nil: no client certificates
 	insecure bool                  // plain HTTP beyond loopback, on purpose
+	limits   mapper.Limits
 }
 
 func (f *mapperFlags) config() (mapperConfig, error) {
@@ -92,6 +94,17 @@ func (f *mapperFlags) config() (mapperConfig, error) {
 		return mapperConfig{}, badFlagf("server-ttl", f.serverTTL.String(), "want one second or more (leases have a granularity of one second)")
 	}
 	cfg.registry.ServerTTL = f.serverTTL
+	switch l := f.limits; {
+	case l.Rate < 0:
+		return mapperConfig{}, badFlagf("rate", strconv.FormatFloat(l.Rate, 'g', -1, 64), "want requests per second per client, or 0 for no limit")
+	case l.Rate > 0 && l.Burst < 1:
+		return mapperConfig{}, badFlagf("burst", strconv.Itoa(l.Burst), "want 1 or more requests")
+	case l.Watches < 0:
+		return mapperConfig{}, badFlagf("max-watches", strconv.Itoa(l.Watches), "want watch streams per client, or 0 for no limit")
+	case l.ListPage < 0:
+		return mapperConfig{}, badFlagf("max-list", strconv.Itoa(l.ListPage), "want items per list response, or 0 for no limit")
+	}
+	cfg.limits = f.limits
 	if b := f.blockSize; b != 0 && (b < 8 || b&(b-1) != 0) {
 		return mapperConfig{}, badFlagf("block-size", strconv.Itoa(int(b)), "want a power of two from 8 to 32768")
 	}
@@ -267,6 +280,10 @@ registry is created: every dataplane masks ports with it.`,
 	fl.StringVar(&f.tlsKey, "tls-key", "", "key (PEM) of --tls-cert")
 	fl.StringVar(&f.tlsClientCA, "tls-client-ca", "", "CA (PEM) whose client certificates the mapper accepts; their roles say what each may do (docs/security.md)")
 	fl.BoolVar(&f.insecure, "insecure", false, "serve plain HTTP, with no authentication, on an address beyond loopback")
+	fl.Float64Var(&f.limits.Rate, "rate", mapper.DefaultLimits.Rate, "requests per second a client (a certificate, or an address) may make on average; 0: no limit")
+	fl.IntVar(&f.limits.Burst, "burst", mapper.DefaultLimits.Burst, "requests a client may make at once, above --rate")
+	fl.IntVar(&f.limits.Watches, "max-watches", mapper.DefaultLimits.Watches, "watch streams a client may hold open at once; 0: no limit")
+	fl.IntVar(&f.limits.ListPage, "max-list", mapper.DefaultLimits.ListPage, "items in one list response; longer lists come in pages; 0: no limit")
 	fl.StringVar(&f.logLevel, "log-level", f.logLevel, "debug, info, warn or error")
 	fl.StringVar(&f.logFormat, "log-format", f.logFormat, "text or json (logs go to stderr)")
 	return cmd
@@ -313,6 +330,7 @@ func runMapper(ctx context.Context, cfg mapperConfig, logw io.Writer) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	api := mapper.NewAPI(reg, log)
+	api.SetLimits(cfg.limits)
 	defer api.Close()
 	security := "plain HTTP on loopback"
 	switch {
@@ -334,6 +352,7 @@ func runMapper(ctx context.Context, cfg mapperConfig, logw io.Writer) error {
 	livenessDone := make(chan struct{})
 	go func() { defer close(livenessDone); reg.RunLiveness(lctx) }()
 	log.Info("mapper listening", "addr", ln.Addr().String(), "security", security, "registry", where,
+		"rate", cfg.limits.Rate, "burst", cfg.limits.Burst, "max_watches", cfg.limits.Watches, "max_list", cfg.limits.ListPage,
 		"block_size", reg.BlockSize(), "wire_ports", rc.WirePorts.String(), "identity_ports", rc.IdentityPorts.String(),
 		"endpoints_per_server_ip", wire, "endpoints_per_ip", identity)
 

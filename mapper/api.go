@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,6 +55,7 @@ var errorCodes = []struct {
 	{ErrCompacted, "compacted", http.StatusGone},
 	{ErrUnauthenticated, "unauthenticated", http.StatusUnauthorized},
 	{ErrForbidden, "forbidden", http.StatusForbidden},
+	{ErrTooManyRequests, "too_many_requests", http.StatusTooManyRequests},
 	{ErrUnavailable, "unavailable", http.StatusServiceUnavailable},
 	{ErrOutcomeUnknown, "outcome_unknown", http.StatusInternalServerError},
 }
@@ -76,12 +78,13 @@ func toAPIError(err error) *APIError {
 // API serves a Registry over HTTP/JSON under /v1. Its routes are listed in
 // docs/api.md. An API is safe for concurrent use.
 type API struct {
-	reg  *Registry
-	log  *slog.Logger
-	mux  *http.ServeMux
-	stop chan struct{}
-	once sync.Once
-	auth *Authenticator // nil: every request is trusted
+	reg    *Registry
+	log    *slog.Logger
+	mux    *http.ServeMux
+	stop   chan struct{}
+	once   sync.Once
+	auth   *Authenticator // nil: every request is trusted
+	limits limiter
 }
 
 // access is who may call a route.
@@ -183,10 +186,8 @@ func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTT
 func (a *API) wrap(pattern string, acc access, h func(*http.Request) (int, any, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
-		r, err := a.authorize(r, pattern, acc)
-		if err != nil {
-			a.log.Warn("request refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "error", err)
-			writeError(w, toAPIError(err))
+		r, ok := a.admit(w, r, pattern, acc)
+		if !ok {
 			return
 		}
 		status, v, err := h(r)
@@ -198,6 +199,12 @@ func (a *API) wrap(pattern string, acc access, h func(*http.Request) (int, any, 
 			writeError(w, e)
 			return
 		}
+		if p, ok := v.(listPage); ok {
+			if p.next != "" {
+				w.Header().Set(NextHeader, p.next)
+			}
+			v = p.items
+		}
 		if status == http.StatusNoContent {
 			w.WriteHeader(status)
 			return
@@ -206,6 +213,24 @@ func (a *API) wrap(pattern string, acc access, h func(*http.Request) (int, any, 
 		w.WriteHeader(status)
 		json.NewEncoder(w).Encode(v)
 	}
+}
+
+// admit authorizes r and takes it from its client's rate. When it may not
+// go on, admit answers it and returns false.
+func (a *API) admit(w http.ResponseWriter, r *http.Request, pattern string, acc access) (*http.Request, bool) {
+	r, err := a.authorize(r, pattern, acc)
+	if err == nil {
+		var wait time.Duration
+		if wait, err = a.limits.allow(r); wait > 0 {
+			w.Header().Set("Retry-After", retryAfter(wait))
+		}
+	}
+	if err != nil {
+		a.log.Warn("request refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "error", err)
+		writeError(w, toAPIError(err))
+		return r, false
+	}
+	return r, true
 }
 
 func writeError(w http.ResponseWriter, e *APIError) {
@@ -221,7 +246,12 @@ func (a *API) snapshot(r *http.Request) (int, any, error) {
 
 func (a *API) listNetworks(r *http.Request) (int, any, error) {
 	s, err := a.reg.Snapshot(r.Context())
-	return http.StatusOK, s.Networks, err
+	if err != nil {
+		return 0, nil, err
+	}
+	name := func(n Network) string { return n.Name }
+	p, err := paginate(a, r, s.Networks, name, afterName(name))
+	return http.StatusOK, p, err
 }
 
 func (a *API) createNetwork(r *http.Request) (int, any, error) {
@@ -268,7 +298,12 @@ func (a *API) forget(r *http.Request) (int, any, error) {
 
 func (a *API) listServers(r *http.Request) (int, any, error) {
 	s, err := a.reg.Snapshot(r.Context())
-	return http.StatusOK, s.Servers, err
+	if err != nil {
+		return 0, nil, err
+	}
+	name := func(s Server) string { return s.Name }
+	p, err := paginate(a, r, s.Servers, name, afterName(name))
+	return http.StatusOK, p, err
 }
 
 func (a *API) registerServer(r *http.Request) (int, any, error) {
@@ -307,7 +342,15 @@ func (a *API) listEndpoints(r *http.Request) (int, any, error) {
 			out = append(out, e)
 		}
 	}
-	return http.StatusOK, out, nil
+	p, err := paginate(a, r, out, func(e Endpoint) string { return strconv.FormatUint(uint64(e.ID), 10) },
+		func(s string) (func(Endpoint) bool, error) {
+			id, err := strconv.ParseUint(s, 10, 32)
+			if err != nil {
+				return nil, invalid("after", "%q: want an endpoint ID", s)
+			}
+			return func(e Endpoint) bool { return uint64(e.ID) > id }, nil
+		})
+	return http.StatusOK, p, err
 }
 
 func (a *API) createEndpoint(r *http.Request) (int, any, error) {
@@ -402,7 +445,38 @@ func (a *API) listServices(r *http.Request) (int, any, error) {
 	if svcs == nil {
 		svcs = []Service{}
 	}
-	return http.StatusOK, svcs, nil
+	p, err := paginate(a, r, svcs, func(s Service) string { return serviceCursor(s.ServiceKey) },
+		func(c string) (func(Service) bool, error) {
+			k, err := parseServiceCursor(c)
+			if err != nil {
+				return nil, err
+			}
+			return func(s Service) bool { return compareServiceKeys(s.ServiceKey, k) > 0 }, nil
+		})
+	return http.StatusOK, p, err
+}
+
+// serviceCursor is a service's key as a list cursor:
+// NETWORK/IP/PORT/PROTOCOL.
+func serviceCursor(k ServiceKey) string {
+	return url.PathEscape(k.Network) + "/" + k.IP.String() + "/" + strconv.Itoa(int(k.Port)) + "/" + string(k.Protocol)
+}
+
+func parseServiceCursor(c string) (ServiceKey, error) {
+	parts := strings.Split(c, "/")
+	bad := invalid("after", "%q: want a service's NETWORK/IP/PORT/PROTOCOL", c)
+	if len(parts) != 4 {
+		return ServiceKey{}, bad
+	}
+	network, err := url.PathUnescape(parts[0])
+	if err != nil {
+		return ServiceKey{}, bad
+	}
+	k, err := ServiceKeyOf(network, parts[1], parts[2], Protocol(parts[3]))
+	if err != nil {
+		return ServiceKey{}, bad
+	}
+	return k, nil
 }
 
 // schedPath is the scheduler API's service: docs/scheduler.md.
@@ -476,11 +550,17 @@ func (a *API) removeService(r *http.Request) (int, any, error) {
 // line, from ?revision=R on (default: the next revision). A stream that
 // cannot go on ends with one APIError line.
 func (a *API) watch(w http.ResponseWriter, r *http.Request) {
-	r, err := a.authorize(r, "GET /v1/watch", read)
+	r, ok := a.admit(w, r, "GET /v1/watch", read)
+	if !ok {
+		return
+	}
+	done, err := a.limits.watch(r)
 	if err != nil {
+		a.log.Warn("watch refused", "remote", r.RemoteAddr, "error", err)
 		writeError(w, toAPIError(err))
 		return
 	}
+	defer done()
 	var rev int64
 	if s := r.URL.Query().Get("revision"); s != "" {
 		v, err := strconv.ParseInt(s, 10, 64)

@@ -198,6 +198,10 @@ func (c *Client) try(ctx context.Context, base, method, path string, body []byte
 	if out == nil {
 		return nil, false
 	}
+	if p, ok := out.(*paged); ok {
+		p.next = resp.Header.Get(NextHeader)
+		out = p.items
+	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
 		err = fmt.Errorf("%s %s: decode response: %w", method, path, err)
 		if !repeatable(method, path) {
@@ -206,6 +210,39 @@ func (c *Client) try(ctx context.Context, base, method, path string, body []byte
 		return err, false
 	}
 	return nil, false
+}
+
+// paged is the answer to a list request: the items of one page, and the
+// cursor of the next (empty on the last page).
+type paged struct {
+	items any
+	next  string
+}
+
+// list gets every page of the list at path (with the query q) into out.
+// Each page is read at its own revision: an item created or removed while
+// the pages are read may be missing (use Snapshot for one revision).
+func list[T any](ctx context.Context, c *Client, path string, q url.Values, out *[]T) error {
+	*out = []T{}
+	for {
+		var items []T
+		p := &paged{items: &items}
+		u := path
+		if len(q) > 0 {
+			u += "?" + q.Encode()
+		}
+		if err := c.do(ctx, http.MethodGet, u, nil, p); err != nil {
+			return err
+		}
+		*out = append(*out, items...)
+		if p.next == "" {
+			return nil
+		}
+		if q == nil {
+			q = url.Values{}
+		}
+		q.Set("after", p.next)
+	}
 }
 
 func readAPIError(resp *http.Response) error {
@@ -229,7 +266,7 @@ func (c *Client) CreateNetwork(ctx context.Context, spec NetworkSpec) (Network, 
 // Networks lists the networks.
 func (c *Client) Networks(ctx context.Context) ([]Network, error) {
 	var ns []Network
-	return ns, c.do(ctx, http.MethodGet, "/v1/networks", nil, &ns)
+	return ns, list(ctx, c, "/v1/networks", nil, &ns)
 }
 
 // Network returns one network.
@@ -270,7 +307,7 @@ func (c *Client) RegisterServer(ctx context.Context, spec ServerSpec) (Server, e
 // Servers lists the servers.
 func (c *Client) Servers(ctx context.Context) ([]Server, error) {
 	var ss []Server
-	return ss, c.do(ctx, http.MethodGet, "/v1/servers", nil, &ss)
+	return ss, list(ctx, c, "/v1/servers", nil, &ss)
 }
 
 // Server returns one server.
@@ -311,12 +348,8 @@ func (c *Client) Endpoints(ctx context.Context, network, server string) ([]Endpo
 	if server != "" {
 		q.Set("server", server)
 	}
-	path := "/v1/endpoints"
-	if len(q) > 0 {
-		path += "?" + q.Encode()
-	}
 	var es []Endpoint
-	return es, c.do(ctx, http.MethodGet, path, nil, &es)
+	return es, list(ctx, c, "/v1/endpoints", q, &es)
 }
 
 // Endpoint returns an endpoint, by ID or name, with its 6-tuples.
@@ -398,7 +431,7 @@ func (c *Client) RemoveService(ctx context.Context, k ServiceKey) (ScheduledServ
 // Services lists the services with their backends.
 func (c *Client) Services(ctx context.Context) ([]Service, error) {
 	var s []Service
-	return s, c.do(ctx, http.MethodGet, "/v1/services", nil, &s)
+	return s, list(ctx, c, "/v1/services", nil, &s)
 }
 
 // Allocation returns the mapper's block size and port ranges.

@@ -35,6 +35,9 @@ var (
 	// ErrForbidden is returned when the request's identity may not do
 	// what it asks (docs/security.md).
 	ErrForbidden = errors.New("forbidden")
+	// ErrTooManyRequests is returned when a client goes over one of the
+	// mapper's Limits: its request rate or its watch streams.
+	ErrTooManyRequests = errors.New("too many requests")
 	// ErrCompacted is returned by a watch whose start revision was
 	// compacted away: list again and watch from the listed revision.
 	ErrCompacted = errors.New("revision compacted")

@@ -402,15 +402,18 @@ func Services(servers []Server, endpoints []Endpoint) []Service {
 			return cmp.Compare(a.Endpoint, b.Endpoint)
 		})
 	}
-	slices.SortFunc(out, func(a, b Service) int {
-		return cmp.Or(
-			cmp.Compare(a.Network, b.Network),
-			a.IP.Compare(b.IP),
-			cmp.Compare(a.Port, b.Port),
-			cmp.Compare(a.Protocol, b.Protocol),
-		)
-	})
+	slices.SortFunc(out, func(a, b Service) int { return compareServiceKeys(a.ServiceKey, b.ServiceKey) })
 	return out
+}
+
+// compareServiceKeys orders services by network, IP, port and protocol.
+func compareServiceKeys(a, b ServiceKey) int {
+	return cmp.Or(
+		cmp.Compare(a.Network, b.Network),
+		a.IP.Compare(b.IP),
+		cmp.Compare(a.Port, b.Port),
+		cmp.Compare(a.Protocol, b.Protocol),
+	)
 }
 
 // Snapshot is the registry's whole state at one revision.

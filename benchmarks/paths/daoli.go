@@ -197,7 +197,9 @@ func (c *Cluster) startEtcd(cfg ClusterConfig, logs string) {
 			c.World.Fabric.Run("ip", "addr", "add", netip.PrefixFrom(ip, 24).String(), "dev", "br0")
 		}
 		addr := netip.AddrPortFrom(ip, 9470).String()
-		c.mapperArgs = append(c.mapperArgs, []string{cfg.Bin, "mapper", "--listen", addr, "--insecure", "--etcd", strings.Join(ec.Endpoints(), ",")})
+		// No rate limit: the benchmarks measure what a mapper can take,
+		// from a few clients.
+		c.mapperArgs = append(c.mapperArgs, []string{cfg.Bin, "mapper", "--listen", addr, "--insecure", "--rate", "0", "--etcd", strings.Join(ec.Endpoints(), ",")})
 		c.mapperLogs = append(c.mapperLogs, filepath.Join(logs, fmt.Sprintf("mapper-%d.log", i)))
 		c.MapperProcs = append(c.MapperProcs, nil)
 		c.StartMapper(i)

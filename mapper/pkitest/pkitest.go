@@ -85,6 +85,13 @@ func (p *PKI) ServerTLS(api *mapper.API, hosts ...string) *tls.Config {
 // (none when role is empty).
 func (p *PKI) Client(url string, role mapper.Role, name string) *mapper.Client {
 	p.t.Helper()
+	return mapper.NewClient(url, p.HTTPClient(role, name))
+}
+
+// HTTPClient is an HTTP client that trusts the CA and presents
+// role/name's certificate (none when role is empty).
+func (p *PKI) HTTPClient(role mapper.Role, name string) *http.Client {
+	p.t.Helper()
 	var cert, key string
 	if role != "" {
 		cert, key = p.Issue(role, name)
@@ -93,5 +100,5 @@ func (p *PKI) Client(url string, role mapper.Role, name string) *mapper.Client {
 	if err != nil {
 		p.t.Fatal(err)
 	}
-	return mapper.NewClient(url, &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}})
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: cfg}}
 }
