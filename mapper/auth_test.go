@@ -18,14 +18,7 @@ import (
 // each role may do what docs/security.md says and gets 403 naming
 // itself for the rest.
 func TestClientCertificates(t *testing.T) {
-	reg, _ := newRegistry(t, mapper.Config{})
-	world(t, reg)
-	p := pkitest.New(t)
-	api := mapper.NewAPI(reg, nil)
-	srv := httptest.NewUnstartedServer(api)
-	srv.TLS = p.ServerTLS(api, "127.0.0.1")
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
+	_, _, srv, p := tlsWorld(t)
 
 	status := func(err error) int {
 		var ae *mapper.APIError
@@ -119,4 +112,19 @@ func TestClientCertificates(t *testing.T) {
 	if status(respAnon.Err) != 401 {
 		t.Errorf("watch without a certificate: %v", respAnon.Err)
 	}
+}
+
+// tlsWorld serves world's registry over TLS, requiring client
+// certificates of the returned CA.
+func tlsWorld(t *testing.T) (*mapper.Registry, *mapper.API, *httptest.Server, *pkitest.PKI) {
+	reg, _ := newRegistry(t, mapper.Config{})
+	world(t, reg)
+	p := pkitest.New(t)
+	api := mapper.NewAPI(reg, nil)
+	srv := httptest.NewUnstartedServer(api)
+	srv.TLS = p.ServerTLS(api, "127.0.0.1")
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	t.Cleanup(api.Close)
+	return reg, api, srv, p
 }

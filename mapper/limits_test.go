@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -18,15 +17,7 @@ import (
 // 429 saying which limit, while another client is served; a list longer
 // than a page comes in pages the client follows to the end.
 func TestLimits(t *testing.T) {
-	reg, _ := newRegistry(t, mapper.Config{})
-	world(t, reg)
-	p := pkitest.New(t)
-	api := mapper.NewAPI(reg, nil)
-	srv := httptest.NewUnstartedServer(api)
-	srv.TLS = p.ServerTLS(api, "127.0.0.1")
-	srv.StartTLS()
-	t.Cleanup(srv.Close)
-	t.Cleanup(api.Close)
+	reg, api, srv, p := tlsWorld(t)
 	alice := p.Client(srv.URL, mapper.RoleOperator, "alice")
 	bob := p.Client(srv.URL, mapper.RoleReader, "bob")
 	tooMany := func(err error, says string) {
