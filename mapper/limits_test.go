@@ -56,22 +56,39 @@ func TestLimits(t *testing.T) {
 		api.SetLimits(mapper.Limits{Watches: 2})
 		wctx, cancel := context.WithCancel(ctx)
 		defer cancel()
+		// Each watch starts at the next revision, so the change below
+		// reaches it however late its request arrives.
+		next := func() int64 {
+			t.Helper()
+			return must[mapper.Snapshot](t)(reg.Snapshot(ctx)).Revision + 1
+		}
+		recv := func(s <-chan mapper.WatchResponse) mapper.WatchResponse {
+			t.Helper()
+			select {
+			case r := <-s:
+				return r
+			case <-time.After(10 * time.Second):
+				t.Fatal("no answer on the watch in 10s")
+				return mapper.WatchResponse{}
+			}
+		}
 		var streams []<-chan mapper.WatchResponse
+		rev := next()
 		for range 2 {
-			streams = append(streams, alice.Watch(wctx, 0))
+			streams = append(streams, alice.Watch(wctx, rev))
 		}
 		// Both are open once a change reaches them.
 		must[mapper.Network](t)(reg.CreateNetwork(ctx, mapper.NetworkSpec{Name: "w1", Subnet: prefix("10.9.0.0/24")}))
 		for i, s := range streams {
-			if r := <-s; r.Err != nil || len(r.Changes) != 1 {
+			if r := recv(s); r.Err != nil || len(r.Changes) != 1 {
 				t.Fatalf("watch %d: %+v", i, r)
 			}
 		}
-		third := <-alice.Watch(wctx, 0)
+		third := recv(alice.Watch(wctx, next()))
 		tooMany(third.Err, "operator alice holds 2 watch streams, the most a client may; close one first")
-		other := bob.Watch(wctx, 0)
+		other := bob.Watch(wctx, next())
 		must[mapper.Network](t)(reg.CreateNetwork(ctx, mapper.NetworkSpec{Name: "w2", Subnet: prefix("10.9.1.0/24")}))
-		if r := <-other; r.Err != nil {
+		if r := recv(other); r.Err != nil {
 			t.Errorf("another client's watch, while alice holds her most: %v", r.Err)
 		}
 		cancel()
@@ -79,9 +96,9 @@ func TestLimits(t *testing.T) {
 		deadline := time.Now().Add(5 * time.Second)
 		for {
 			wctx, cancel := context.WithCancel(ctx)
-			s := alice.Watch(wctx, 0)
+			s := alice.Watch(wctx, next())
 			must[mapper.Network](t)(reg.CreateNetwork(ctx, mapper.NetworkSpec{Name: fmt.Sprintf("w3-%d", time.Now().UnixNano()), Subnet: prefix("10.9.2.0/24")}))
-			r := <-s
+			r := recv(s)
 			cancel()
 			if r.Err == nil {
 				break
