@@ -78,17 +78,27 @@ func (d *Dataplane) Apply(s State) error {
 	// Replies need the identity blocks of an allowed From in To.
 	services := maps.Clone(home)
 	policies := map[daoliPolicyKey]daoliPolicyVerdict{}
+	exports := map[daoliExportKey]uint8{}
 	for _, p := range sortedPolicies(s) {
 		v := daoliPolicyVerdictPOLICY_DENY
-		if p.Allow {
+		switch {
+		case p.Allow && len(p.Only) > 0:
+			v = daoliPolicyVerdictPOLICY_EXPORTS
+		case p.Allow:
 			v = daoliPolicyVerdictPOLICY_ALLOW
 		}
 		policies[daoliPolicyKey{From: p.From, To: p.To}] = v
 		if p.From == p.To {
 			continue
 		}
+		only := map[daoliServiceKey]bool{}
+		for _, r := range p.Only {
+			k := daoliServiceKey{NetId: p.To, Ip: addr(r.IP), Port: r.Port.Number, Proto: uint8(r.Port.Proto)}
+			only[k] = true
+			exports[daoliExportKey{From: p.From, To: p.To, Ip: k.Ip, Port: k.Port, Proto: k.Proto}] = 1
+		}
 		for k, svc := range home {
-			if k.NetId != p.To {
+			if k.NetId != p.To || len(only) > 0 && !only[k] {
 				continue
 			}
 			k.NetId = p.From
@@ -140,6 +150,7 @@ func (d *Dataplane) Apply(s State) error {
 		func() (func() error, error) { return syncMap(m.IdentBlocks, ident, &d.writes) },
 		func() (func() error, error) { return syncMap(m.EndpointByIfindex, byIfindex, &d.writes) },
 		func() (func() error, error) { return d.syncStats(byIfindex) },
+		func() (func() error, error) { return syncMap(m.Exports, exports, &d.writes) },
 		func() (func() error, error) { return syncMap(m.Policies, policies, &d.writes) },
 		func() (func() error, error) { return syncMap(m.Outside, outside, &d.writes) },
 		func() (func() error, error) { return syncMap(m.Egress, egress, &d.writes) },

@@ -138,7 +138,7 @@ func (d *Dataplane) Fill() (fill []MapFill, flows int, err error) {
 	}{
 		{"conntrack", m.Conntrack}, {"endpoints", m.Endpoints}, {"endpoint_by_ifindex", m.EndpointByIfindex},
 		{"wire_blocks", m.WireBlocks}, {"ident_blocks", m.IdentBlocks}, {"services", m.Services},
-		{"policies", m.Policies}, {"offset_cursor", m.OffsetCursor},
+		{"policies", m.Policies}, {"exports", m.Exports}, {"offset_cursor", m.OffsetCursor},
 	} {
 		n := 0
 		it := x.m.Iterate()

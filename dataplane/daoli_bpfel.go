@@ -96,6 +96,16 @@ type daoliEpStats struct {
 	RxBytes   uint64
 }
 
+type daoliExportKey struct {
+	_     structs.HostLayout
+	From  uint32
+	To    uint32
+	Ip    uint32
+	Port  uint16
+	Proto uint8
+	Pad   uint8
+}
+
 type daoliGatewaySettings struct {
 	_    structs.HostLayout
 	Base uint16
@@ -155,8 +165,9 @@ type daoliPolicyKey struct {
 type daoliPolicyVerdict uint32
 
 const (
-	daoliPolicyVerdictPOLICY_DENY  daoliPolicyVerdict = 0
-	daoliPolicyVerdictPOLICY_ALLOW daoliPolicyVerdict = 1
+	daoliPolicyVerdictPOLICY_DENY    daoliPolicyVerdict = 0
+	daoliPolicyVerdictPOLICY_ALLOW   daoliPolicyVerdict = 1
+	daoliPolicyVerdictPOLICY_EXPORTS daoliPolicyVerdict = 2
 )
 
 type daoliPublishedKey struct {
@@ -221,6 +232,7 @@ const (
 	daoliMapEndpointByIfindex = "endpoint_by_ifindex"
 	daoliMapEndpointStats     = "endpoint_stats"
 	daoliMapEndpoints         = "endpoints"
+	daoliMapExports           = "exports"
 	daoliMapGateway           = "gateway"
 	daoliMapIdentBlocks       = "ident_blocks"
 	daoliMapIngress           = "ingress"
@@ -292,6 +304,7 @@ type daoliMapSpecs struct {
 	EndpointByIfindex *ebpf.MapSpec `ebpf:"endpoint_by_ifindex"`
 	EndpointStats     *ebpf.MapSpec `ebpf:"endpoint_stats"`
 	Endpoints         *ebpf.MapSpec `ebpf:"endpoints"`
+	Exports           *ebpf.MapSpec `ebpf:"exports"`
 	Gateway           *ebpf.MapSpec `ebpf:"gateway"`
 	IdentBlocks       *ebpf.MapSpec `ebpf:"ident_blocks"`
 	Ingress           *ebpf.MapSpec `ebpf:"ingress"`
@@ -337,6 +350,7 @@ type daoliMaps struct {
 	EndpointByIfindex *ebpf.Map `ebpf:"endpoint_by_ifindex"`
 	EndpointStats     *ebpf.Map `ebpf:"endpoint_stats"`
 	Endpoints         *ebpf.Map `ebpf:"endpoints"`
+	Exports           *ebpf.Map `ebpf:"exports"`
 	Gateway           *ebpf.Map `ebpf:"gateway"`
 	IdentBlocks       *ebpf.Map `ebpf:"ident_blocks"`
 	Ingress           *ebpf.Map `ebpf:"ingress"`
@@ -358,6 +372,7 @@ func (m *daoliMaps) Close() error {
 		m.EndpointByIfindex,
 		m.EndpointStats,
 		m.Endpoints,
+		m.Exports,
 		m.Gateway,
 		m.IdentBlocks,
 		m.Ingress,

@@ -207,7 +207,7 @@ func (d *Dataplane) Remove() error {
 func (d *Dataplane) maps() []*ebpf.Map {
 	m := &d.objs.daoliMaps
 	return []*ebpf.Map{m.Conntrack, m.Drops, m.Egress, m.EndpointByIfindex, m.EndpointStats,
-		m.Endpoints, m.IdentBlocks, m.Maglev, m.OffsetCursor, m.Outside, m.Policies, m.Services, m.Settings, m.WireBlocks}
+		m.Endpoints, m.IdentBlocks, m.Maglev, m.OffsetCursor, m.Exports, m.Outside, m.Policies, m.Services, m.Settings, m.WireBlocks}
 }
 
 // checkBPFFS reports whether path (or its closest existing parent) lies on a

@@ -169,7 +169,13 @@
 // same network and deny otherwise: a denied flow is dropped with
 // DropPolicy; a network no Policy shows stays invisible (DropNoService). An
 // allowed From's identity blocks are copied into To, so backends of To can
-// answer without state. Policies are checked when a flow starts (and when
+// answer without state. A Policy with Only is an export: only the services
+// it lists are projected, its verdict is POLICY_EXPORTS, and the exports
+// map, keyed by (from, to, IP, port, protocol), says which of To's services
+// From's clients may reach; the backend's server checks it against the port
+// the packet's wire port names, so a packet crafted straight to another
+// port of an exporting endpoint is dropped there (DropPolicy). Policies are
+// checked when a flow starts (and when
 // it is moved to another backend) on the client's server and, for flows
 // that cross servers, on every packet at the backend's server; a flow
 // between two containers of one server outlives a removed Allow until its
@@ -186,7 +192,8 @@
 //	ident_blocks         (network, IP, block base) -> endpoint id (every endpoint, and allowed networks' copies)
 //	services             (client's network, IP, port, proto) -> service's network, mode, active backends, failover choice, Maglev table
 //	maglev               table*1021+slot -> endpoint id
-//	policies             (from network, to network) -> allow or deny
+//	policies             (from network, to network) -> allow, deny or exports
+//	exports              (from, to, IP, port, protocol) of an export -> 1
 //	outside              LPM: network subnets and never-egress prefixes -> internal; server locators -> locator
 //	egress               LPM: (network, prefix) -> allowed outside destinations
 //	published            (host port, protocol) -> the service it leads to
@@ -201,7 +208,7 @@
 //	endpoint_stats       per-CPU packet and byte counters per local endpoint
 //
 // Apply owns settings, endpoints, endpoint_by_ifindex, wire_blocks,
-// ident_blocks, services, maglev, policies, outside, egress, published,
+// ident_blocks, services, maglev, policies, exports, outside, egress, published,
 // gateway and the entries of endpoint_stats; the programs own conntrack,
 // offset_cursor, ingress and the counts.
 // Apply creates a zeroed endpoint_stats entry for every local endpoint and

@@ -266,6 +266,22 @@ func TestPolicyTraffic(t *testing.T) {
 			t.Errorf("own service answered by %s, want S", name)
 		}
 	})
+	t.Run("one service exported", func(t *testing.T) {
+		setPolicies(Policy{From: 7, To: 9, Allow: true, Only: []ServiceRef{{remote.Addr(), Port{7000, TCP}}}})
+		if name, seen := ask(t, client, "tcp4", remote); name != "P" || seen.Addr() != client.IP {
+			t.Errorf("the exported %s: answered by %s seeing %s, want P seeing %s", remote, name, seen, client.IP)
+		}
+		// The same endpoint's other port, and the same port of another
+		// IP, stay invisible.
+		before := drops(t, tw.dpA)
+		if _, err := askUDP(client, netip.MustParseAddrPort("10.2.0.5:7001"), "hello"); err == nil {
+			t.Error("10.2.0.5:7001/udp answered: only 7000/tcp is exported")
+		}
+		dialFails(t, client, netip.Addr{}, local)
+		if got := rose(before, drops(t, tw.dpA), DropNoService); got < 2 {
+			t.Errorf("no_service rose by %d, want at least 2", got)
+		}
+	})
 	t.Run("denied", func(t *testing.T) {
 		setPolicies(Policy{From: 7, To: 9, Allow: false})
 		before := drops(t, tw.dpA)

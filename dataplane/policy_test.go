@@ -1,11 +1,13 @@
 package dataplane
 
 import (
+	"errors"
 	"net"
 	"net/netip"
 	"slices"
 	"testing"
 
+	"github.com/cilium/ebpf"
 	"github.com/google/gopacket/layers"
 )
 
@@ -123,4 +125,71 @@ func TestPolicy(t *testing.T) {
 			t.Errorf("policy %+v still in the map", k)
 		}
 	})
+}
+
+// TestExport: a Policy with Only shows network 8's Y:443 in network 7 and
+// nothing else of network 8: Y's other port is invisible at the client's
+// server, and a packet crafted straight to its wire port is dropped at
+// Y's server.
+func TestExport(t *testing.T) {
+	a, b := newDataplane(t), newDataplane(t)
+	setUplink(t, a, uplinkIfindex)
+	setUplink(t, b, uplinkIfindex)
+	export := Policy{From: 7, To: 8, Allow: true, Only: []ServiceRef{{ipY, Port{443, TCP}}}}
+	apply := func(d *Dataplane, local netip.Addr, ps ...Policy) {
+		t.Helper()
+		s := withY(local, ps...)
+		s.Endpoints[len(s.Endpoints)-1].Ports = []Port{{443, TCP}, {8443, TCP}}
+		if err := d.Apply(s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	apply(a, serverA, export)
+	apply(b, serverB, export)
+
+	wire := mustRedirect(t, a, a.objs.FromContainer, flowTo(ipY, 443, 43000).bytes(t))
+	atY := decode(t, mustRedirect(t, b, b.objs.FromNetwork, wire))
+	if atY.src != ipC || atY.dst != ipY || atY.dport != 443 {
+		t.Errorf("at Y: %s:%d -> %s:%d, want %s:* -> %s:443", atY.src, atY.sport, atY.dst, atY.dport, ipC, ipY)
+	}
+	resp := pkt{srcMAC: macY, dstMAC: DefaultGatewayMAC, src: ipY, dst: ipC, proto: layers.IPProtocolTCP, sport: 443, dport: atY.sport}
+	atC := decode(t, mustRedirect(t, a, a.objs.FromNetwork, mustRedirect(t, b, b.objs.FromContainer, resp.bytes(t))))
+	if atC.src != ipY || atC.sport != 443 || atC.dport != 43000 {
+		t.Errorf("the answer at C: %s:%d -> :%d, want %s:443 -> :43000", atC.src, atC.sport, atC.dport, ipY)
+	}
+
+	dropped := func(d *Dataplane, prog *ebpf.Program, in []byte, reason DropReason) {
+		t.Helper()
+		before := drops(t, d)
+		if ret, _ := run(t, prog, in); ret != actShot {
+			t.Fatalf("verdict %d, want shot", ret)
+		}
+		if got := drops(t, d)[reason] - before[reason]; got != 1 {
+			t.Errorf("%s rose by %d, want 1; drops %v", reason, got, mustDrops(d))
+		}
+	}
+	dropped(a, a.objs.FromContainer, flowTo(ipY, 8443, 43001).bytes(t), DropNoService)
+	w := decode(t, wire)
+	crafted := pkt{srcMAC: w.srcMAC, dstMAC: w.dstMAC, src: w.src, dst: w.dst, proto: layers.IPProtocolTCP,
+		sport: w.sport, dport: w.dport + 1}
+	dropped(b, b.objs.FromNetwork, crafted.bytes(t), DropPolicy)
+
+	var k daoliExportKey
+	var v uint8
+	if it := a.objs.Exports.Iterate(); !it.Next(&k, &v) || k.From != 7 || k.To != 8 || k.Port != 443 || it.Next(&k, &v) {
+		t.Errorf("the exports map does not hold exactly 7->8 %s:443", ipY)
+	}
+	apply(a, serverA)
+	if it := a.objs.Exports.Iterate(); it.Next(&k, &v) {
+		t.Errorf("export %+v still in the map after its policy went", k)
+	}
+	for _, bad := range []Policy{
+		{From: 7, To: 8, Allow: false, Only: export.Only},
+		{From: 7, To: 8, Allow: true, Only: []ServiceRef{{ipY, Port{443, TCP}}, {ipY, Port{443, TCP}}}},
+		{From: 7, To: 8, Allow: true, Only: []ServiceRef{{ipY, Port{0, TCP}}}},
+	} {
+		if err := a.Apply(withY(serverA, bad)); !errors.Is(err, ErrInvalidState) {
+			t.Errorf("policy %+v: %v, want ErrInvalidState", bad, err)
+		}
+	}
 }

@@ -162,6 +162,11 @@ var neverEgress = []netip.Prefix{
 // port and protocol. A Policy with From == To and Allow false isolates the
 // endpoints of that network from each other.
 //
+// An allowing Policy with Only lists the services of To it shows in
+// From, and no others: an export, through which From's clients reach
+// those services (and from_network lets through no packet to any other
+// port of To's endpoints). Only needs Allow.
+//
 // Policies are checked when a flow starts on the client's server and, for
 // flows that cross servers, on every packet at the backend's server: removing
 // an Allow stops such live flows there, while a flow between two containers
@@ -169,7 +174,18 @@ var neverEgress = []netip.Prefix{
 type Policy struct {
 	From, To uint32
 	Allow    bool
+	Only     []ServiceRef
 }
+
+// ServiceRef names a service of a network by IP, port and protocol.
+type ServiceRef struct {
+	IP   netip.Addr
+	Port Port
+}
+
+// MaxExports is how many (From, To, service) triples the Only lists of
+// all Policies may name together.
+const MaxExports = 65536
 
 // State is the desired content of one server's maps. Every server gets the
 // same State except for the Ifindex of its own endpoints.
@@ -508,15 +524,36 @@ func validatePolicies(s State, ident map[identKey]uint32) error {
 	}
 	pairs := map[[2]uint32]bool{}
 	shownBy := map[serviceID]uint32{}
+	exports := 0
 	for _, p := range sortedPolicies(s) {
 		if pairs[[2]uint32{p.From, p.To}] {
 			return bad("policy %d->%d: listed twice", p.From, p.To)
 		}
 		pairs[[2]uint32{p.From, p.To}] = true
+		if len(p.Only) > 0 && (!p.Allow || p.From == p.To) {
+			return bad("policy %d->%d: Only needs Allow, between two networks", p.From, p.To)
+		}
+		only := map[serviceID]bool{}
+		for _, r := range p.Only {
+			sid := serviceID{p.To, r.IP, r.Port.Number, uint8(r.Port.Proto)}
+			if !r.IP.Is4() || r.Port.Number == 0 || (r.Port.Proto != TCP && r.Port.Proto != UDP) {
+				return bad("policy %d->%d: service %s:%d/%s: want an IPv4 address, a port and tcp or udp", p.From, p.To, r.IP, r.Port.Number, r.Port.Proto)
+			}
+			if only[sid] {
+				return bad("policy %d->%d: service %s:%d/%s listed twice", p.From, p.To, r.IP, r.Port.Number, r.Port.Proto)
+			}
+			only[sid] = true
+		}
+		if exports += len(p.Only); exports > MaxExports {
+			return bad("policies list %d exported services, more than %d", exports, MaxExports)
+		}
 		if p.From == p.To {
 			continue
 		}
 		for _, sid := range homes[p.To] {
+			if len(only) > 0 && !only[sid] {
+				continue
+			}
 			shown := sid
 			shown.network = p.From
 			if own[shown] {

@@ -46,22 +46,22 @@ func TestValidate(t *testing.T) {
 			s.Endpoints = append(s.Endpoints, e)
 		}},
 		{"ifindex twice", func(s *State) { s.Endpoints[2].Ifindex = s.Endpoints[0].Ifindex }},
-		{"policy twice", func(s *State) { s.Policies = []Policy{{7, 8, true}, {7, 8, false}} }},
+		{"policy twice", func(s *State) { s.Policies = []Policy{{From: 7, To: 8, Allow: true}, {From: 7, To: 8, Allow: false}} }},
 		{"two networks show one service", func(s *State) {
 			// X (network 8) and W (network 9) both serve 10.1.0.9:80
 			// and would both appear in network 10.
 			w := s.Endpoints[3]
 			w.ID, w.Network, w.WireBase = 9, 9, 40960
 			s.Endpoints = append(s.Endpoints, w)
-			s.Policies = []Policy{{10, 8, true}, {10, 9, false}}
+			s.Policies = []Policy{{From: 10, To: 8, Allow: true}, {From: 10, To: 9, Allow: false}}
 		}},
 		{"identity block taken in the reached network", func(s *State) {
 			s.Endpoints[3].IdentityBase = s.Endpoints[1].IdentityBase // X's and S's, same IP
-			s.Policies = []Policy{{8, 7, true}}
+			s.Policies = []Policy{{From: 8, To: 7, Allow: true}}
 		}},
 		{"reached network serves a port in an identity block", func(s *State) {
 			s.Endpoints[1].Ports[1].Number = 2100 // S serves inside X's identity block 2048
-			s.Policies = []Policy{{8, 7, true}}
+			s.Policies = []Policy{{From: 8, To: 7, Allow: true}}
 		}},
 		{"network ID 0", func(s *State) { s.Networks[0].ID = 0 }},
 		{"network twice", func(s *State) { s.Networks[1].ID = s.Networks[0].ID }},

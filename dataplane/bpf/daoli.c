@@ -173,14 +173,20 @@ static __always_inline int is_error(const struct pkt *p)
 }
 
 /* policy_allows says whether clients of network from may open flows to
- * services of network to. */
-static __always_inline int policy_allows(__u32 from, __u32 to)
+ * the service (ip, port, proto) of network to. */
+static __always_inline int policy_allows(__u32 from, __u32 to, __u32 ip,
+					 __u16 port, __u8 proto)
 {
-	struct policy_key k = { .from = from, .to = to };
+	/* One key for both maps: a policy_key is an export_key's start. */
+	struct export_key k = {
+		.from = from, .to = to, .ip = ip, .port = port, .proto = proto,
+	};
 	enum policy_verdict *v = bpf_map_lookup_elem(&policies, &k);
 
 	if (!v)
 		return from == to;
+	if (*v == POLICY_EXPORTS)
+		return bpf_map_lookup_elem(&exports, &k) != NULL;
 	return *v == POLICY_ALLOW;
 }
 
@@ -462,7 +468,7 @@ static __always_inline __u32 choose_backend(const struct endpoint *c,
 
 	if (!svc)
 		return DROP_NO_SERVICE;
-	if (!policy_allows(c->net_id, svc->net_id))
+	if (!policy_allows(c->net_id, svc->net_id, p->daddr, p->dport, p->proto))
 		return DROP_POLICY;
 	*sid = select_backend(svc, p);
 	*s = bpf_map_lookup_elem(&endpoints, sid);
@@ -2459,7 +2465,8 @@ int from_network(struct __sk_buff *skb)
 		off = p.sport - peer->wire_base;
 		if (off < peer->nports)
 			return drop(DROP_UNKNOWN_PEER);
-		if (!policy_allows(peer->net_id, ep->net_id))
+		if (!policy_allows(peer->net_id, ep->net_id, ep->ip, port,
+				   p.proto))
 			return drop(DROP_POLICY);
 		if (rewrite(skb, &p, peer->ip, ep->ip, peer->ident_base + off,
 			    port, 0) < 0 ||

@@ -68,6 +68,7 @@ enum drop_reason {
 enum policy_verdict {
 	POLICY_DENY = 0,
 	POLICY_ALLOW = 1,
+	POLICY_EXPORTS = 2, /* only the services the exports map names */
 };
 
 struct served_port {
@@ -150,6 +151,21 @@ struct policy_key {
 	__u32 from;
 	__u32 to;
 };
+
+/* export_key names one service of network to (ip, port, proto; port 0
+ * for ICMP) that clients of network from may open flows to, when their
+ * policy is POLICY_EXPORTS. The value is unused. */
+struct export_key {
+	__u32 from;
+	__u32 to;
+	__u32 ip; /* network order */
+	__u16 port; /* host order */
+	__u8 proto;
+	__u8 pad;
+};
+/* policy_allows looks both maps up with one export_key. */
+_Static_assert(__builtin_offsetof(struct export_key, ip) == sizeof(struct policy_key),
+	       "a policy_key is the start of an export_key");
 
 enum ct_dir {
 	CT_OUT = 0, /* client side, 5-tuple as the client sent it */
@@ -419,6 +435,15 @@ struct {
 	__type(value, enum policy_verdict);
 	__uint(pinning, PIN_BY_NAME);
 } policies SEC(".maps");
+
+/* exports: the services a POLICY_EXPORTS pair of networks may reach. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct export_key);
+	__type(value, __u8);
+	__uint(pinning, PIN_BY_NAME);
+} exports SEC(".maps");
 
 /* outside: the subnets of every network and every server's locators, so
  * a new flow to none of them is known to leave the cluster. */
