@@ -62,6 +62,11 @@ func TestNetworkCreateFlags(t *testing.T) {
 			wantFlag: "subnet",
 		},
 		{
+			name:  "groups",
+			flags: networkCreateFlags{subnet: "10.1.0.0/24", groups: "prod, web,,"},
+			want:  mapper.NetworkSpec{Name: "net1", Subnet: netip.MustParsePrefix("10.1.0.0/24"), Groups: []string{"prod", "web"}},
+		},
+		{
 			name:     "bad gateway",
 			flags:    networkCreateFlags{subnet: "10.1.0.0/24", gateway: "10.1.0"},
 			wantErr:  `--gateway "10.1.0": IPv4 address too short; want an IPv4 address such as 10.1.0.5`,

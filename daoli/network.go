@@ -1,10 +1,14 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/daolinet/daoli/mapper"
@@ -15,13 +19,14 @@ func newNetworkCmd(a *app) *cobra.Command {
 	cmd := groupCmd("network", "Create, list, update and remove virtual networks")
 	a.addClientFlags(cmd)
 	cmd.AddCommand(newNetworkCreateCmd(a), newNetworkLsCmd(a), newNetworkUpdateCmd(a), newNetworkRmCmd(a),
-		newNetworkClaimsCmd(a), newNetworkForgetCmd(a))
+		newNetworkClaimsCmd(a), newNetworkForgetCmd(a),
+		newNetworkConnectCmd(a, true), newNetworkConnectCmd(a, false), newNetworkReachCmd(a))
 	return cmd
 }
 
 // networkCreateFlags are the flags of "network create".
 type networkCreateFlags struct {
-	subnet, gateway, egress string
+	subnet, gateway, egress, groups string
 }
 
 // spec parses the flags into a NetworkSpec for the network name.
@@ -41,8 +46,23 @@ func (f *networkCreateFlags) spec(name string) (mapper.NetworkSpec, error) {
 			return mapper.NetworkSpec{}, err
 		}
 	}
+	spec.Groups = parseGroupsFlag(f.groups)
 	return spec, nil
 }
+
+// parseGroupsFlag splits --groups; "" is no group (nil).
+func parseGroupsFlag(s string) []string {
+	var groups []string
+	for _, g := range strings.Split(s, ",") {
+		if g = strings.TrimSpace(g); g != "" {
+			groups = append(groups, g)
+		}
+	}
+	return groups
+}
+
+// groupsHelp describes --groups.
+const groupsHelp = "groups the network is in, separated by commas: networks of one group reach each other's services"
 
 // parseEgressFlag parses --egress.
 func parseEgressFlag(s string) (mapper.Egress, error) {
@@ -57,15 +77,16 @@ func parseEgressFlag(s string) (mapper.Egress, error) {
 const egressHelp = "what outside every network its containers may reach, from their server's address: allow (anywhere), deny (nowhere) or CIDRs such as 203.0.113.0/24,198.51.100.0/24"
 
 func newNetworkUpdateCmd(a *app) *cobra.Command {
-	var egress string
+	var egress, groups string
 	var cmd *cobra.Command
 	cmd = &cobra.Command{
-		Use:   "update NAME --egress allow|deny|CIDR,...",
+		Use:   "update NAME [--egress allow|deny|CIDR,...] [--groups GROUP,...]",
 		Short: "Change a network's settings",
 		Long: `Change a network's settings. --egress says which addresses outside every
-network its containers may open connections to: every server applies the
+network its containers may open connections to; --groups replaces the
+groups the network is in ("" leaves them all). Every server applies the
 change at once, to flows already open too.`,
-		Example: "  daoli network update blue --egress 203.0.113.0/24\n  daoli network update blue --egress deny",
+		Example: "  daoli network update blue --egress 203.0.113.0/24\n  daoli network update blue --egress deny\n  daoli network update blue --groups prod",
 		Args:    exactArgs("NAME"),
 		RunE: a.withClient(func(ctx context.Context, s *session, args []string) error {
 			var u mapper.NetworkUpdate
@@ -76,8 +97,15 @@ change at once, to flows already open too.`,
 				}
 				u.Egress = &e
 			}
+			if cmd.Flags().Changed("groups") {
+				g := parseGroupsFlag(groups)
+				if g == nil {
+					g = []string{} // leave every group
+				}
+				u.Groups = &g
+			}
 			if u == (mapper.NetworkUpdate{}) {
-				return errors.New("network update: nothing to change; give --egress")
+				return errors.New("network update: nothing to change; give --egress or --groups")
 			}
 			n, err := s.cl.UpdateNetwork(ctx, args[0], u)
 			if err != nil {
@@ -87,19 +115,21 @@ change at once, to flows already open too.`,
 		}),
 	}
 	cmd.Flags().StringVar(&egress, "egress", "", egressHelp)
+	cmd.Flags().StringVar(&groups, "groups", "", groupsHelp)
 	return cmd
 }
 
 func newNetworkCreateCmd(a *app) *cobra.Command {
 	var f networkCreateFlags
 	cmd := &cobra.Command{
-		Use:   "create NAME --subnet CIDR [--gateway IP] [--egress allow|deny|CIDR,...]",
+		Use:   "create NAME --subnet CIDR [--gateway IP] [--egress allow|deny|CIDR,...] [--groups GROUP,...]",
 		Short: "Create a virtual network",
 		Long: `Create a virtual network. CIDRs of different networks may overlap: each
-network is its own address space. The gateway defaults to the subnet's
-first address. Its containers may reach every address outside the
-networks (egress, from their server's address) unless --egress says
-otherwise.`,
+network is its own address space, isolated from the others (networks in
+one group, or connected, reach each other and need disjoint subnets).
+The gateway defaults to the subnet's first address. Its containers may
+reach every address outside the networks (egress, from their server's
+address) unless --egress says otherwise.`,
 		Example: "  daoli network create blue --subnet 10.1.0.0/24\n  daoli network create red --subnet 10.2.0.0/24 --egress deny",
 		Args:    exactArgs("NAME"),
 		RunE: a.withClient(func(ctx context.Context, s *session, args []string) error {
@@ -116,6 +146,7 @@ otherwise.`,
 	cmd.Flags().StringVar(&f.subnet, "subnet", "", "the network's IPv4 CIDR, such as 10.1.0.0/24 (required)")
 	cmd.Flags().StringVar(&f.gateway, "gateway", "", "the gateway address (default: the subnet's first address)")
 	cmd.Flags().StringVar(&f.egress, "egress", "allow", egressHelp)
+	cmd.Flags().StringVar(&f.groups, "groups", "", groupsHelp)
 	cmd.MarkFlagRequired("subnet")
 	return cmd
 }
@@ -211,6 +242,118 @@ func writeClaims(w io.Writer, cs []mapper.Claim) error {
 	t := newTable(w, "OWNER", "IP", "MAC", "USED")
 	for _, c := range cs {
 		t.row(c.Owner, c.IP.String(), c.MAC.String(), c.Used.Format(time.RFC3339))
+	}
+	return t.flush()
+}
+
+// newNetworkConnectCmd is "network connect" (connect) or "network
+// disconnect".
+func newNetworkConnectCmd(a *app, connect bool) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "connect NETWORK NETWORK",
+		Short: "Let two networks reach each other's services",
+		Long: `Connect two networks: the endpoints of each reach every service of the
+other, at its own IP and port. Their subnets must not overlap. Every
+server applies it at once.`,
+		Example: "  daoli network connect blue red",
+		Args:    exactArgs("NETWORK", "NETWORK"),
+		RunE: a.withClient(func(ctx context.Context, s *session, args []string) error {
+			change, verb := s.cl.ConnectNetworks, "connected"
+			if !connect {
+				change, verb = s.cl.DisconnectNetworks, "disconnected"
+			}
+			n, err := change(ctx, args[0], args[1])
+			if err != nil {
+				return err
+			}
+			return s.out.print(n, func(w io.Writer) error {
+				_, err := fmt.Fprintf(w, "%s %s and %s\n", verb, args[0], args[1])
+				return err
+			})
+		}),
+	}
+	if !connect {
+		cmd.Use = "disconnect NETWORK NETWORK"
+		cmd.Short = "Isolate two connected networks again"
+		cmd.Long = `Disconnect two networks: each stops reaching the other's services. Flows
+open between them end: the backend's server drops their next packets.`
+		cmd.Example = "  daoli network disconnect blue red"
+	}
+	return cmd
+}
+
+func newNetworkReachCmd(a *app) *cobra.Command {
+	return &cobra.Command{
+		Use:   "reach [NETWORK]",
+		Short: "List which networks reach which services, and why",
+		Long: `List, for each network (or the one named), the networks whose services its
+endpoints reach beyond its own: all of them (connected, or in a group
+with it) or the services exported to it.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: a.withClient(func(ctx context.Context, s *session, args []string) error {
+			ns, err := s.cl.Networks(ctx)
+			if err != nil {
+				return err
+			}
+			rows := reachRows(ns)
+			if len(args) == 1 {
+				rows = slices.DeleteFunc(rows, func(r reachRow) bool { return r.Network != args[0] })
+			}
+			return printList(s, rows, func([]reachRow) {}, writeReach)
+		}),
+	}
+}
+
+// reachRow is one line of "network reach".
+type reachRow struct {
+	Network  string   `json:"network"`
+	Reaches  string   `json:"reaches"`
+	Services []string `json:"services,omitempty"` // empty: every service
+	Because  string   `json:"because"`
+}
+
+func reachRows(ns []mapper.Network) []reachRow {
+	byName := map[string]mapper.Network{}
+	for _, n := range ns {
+		byName[n.Name] = n
+	}
+	reach := mapper.ReachOf(ns)
+	rows := []reachRow{}
+	for _, n := range ns {
+		for _, to := range reach.Full[n.Name] {
+			because := "connected"
+			if !slices.Contains(n.Connected, to) {
+				for _, g := range n.Groups {
+					if slices.Contains(byName[to].Groups, g) {
+						because = "group " + g
+						break
+					}
+				}
+			}
+			rows = append(rows, reachRow{Network: n.Name, Reaches: to, Because: because})
+		}
+		for to, es := range reach.Only[n.Name] {
+			r := reachRow{Network: n.Name, Reaches: to, Because: "exported"}
+			for _, e := range es {
+				r.Services = append(r.Services, netip.AddrPortFrom(e.IP, e.Port).String()+"/"+string(e.Protocol))
+			}
+			rows = append(rows, r)
+		}
+	}
+	slices.SortFunc(rows, func(a, b reachRow) int {
+		return cmp.Or(cmp.Compare(a.Network, b.Network), cmp.Compare(a.Reaches, b.Reaches))
+	})
+	return rows
+}
+
+func writeReach(w io.Writer, rows []reachRow) error {
+	t := newTable(w, "NETWORK", "REACHES", "SERVICES", "BECAUSE")
+	for _, r := range rows {
+		svcs := "all"
+		if len(r.Services) > 0 {
+			svcs = strings.Join(r.Services, ",")
+		}
+		t.row(r.Network, r.Reaches, svcs, r.Because)
 	}
 	return t.flush()
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -149,6 +150,10 @@ func NewAPI(reg *Registry, log *slog.Logger) *API {
 		{"DELETE /v1/networks/{name}", a.deleteNetwork, operator},
 		{"GET /v1/networks/{name}/claims", a.listClaims, read},
 		{"DELETE /v1/networks/{name}/claims", a.forget, operator},
+		{"PUT /v1/networks/{name}/connections/{other}", a.connect, operator},
+		{"DELETE /v1/networks/{name}/connections/{other}", a.disconnect, operator},
+		{"POST /v1/networks/{name}/exports", a.export, operator},
+		{"DELETE /v1/networks/{name}/exports", a.unexport, operator},
 		{"GET /v1/servers", a.listServers, read},
 		{"POST /v1/servers", a.registerServer, scoped},
 		{"GET /v1/servers/{name}", a.getServer, read},
@@ -294,6 +299,40 @@ func (a *API) forget(r *http.Request) (int, any, error) {
 	}
 	c, err := a.reg.Forget(r.Context(), r.PathValue("name"), owner)
 	return http.StatusOK, c, err
+}
+
+func (a *API) connect(r *http.Request) (int, any, error) {
+	n, err := a.reg.ConnectNetworks(r.Context(), r.PathValue("name"), r.PathValue("other"))
+	return http.StatusOK, n, err
+}
+
+func (a *API) disconnect(r *http.Request) (int, any, error) {
+	n, err := a.reg.DisconnectNetworks(r.Context(), r.PathValue("name"), r.PathValue("other"))
+	return http.StatusOK, n, err
+}
+
+func (a *API) export(r *http.Request) (int, any, error) {
+	var spec ExportSpec
+	if err := decodeRequest(r.Body, &spec); err != nil {
+		return 0, nil, err
+	}
+	n, err := a.reg.ExportService(r.Context(), r.PathValue("name"), spec)
+	return http.StatusOK, n, err
+}
+
+func (a *API) unexport(r *http.Request) (int, any, error) {
+	q := r.URL.Query()
+	ip, err := netip.ParseAddr(q.Get("ip"))
+	if err != nil {
+		return 0, nil, invalid("ip", "%q: want the IPv4 address of the exported service", q.Get("ip"))
+	}
+	port, err := strconv.ParseUint(q.Get("port"), 10, 16)
+	if err != nil || port == 0 {
+		return 0, nil, invalid("port", "%q: want the exported service's port, 1 to 65535", q.Get("port"))
+	}
+	spec := ExportSpec{IP: ip, Port: uint16(port), Protocol: Protocol(q.Get("protocol")), To: q.Get("to")}
+	n, err := a.reg.UnexportService(r.Context(), r.PathValue("name"), spec)
+	return http.StatusOK, n, err
 }
 
 func (a *API) listServers(r *http.Request) (int, any, error) {

@@ -76,6 +76,10 @@ func TestClientCertificates(t *testing.T) {
 	if e := s1.DeleteNetwork(ctx, "net1"); status(e) != 403 {
 		t.Errorf("server deleting a network: %v", e)
 	}
+	_, err = s1.ConnectNetworks(ctx, "net1", "net2")
+	want(err, 403, "that takes an operator certificate")
+	_, err = s1.ExportService(ctx, "net1", mapper.ExportSpec{IP: ip("10.1.0.5"), Port: 80, To: "net2"})
+	want(err, 403, "that takes an operator certificate")
 
 	op := p.Client(srv.URL, mapper.RoleOperator, "alice")
 	if _, err := op.CreateEndpoint(ctx, web("w2", "s2")); err != nil {

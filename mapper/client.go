@@ -95,7 +95,7 @@ func repeatable(method, path string) bool {
 	case http.MethodGet, http.MethodHead, http.MethodPut, http.MethodDelete, http.MethodPatch:
 		return true
 	}
-	return strings.HasPrefix(path, "/v1/servers") || strings.HasSuffix(path, "/scale") ||
+	return strings.HasPrefix(path, "/v1/servers") || strings.HasSuffix(path, "/scale") || strings.HasSuffix(path, "/exports") ||
 		(strings.HasPrefix(path, "/v1/endpoints/") && strings.HasSuffix(path, "/move"))
 }
 
@@ -284,6 +284,40 @@ func (c *Client) UpdateNetwork(ctx context.Context, name string, u NetworkUpdate
 // DeleteNetwork removes a network.
 func (c *Client) DeleteNetwork(ctx context.Context, name string) error {
 	return c.do(ctx, http.MethodDelete, "/v1/networks/"+url.PathEscape(name), nil, nil)
+}
+
+// ConnectNetworks connects networks a and b: each reaches every service of
+// the other. It returns a.
+func (c *Client) ConnectNetworks(ctx context.Context, a, b string) (Network, error) {
+	var n Network
+	return n, c.do(ctx, http.MethodPut, "/v1/networks/"+url.PathEscape(a)+"/connections/"+url.PathEscape(b), nil, &n)
+}
+
+// DisconnectNetworks undoes ConnectNetworks. It returns a.
+func (c *Client) DisconnectNetworks(ctx context.Context, a, b string) (Network, error) {
+	var n Network
+	return n, c.do(ctx, http.MethodDelete, "/v1/networks/"+url.PathEscape(a)+"/connections/"+url.PathEscape(b), nil, &n)
+}
+
+// ExportService lets clients of network spec.To reach one service of
+// network. It returns network.
+func (c *Client) ExportService(ctx context.Context, network string, spec ExportSpec) (Network, error) {
+	var n Network
+	return n, c.do(ctx, http.MethodPost, "/v1/networks/"+url.PathEscape(network)+"/exports", spec, &n)
+}
+
+// UnexportService undoes ExportService, for spec.To or, when it is empty,
+// every network. It returns network.
+func (c *Client) UnexportService(ctx context.Context, network string, spec ExportSpec) (Network, error) {
+	q := url.Values{"ip": {spec.IP.String()}, "port": {strconv.Itoa(int(spec.Port))}}
+	if spec.Protocol != "" {
+		q.Set("protocol", string(spec.Protocol))
+	}
+	if spec.To != "" {
+		q.Set("to", spec.To)
+	}
+	var n Network
+	return n, c.do(ctx, http.MethodDelete, "/v1/networks/"+url.PathEscape(network)+"/exports?"+q.Encode(), nil, &n)
 }
 
 // Claims lists the address claims of a network.

@@ -22,6 +22,15 @@ type Network struct {
 	// may open flows to. The zero value allows all of them, and is
 	// left out of JSON.
 	Egress Egress `json:"egress,omitzero"`
+	// Connected names the networks this one is connected to, in order:
+	// each reaches every service of the other.
+	Connected []string `json:"connected,omitempty"`
+	// Groups names the groups the network is in: networks of one group
+	// reach every service of each other.
+	Groups []string `json:"groups,omitempty"`
+	// Exports are the network's services that other networks reach
+	// without being connected to it.
+	Exports []Export `json:"exports,omitempty"`
 }
 
 // Egress says which addresses outside every network (the Internet, a

@@ -310,19 +310,27 @@ type NetworkSpec struct {
 	Subnet  netip.Prefix `json:"subnet"`
 	Gateway netip.Addr   `json:"gateway,omitzero"`
 	Egress  Egress       `json:"egress,omitzero"`
+	Groups  []string     `json:"groups,omitempty"`
 }
 
 // NetworkUpdate changes a network; a nil field stays as it is.
 type NetworkUpdate struct {
 	Egress *Egress `json:"egress,omitempty"`
+	// Groups, when not nil, replaces the network's groups ([] leaves
+	// every group).
+	Groups *[]string `json:"groups,omitempty"`
 }
 
 // CreateNetwork creates a network.
 func (r *Registry) CreateNetwork(ctx context.Context, spec NetworkSpec) (Network, error) {
-	n := Network{Name: spec.Name, Subnet: spec.Subnet, Gateway: spec.Gateway, Egress: spec.Egress}
+	n := Network{Name: spec.Name, Subnet: spec.Subnet, Gateway: spec.Gateway, Egress: spec.Egress, Groups: slices.Clone(spec.Groups)}
 	if err := validName("name", n.Name); err != nil {
 		return Network{}, err
 	}
+	if err := checkGroups(n.Groups); err != nil {
+		return Network{}, err
+	}
+	slices.Sort(n.Groups)
 	if err := n.Egress.check(); err != nil {
 		return Network{}, err
 	}
@@ -352,6 +360,16 @@ func (r *Registry) CreateNetwork(ctx context.Context, spec NetworkSpec) (Network
 			return err
 		}
 		n.ID = id
+		if len(n.Groups) > 0 {
+			nets, err := allNetworks(t)
+			if err != nil {
+				return err
+			}
+			nets[n.Name] = &n
+			if err := checkReach(nets); err != nil {
+				return err
+			}
+		}
 		t.put(networkKey(n.Name), n)
 		return nil
 	})
@@ -369,6 +387,14 @@ func (r *Registry) UpdateNetwork(ctx context.Context, name string, u NetworkUpda
 			return Network{}, fmt.Errorf("update network %s: %w", name, err)
 		}
 	}
+	var groups []string
+	if u.Groups != nil {
+		groups = slices.Clone(*u.Groups)
+		if err := checkGroups(groups); err != nil {
+			return Network{}, fmt.Errorf("update network %s: %w", name, err)
+		}
+		slices.Sort(groups)
+	}
 	var n Network
 	_, err := r.update(ctx, func(t tx) error {
 		if !t.get(networkKey(name), &n) {
@@ -376,6 +402,17 @@ func (r *Registry) UpdateNetwork(ctx context.Context, name string, u NetworkUpda
 		}
 		if u.Egress != nil {
 			n.Egress = *u.Egress
+		}
+		if u.Groups != nil {
+			n.Groups = groups
+			nets, err := allNetworks(t)
+			if err != nil {
+				return err
+			}
+			nets[name] = &n
+			if err := checkReach(nets); err != nil {
+				return err
+			}
 		}
 		t.put(networkKey(name), n)
 		return nil
@@ -406,6 +443,9 @@ func (r *Registry) DeleteNetwork(ctx context.Context, name string) error {
 			return fmt.Errorf("%w: endpoints with %d addresses are still attached; remove them first", ErrInUse, len(held))
 		}
 		dropClaims(t, n)
+		if err := forgetNetwork(t, name); err != nil {
+			return err
+		}
 		t.Del(networkKey(name))
 		return nil
 	})

@@ -162,6 +162,7 @@ func (m *model) desired(self string, blockSize uint16, ifindex func(name string)
 		s.Networks = append(s.Networks, dataplane.Network{ID: n.ID, Subnet: n.Subnet, Egress: n.Egress.Prefixes()})
 	}
 	slices.SortFunc(s.Networks, func(a, b dataplane.Network) int { return cmp.Compare(a.ID, b.ID) })
+	s.Policies = m.policies()
 	for _, e := range m.endpoints {
 		d := dataplane.Endpoint{
 			ID: e.ID, Network: e.NetworkID, IP: e.IP, MAC: e.MAC.HardwareAddr(),
@@ -236,4 +237,35 @@ func servedPublished(s dataplane.State) []dataplane.Published {
 		}
 	}
 	return out
+}
+
+// policies derives the dataplane's policies from the networks'
+// connections, groups and exports (mapper.ReachOf). m.mu is held.
+func (m *model) policies() []dataplane.Policy {
+	nets := make([]mapper.Network, 0, len(m.networks))
+	for _, n := range m.networks {
+		nets = append(nets, n)
+	}
+	reach := mapper.ReachOf(nets)
+	var ps []dataplane.Policy
+	for from, tos := range reach.Full {
+		for _, to := range tos {
+			ps = append(ps, dataplane.Policy{From: m.networks[from].ID, To: m.networks[to].ID, Allow: true})
+		}
+	}
+	for from, tos := range reach.Only {
+		for to, exports := range tos {
+			p := dataplane.Policy{From: m.networks[from].ID, To: m.networks[to].ID, Allow: true}
+			for _, e := range exports {
+				proto := dataplane.TCP
+				if e.Protocol == mapper.UDP {
+					proto = dataplane.UDP
+				}
+				p.Only = append(p.Only, dataplane.ServiceRef{IP: e.IP, Port: dataplane.Port{Number: e.Port, Proto: proto}})
+			}
+			ps = append(ps, p)
+		}
+	}
+	slices.SortFunc(ps, func(a, b dataplane.Policy) int { return cmp.Or(cmp.Compare(a.From, b.From), cmp.Compare(a.To, b.To)) })
+	return ps
 }
