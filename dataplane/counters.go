@@ -29,6 +29,8 @@ const (
 	DropStaleWire      = DropReason(daoliDropReasonDROP_STALE_WIRE)
 	DropEgressDenied   = DropReason(daoliDropReasonDROP_EGRESS_DENIED)
 	DropTooBig         = DropReason(daoliDropReasonDROP_TOO_BIG)
+	DropIPOptions      = DropReason(daoliDropReasonDROP_IP_OPTIONS)
+	DropBadChecksum    = DropReason(daoliDropReasonDROP_BAD_CHECKSUM)
 	dropReasons        = DropReason(daoliDropReasonDROP_REASONS)
 )
 
@@ -51,6 +53,8 @@ var dropNames = [...]string{
 	DropStaleWire:      "stale_wire",
 	DropEgressDenied:   "egress_denied",
 	DropTooBig:         "too_big",
+	DropIPOptions:      "ip_options",
+	DropBadChecksum:    "bad_checksum",
 }
 
 // String returns the reason as named in the C enum, lower case, without

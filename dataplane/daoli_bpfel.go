@@ -62,7 +62,9 @@ const (
 	daoliDropReasonDROP_STALE_WIRE      daoliDropReason = 15
 	daoliDropReasonDROP_EGRESS_DENIED   daoliDropReason = 16
 	daoliDropReasonDROP_TOO_BIG         daoliDropReason = 17
-	daoliDropReasonDROP_REASONS         daoliDropReason = 18
+	daoliDropReasonDROP_IP_OPTIONS      daoliDropReason = 18
+	daoliDropReasonDROP_BAD_CHECKSUM    daoliDropReason = 19
+	daoliDropReasonDROP_REASONS         daoliDropReason = 20
 )
 
 type daoliEgressKey struct {

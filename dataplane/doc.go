@@ -328,7 +328,11 @@
 // # Hazards and limits
 //
 //   - IPv4 only. IPv6 from a container is dropped; IPv4 fragments too (a
-//     wire fragment passes to the host untouched). Containers keep the
+//     wire fragment passes to the host untouched), and so are a
+//     container's packets with IPv4 options (DropIPOptions) or a wrong
+//     IPv4 header checksum (DropBadChecksum). TCP and UDP checksums are
+//     not checked: rewritten by deltas, a wrong one stays wrong for the
+//     receiving kernel to discard. Containers keep the
 //     whole MTU of the fabric (no outer header), and path MTU discovery
 //     works through routers (see ICMP errors); but the dataplane generates
 //     no frag-needed itself, so a container's MTU must not exceed its

@@ -174,6 +174,12 @@ func TestSpoofedSource(t *testing.T) {
 
 // sendFrame writes one Ethernet frame to ifname inside the container.
 func sendFrame(c *testbed.Container, ifname string, frame []byte) error {
+	return sendFrames(c, ifname, [][]byte{frame})
+}
+
+// sendFrames writes Ethernet frames to ifname inside the container, in a
+// burst through one socket.
+func sendFrames(c *testbed.Container, ifname string, frames [][]byte) error {
 	l, err := c.Link(ifname)
 	if err != nil {
 		return err
@@ -186,10 +192,12 @@ func sendFrame(c *testbed.Container, ifname string, frame []byte) error {
 		return fmt.Errorf("open packet socket: %w", err)
 	}
 	defer unix.Close(fd)
-	to := &unix.SockaddrLinklayer{Ifindex: l.Attrs().Index, Halen: 6}
-	copy(to.Addr[:], frame[:6])
-	if err := unix.Sendto(fd, frame, 0, to); err != nil {
-		return fmt.Errorf("send frame: %w", err)
+	for _, frame := range frames {
+		to := &unix.SockaddrLinklayer{Ifindex: l.Attrs().Index, Halen: 6}
+		copy(to.Addr[:], frame[:6])
+		if err := unix.Sendto(fd, frame, 0, to); err != nil {
+			return fmt.Errorf("send frame: %w", err)
+		}
 	}
 	return nil
 }

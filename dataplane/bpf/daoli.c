@@ -190,10 +190,28 @@ static __always_inline int policy_allows(__u32 from, __u32 to, __u32 ip,
 	return *v == POLICY_ALLOW;
 }
 
+/* ip_csum_ok says whether the option-less IPv4 header h sums to all
+ * ones, as a header with a right checksum does. */
+static __always_inline int ip_csum_ok(const struct iphdr *h)
+{
+	const __u16 *w = (const __u16 *)h;
+	__u32 sum = 0;
+
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*h) / 2); i++)
+		sum += w[i];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return sum == 0xffff;
+}
+
 /* parse_ipv4 fills p from the IPv4 packet after the Ethernet header. It
- * returns 0, or -1 with *reason set. */
+ * returns 0, or -1 with *reason set. With strict (a container's packet)
+ * it also refuses IPv4 options (DROP_IP_OPTIONS) and a header checksum
+ * that is wrong (DROP_BAD_CHECKSUM): daoli's own wire packets may carry
+ * an option, a container's never need one. */
 static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p,
-				      __u32 *reason)
+				      __u32 *reason, const int strict)
 {
 	struct iphdr ip;
 	__u32 end;
@@ -203,6 +221,14 @@ static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p,
 		return -1;
 	if (ip.version != 4 || ip.ihl < 5)
 		return -1;
+	if (strict && ip.ihl != 5) {
+		*reason = DROP_IP_OPTIONS;
+		return -1;
+	}
+	if (strict && !ip_csum_ok(&ip)) {
+		*reason = DROP_BAD_CHECKSUM;
+		return -1;
+	}
 	end = IP_OFF + bpf_ntohs(ip.tot_len);
 	if (bpf_ntohs(ip.tot_len) < ip.ihl * 4 || end > skb->len)
 		return -1;
@@ -2064,7 +2090,7 @@ __attribute__((noinline)) int ingress_back(struct __sk_buff *skb,
 		if (bpf_skb_adjust_room(skb, -INGRESS_OPT_LEN, BPF_ADJ_ROOM_NET,
 					0) < 0 ||
 		    ip_fix(skb, 5, p->end - IP_OFF - INGRESS_OPT_LEN) < 0 ||
-		    parse_ipv4(skb, p, &reason) < 0)
+		    parse_ipv4(skb, p, &reason, 0) < 0)
 			return drop(DROP_MALFORMED);
 		v.client = o.addr;
 		v.client_port = bpf_ntohs(o.port);
@@ -2169,7 +2195,7 @@ int from_container(struct __sk_buff *skb)
 		return answer_arp(skb, c, cfg);
 	if (eth.h_proto != bpf_htons(ETH_P_IP))
 		return drop(DROP_NOT_IPV4);
-	if (parse_ipv4(skb, &p, &reason) < 0)
+	if (parse_ipv4(skb, &p, &reason, 1) < 0)
 		return drop(reason);
 	if (p.saddr != c->ip)
 		return drop(DROP_SPOOFED);
@@ -2408,7 +2434,7 @@ int from_network(struct __sk_buff *skb)
 	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) < 0 ||
 	    eth.h_proto != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
-	if (parse_ipv4(skb, &p, &reason) < 0)
+	if (parse_ipv4(skb, &p, &reason, 0) < 0)
 		return TC_ACT_OK;
 	if (is_error(&p))
 		return error_from_network(skb, &p);

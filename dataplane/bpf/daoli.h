@@ -58,7 +58,9 @@ enum drop_reason {
 	DROP_EGRESS_DENIED = 16,  /* the network may not reach that outside address */
 	DROP_TOO_BIG = 17,        /* ingress: the client's address would make
 				   * the packet too big for the uplink */
-	DROP_REASONS = 18,
+	DROP_IP_OPTIONS = 18,     /* a container's packet with IPv4 options */
+	DROP_BAD_CHECKSUM = 19,   /* a container's IPv4 header checksum is wrong */
+	DROP_REASONS = 20,
 };
 
 /* DROP_SLOTS is the size of the drops map: room for new reasons without a
