@@ -19,11 +19,11 @@ import (
 const envRunDir = "DAOLI_RUN_DIR"
 
 type agentFlags struct {
-	uplink, name, bpffs, runDir, metrics string
-	logLevel, logFormat                  string
-	healthInterval                       time.Duration
-	healthFailures                       int
-	maxEndpoints, maxFlows               int
+	uplink, name, bpffs, runDir, metrics        string
+	logLevel, logFormat                         string
+	healthInterval                              time.Duration
+	healthFailures                              int
+	maxEndpoints, maxFlows, maxFlowsPerEndpoint int
 }
 
 func newAgentCmd(a *app) *cobra.Command {
@@ -75,7 +75,7 @@ returns.`,
 				Mapper: cl, Name: f.name, Uplink: f.uplink, BPFFS: f.bpffs,
 				RunDir: f.runDir, MetricsAddr: f.metrics, Logger: log,
 				HealthInterval: f.healthInterval, HealthFailures: f.healthFailures,
-				MaxEndpoints: f.maxEndpoints, MaxFlows: f.maxFlows,
+				MaxEndpoints: f.maxEndpoints, MaxFlows: f.maxFlows, MaxFlowsPerEndpoint: f.maxFlowsPerEndpoint,
 			})
 			if err != nil {
 				return err
@@ -94,6 +94,7 @@ returns.`,
 	fl.IntVar(&f.healthFailures, "health-failures", 3, "results in a row that mark an endpoint down, or back up")
 	fl.IntVar(&f.maxEndpoints, "max-endpoints", 0, "endpoints of the cluster the dataplane holds (0: 16384); changing it needs the pinned maps removed")
 	fl.IntVar(&f.maxFlows, "max-flows", 0, "flows with a local client conntrack holds (0: 32768)")
+	fl.IntVar(&f.maxFlowsPerEndpoint, "max-flows-per-endpoint", 0, "flows one local container may hold; beyond it new flows are refused (0: --max-flows/8; -1: no limit)")
 	fl.StringVar(&f.logLevel, "log-level", f.logLevel, "debug, info, warn or error")
 	fl.StringVar(&f.logFormat, "log-format", f.logFormat, "text or json (logs go to stderr)")
 	return cmd

@@ -31,6 +31,7 @@ const (
 	DropTooBig         = DropReason(daoliDropReasonDROP_TOO_BIG)
 	DropIPOptions      = DropReason(daoliDropReasonDROP_IP_OPTIONS)
 	DropBadChecksum    = DropReason(daoliDropReasonDROP_BAD_CHECKSUM)
+	DropFlowLimit      = DropReason(daoliDropReasonDROP_FLOW_LIMIT)
 	dropReasons        = DropReason(daoliDropReasonDROP_REASONS)
 )
 
@@ -55,6 +56,7 @@ var dropNames = [...]string{
 	DropTooBig:         "too_big",
 	DropIPOptions:      "ip_options",
 	DropBadChecksum:    "bad_checksum",
+	DropFlowLimit:      "flow_limit",
 }
 
 // String returns the reason as named in the C enum, lower case, without

@@ -64,7 +64,8 @@ const (
 	daoliDropReasonDROP_TOO_BIG         daoliDropReason = 17
 	daoliDropReasonDROP_IP_OPTIONS      daoliDropReason = 18
 	daoliDropReasonDROP_BAD_CHECKSUM    daoliDropReason = 19
-	daoliDropReasonDROP_REASONS         daoliDropReason = 20
+	daoliDropReasonDROP_FLOW_LIMIT      daoliDropReason = 20
+	daoliDropReasonDROP_REASONS         daoliDropReason = 21
 )
 
 type daoliEgressKey struct {
@@ -106,6 +107,20 @@ type daoliExportKey struct {
 	Port  uint16
 	Proto uint8
 	Pad   uint8
+}
+
+type daoliFlowCount struct {
+	_      structs.HostLayout
+	Opened uint64
+	Closed uint64
+}
+
+type daoliFlowQuota struct {
+	_      structs.HostLayout
+	Opened uint64
+	Closed uint64
+	Live   uint32
+	Pad    uint32
 }
 
 type daoliGatewaySettings struct {
@@ -235,6 +250,9 @@ const (
 	daoliMapEndpointStats     = "endpoint_stats"
 	daoliMapEndpoints         = "endpoints"
 	daoliMapExports           = "exports"
+	daoliMapFlowCounts        = "flow_counts"
+	daoliMapFlowLimit         = "flow_limit"
+	daoliMapFlowQuota         = "flow_quota"
 	daoliMapGateway           = "gateway"
 	daoliMapIdentBlocks       = "ident_blocks"
 	daoliMapIngress           = "ingress"
@@ -307,6 +325,9 @@ type daoliMapSpecs struct {
 	EndpointStats     *ebpf.MapSpec `ebpf:"endpoint_stats"`
 	Endpoints         *ebpf.MapSpec `ebpf:"endpoints"`
 	Exports           *ebpf.MapSpec `ebpf:"exports"`
+	FlowCounts        *ebpf.MapSpec `ebpf:"flow_counts"`
+	FlowLimit         *ebpf.MapSpec `ebpf:"flow_limit"`
+	FlowQuota         *ebpf.MapSpec `ebpf:"flow_quota"`
 	Gateway           *ebpf.MapSpec `ebpf:"gateway"`
 	IdentBlocks       *ebpf.MapSpec `ebpf:"ident_blocks"`
 	Ingress           *ebpf.MapSpec `ebpf:"ingress"`
@@ -353,6 +374,9 @@ type daoliMaps struct {
 	EndpointStats     *ebpf.Map `ebpf:"endpoint_stats"`
 	Endpoints         *ebpf.Map `ebpf:"endpoints"`
 	Exports           *ebpf.Map `ebpf:"exports"`
+	FlowCounts        *ebpf.Map `ebpf:"flow_counts"`
+	FlowLimit         *ebpf.Map `ebpf:"flow_limit"`
+	FlowQuota         *ebpf.Map `ebpf:"flow_quota"`
 	Gateway           *ebpf.Map `ebpf:"gateway"`
 	IdentBlocks       *ebpf.Map `ebpf:"ident_blocks"`
 	Ingress           *ebpf.Map `ebpf:"ingress"`
@@ -375,6 +399,9 @@ func (m *daoliMaps) Close() error {
 		m.EndpointStats,
 		m.Endpoints,
 		m.Exports,
+		m.FlowCounts,
+		m.FlowLimit,
+		m.FlowQuota,
 		m.Gateway,
 		m.IdentBlocks,
 		m.Ingress,

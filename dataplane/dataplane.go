@@ -60,6 +60,13 @@ type Config struct {
 	// conntrack, for ingress flows whose backend runs here. Zero means
 	// DefaultMaxFlows.
 	MaxFlows int
+	// MaxFlowsPerEndpoint is how many of those flows one local endpoint
+	// may hold, so that no container can evict the others' flows by
+	// opening its own: beyond it, a new flow is refused (DropFlowLimit;
+	// a TCP client gets a reset, a UDP one a port unreachable). The
+	// programs count new flows; AccountFlows counts what conntrack holds.
+	// Zero means MaxFlows/8; a negative value means no limit.
+	MaxFlowsPerEndpoint int
 }
 
 // Defaults of Config.
@@ -85,6 +92,7 @@ type Dataplane struct {
 	// no Maglev table.
 	unbalanced   atomic.Int64
 	maxEndpoints int
+	flowLimit    uint32 // Config.MaxFlowsPerEndpoint; 0: none
 	// writes counts the map entries Apply wrote or deleted.
 	writes atomic.Uint64
 }
@@ -141,8 +149,15 @@ func New(cfg Config) (*Dataplane, error) {
 		return nil, fmt.Errorf("new dataplane: %d endpoints and %d flows: want 1 to %d endpoints and 1 to %d flows", cfg.MaxEndpoints, cfg.MaxFlows, 1<<22, 1<<24)
 	}
 	d.maxEndpoints = cfg.MaxEndpoints
+	switch {
+	case cfg.MaxFlowsPerEndpoint == 0:
+		d.flowLimit = uint32(max(cfg.MaxFlows/8, 1))
+	case cfg.MaxFlowsPerEndpoint > 0:
+		d.flowLimit = uint32(min(cfg.MaxFlowsPerEndpoint, cfg.MaxFlows))
+	}
 	for name, n := range map[string]int{
 		"endpoints": cfg.MaxEndpoints, "wire_blocks": cfg.MaxEndpoints, "ident_blocks": cfg.MaxEndpoints,
+		"flow_quota": cfg.MaxEndpoints, "flow_counts": cfg.MaxEndpoints,
 		"services": 4 * cfg.MaxEndpoints, "conntrack": 2 * cfg.MaxFlows, "offset_cursor": cfg.MaxFlows,
 		"ingress": 2 * cfg.MaxFlows,
 	} {
@@ -159,7 +174,11 @@ func New(cfg Config) (*Dataplane, error) {
 		}
 		return nil, fmt.Errorf("load dataplane: %w", permissionHint(err))
 	}
-	d.log.Info("dataplane loaded", "path", d.path)
+	if err := d.objs.FlowLimit.Update(uint32(0), d.flowLimit, ebpf.UpdateAny); err != nil {
+		d.objs.Close()
+		return nil, fmt.Errorf("load dataplane: set the flow limit: %w", err)
+	}
+	d.log.Info("dataplane loaded", "path", d.path, "flows_per_endpoint", d.flowLimit)
 	return d, nil
 }
 
@@ -207,7 +226,7 @@ func (d *Dataplane) Remove() error {
 func (d *Dataplane) maps() []*ebpf.Map {
 	m := &d.objs.daoliMaps
 	return []*ebpf.Map{m.Conntrack, m.Drops, m.Egress, m.EndpointByIfindex, m.EndpointStats,
-		m.Endpoints, m.IdentBlocks, m.Maglev, m.OffsetCursor, m.Exports, m.Outside, m.Policies, m.Services, m.Settings, m.WireBlocks}
+		m.Endpoints, m.IdentBlocks, m.Maglev, m.OffsetCursor, m.Exports, m.FlowCounts, m.FlowLimit, m.FlowQuota, m.Outside, m.Policies, m.Services, m.Settings, m.WireBlocks}
 }
 
 // checkBPFFS reports whether path (or its closest existing parent) lies on a

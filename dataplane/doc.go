@@ -194,6 +194,9 @@
 //	maglev               table*1021+slot -> endpoint id
 //	policies             (from network, to network) -> allow, deny or exports
 //	exports              (from, to, IP, port, protocol) of an export -> 1
+//	flow_limit           the most flows one local endpoint may hold (one entry)
+//	flow_counts          per local endpoint, the flows it ever opened and those that ended (the programs count)
+//	flow_quota           per local endpoint, AccountFlows' count of the flows it holds, and flow_counts then
 //	outside              LPM: network subnets and never-egress prefixes -> internal; server locators -> locator
 //	egress               LPM: (network, prefix) -> allowed outside destinations
 //	published            (host port, protocol) -> the service it leads to
@@ -352,7 +355,9 @@
 //     host, whose TCP would answer with a reset and end the flow that is
 //     about to follow the endpoint.
 //   - Conntrack full: the LRU evicts the oldest flows, and such a flow
-//     restarts as a new one with a new offset (TCP then gets a reset). A
+//     restarts as a new one with a new offset (TCP then gets a reset). No
+//     local endpoint may hold more than Config.MaxFlowsPerEndpoint flows
+//     (DropFlowLimit), so one container cannot fill it alone. A
 //     client has 256 - len(Ports) offsets per destination (backend, port):
 //     flows beyond that are refused (see Offsets and conntrack); a client
 //     sending UDP from a new socket per request to one backend port (DNS)

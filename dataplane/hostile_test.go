@@ -231,3 +231,81 @@ func tcpCounter(t testing.TB, c *testbed.Container, name string) uint64 {
 	t.Fatalf("no Tcp %s in /proc/net/snmp", name)
 	return 0
 }
+
+// TestFlowLimit: a container that opens more flows than its share of
+// conntrack (Config.MaxFlowsPerEndpoint) has the rest refused, counted as
+// flow_limit, while its neighbour's flows go on; flows that end stop
+// counting at once, and AccountFlows takes off those that went idle.
+func TestFlowLimit(t *testing.T) {
+	ip := netip.MustParseAddr
+	tw := buildWorld(t, testbed.New(t, 2), Config{MaxFlowsPerEndpoint: 100}, []placed{
+		{Endpoint{ID: 1, Network: 7, IP: ip("10.1.0.2"), WireBase: 32768, IdentityBase: 1024}, 0},
+		{Endpoint{ID: 2, Network: 7, IP: trafficS, WireBase: 32768, IdentityBase: 1024, Ports: []Port{{8080, TCP}, {5353, UDP}}}, 1},
+		{Endpoint{ID: 3, Network: 7, IP: ip("10.1.0.3"), WireBase: 33024, IdentityBase: 1024}, 0},
+	})
+	x, s, v := tw.containers[1], tw.containers[2], tw.containers[3]
+	serveEcho(t, s, 8080)
+	serveUDP(t, s, 5353, "S")
+	service := netip.AddrPortFrom(trafficS, 8080)
+	victim := dialEcho(t, v, service)
+	defer victim.Close()
+	// udp is n new UDP flows from X to S, each from another port.
+	udp := func(from, n int) [][]byte {
+		var frames [][]byte
+		for i := range n {
+			p := pkt{srcMAC: x.MAC, dstMAC: DefaultGatewayMAC, src: x.IP, dst: trafficS, proto: layers.IPProtocolUDP,
+				sport: uint16(from + i), dport: 5353, payload: []byte("x")}
+			frames = append(frames, p.bytes(t))
+		}
+		return frames
+	}
+	refused := func(frames [][]byte, want uint64) {
+		t.Helper()
+		before := drops(t, tw.dpA)
+		if err := sendFrames(x, "eth0", frames); err != nil {
+			t.Fatal(err)
+		}
+		for deadline := time.Now().Add(2 * time.Second); rose(before, drops(t, tw.dpA), DropFlowLimit) < want && time.Now().Before(deadline); {
+			time.Sleep(5 * time.Millisecond)
+		}
+		time.Sleep(50 * time.Millisecond) // and no more than that
+		if got := rose(before, drops(t, tw.dpA), DropFlowLimit); got != want {
+			t.Errorf("%d new flows: flow_limit rose by %d, want %d", len(frames), got, want)
+		}
+	}
+
+	refused(udp(30000, 150), 50)
+	echo(t, victim, "still here")
+	dialEcho(t, v, service).Close()
+	held, err := tw.dpA.AccountFlows()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if held[1] != 100 || held[3] == 0 || held[3] > 2 {
+		t.Errorf("flows held: the attacker %d (want 100), the victim %d (want its 1 or 2)", held[1], held[3])
+	}
+	refused(udp(31000, 5), 5)
+
+	// Answered and idle for a second, the UDP flows give their places up
+	// at the next count.
+	time.Sleep(ctUDPReuse + 500*time.Millisecond)
+	if held, err = tw.dpA.AccountFlows(); err != nil || held[1] != 0 {
+		t.Fatalf("after the attacker's flows went idle: it holds %d, %v; want 0", held[1], err)
+	}
+	refused(udp(32000, 10), 0)
+
+	// TCP connections that end stop counting when they end: one after
+	// another, many more than the limit all go through.
+	before := drops(t, tw.dpA)
+	for i := range 150 {
+		conn := dialEcho(t, x, service)
+		conn.Close()
+		if t.Failed() {
+			t.Fatalf("connection %d failed", i)
+		}
+	}
+	if got := rose(before, drops(t, tw.dpA), DropFlowLimit); got != 0 {
+		t.Errorf("150 connections one after another: flow_limit rose by %d, want 0", got)
+	}
+	echo(t, victim, "still here")
+}

@@ -58,6 +58,10 @@ type Config struct {
 	// MaxEndpoints and MaxFlows size the dataplane's maps (see
 	// dataplane.Config). Zero means the dataplane's defaults.
 	MaxEndpoints, MaxFlows int
+	// MaxFlowsPerEndpoint is how many flows one local endpoint may hold
+	// (dataplane.Config): zero means MaxFlows/8, a negative value no
+	// limit.
+	MaxFlowsPerEndpoint int
 	// HealthInterval, if set, turns on TCP health checks of local
 	// endpoints' served ports at this interval (see health.go).
 	HealthInterval time.Duration
@@ -175,6 +179,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	run(a.heartbeat)
 	run(a.watchLinks)
 	run(a.checkHealth)
+	run(a.accountFlows)
 	a.log.Info("agent running", "uplink", a.cfg.Uplink, "ips", a.ips, "socket", SocketPath(a.cfg.RunDir, a.cfg.Name), "bpffs", a.cfg.BPFFS)
 
 	<-ctx.Done()
@@ -218,7 +223,7 @@ func (a *Agent) openDataplane() error {
 		return fmt.Errorf("create %s: %w", a.cfg.BPFFS, err)
 	}
 	dp, err := dataplane.New(dataplane.Config{BPFFSPath: a.cfg.BPFFS, Logger: a.log,
-		MaxEndpoints: a.cfg.MaxEndpoints, MaxFlows: a.cfg.MaxFlows})
+		MaxEndpoints: a.cfg.MaxEndpoints, MaxFlows: a.cfg.MaxFlows, MaxFlowsPerEndpoint: a.cfg.MaxFlowsPerEndpoint})
 	if err != nil {
 		return fmt.Errorf("open dataplane: %w", err)
 	}
@@ -477,6 +482,27 @@ func (a *Agent) markDown(ctx context.Context, e mapper.Endpoint, why string) {
 		a.mu.Lock()
 		delete(a.reported, e.Interface)
 		a.mu.Unlock()
+	}
+}
+
+// flowAccounting is how often the agent counts each local endpoint's
+// flows for the dataplane's per-endpoint limit.
+const flowAccounting = time.Second
+
+// accountFlows counts local endpoints' flows every flowAccounting, so the
+// dataplane holds each to its limit of flows (dataplane.AccountFlows).
+func (a *Agent) accountFlows(ctx context.Context) {
+	t := time.NewTicker(flowAccounting)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if _, err := a.dp.AccountFlows(); err != nil {
+			a.log.Warn("count flows", "error", err)
+		}
 	}
 }
 

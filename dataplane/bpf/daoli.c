@@ -710,6 +710,33 @@ enum {
 	TW_RESET = 2,   /* turn this, the client's last ACK, into a reset */
 };
 
+/* flow_opened counts a new flow of local endpoint cid in flow_counts. */
+static __always_inline void flow_opened(__u32 cid)
+{
+	struct flow_count one = { .opened = 1 },
+			  *n = bpf_map_lookup_elem(&flow_counts, &cid);
+
+	if (n)
+		__sync_fetch_and_add(&n->opened, 1);
+	else
+		bpf_map_update_elem(&flow_counts, &cid, &one, BPF_NOEXIST);
+}
+
+/* ct_ended says whether a flow with flags is over: reset, or both FINs. */
+static __always_inline int ct_ended(__u8 flags)
+{
+	return (flags & CT_RST) || (flags & CT_FINS) == CT_FINS;
+}
+
+/* ct_reopen clears the state of flow e that a SYN starts again, and
+ * counts it open again for local endpoint scope when it had ended. */
+static __always_inline void ct_reopen(struct ct_entry *e, __u32 scope)
+{
+	if (ct_ended(e->flags))
+		flow_opened(scope);
+	e->flags = 0;
+}
+
 /* ct_touch records packet p of the flow whose CT_REV entry is e; in says it
  * came from the backend. It follows the close: which side sent FIN, and
  * which FIN the other side acknowledged (by sequence number). When the
@@ -731,7 +758,7 @@ enum {
  *
  * The flow is then marked reset, so it is ended once. */
 static __always_inline int ct_touch(struct ct_entry *e, const struct pkt *p,
-				    __u64 now, int in)
+				    __u64 now, int in, __u32 scope)
 {
 	__u8 f = e->flags, was = f;
 	int tw = TW_NONE, pure;
@@ -772,8 +799,18 @@ static __always_inline int ct_touch(struct ct_entry *e, const struct pkt *p,
 				f |= CT_RST;
 		}
 	}
-	if (f != e->flags)
+	if (f != e->flags) {
 		e->flags = f;
+		/* A local endpoint's flow that ends stops counting against
+		 * its flow_limit. */
+		if (scope && !ct_ended(was) && ct_ended(f)) {
+			struct flow_count *n =
+				bpf_map_lookup_elem(&flow_counts, &scope);
+
+			if (n)
+				__sync_fetch_and_add(&n->closed, 1);
+		}
+	}
 	return tw;
 }
 
@@ -1074,7 +1111,7 @@ static __always_inline int reply_from_backend(struct __sk_buff *skb,
 		e = ct_rev(cid, sid, idx, p->proto, off);
 		if (!e)
 			return drop(DROP_CT_MISS);
-		if (ct_touch(e, p, now, 1) == TW_REFLECT &&
+		if (ct_touch(e, p, now, 1, cid) == TW_REFLECT &&
 		    end_time_wait(skb, p) < 0)
 			return drop(DROP_MALFORMED);
 		if (rewrite(skb, p, p->saddr, p->daddr, p->sport,
@@ -1546,6 +1583,29 @@ __attribute__((noinline)) int refuse(struct __sk_buff *skb, struct pkt *p,
 	return ret;
 }
 
+/* flow_quota_allows says whether local endpoint cid may open one more
+ * flow (struct flow_quota). */
+static __always_inline int flow_quota_allows(__u32 cid)
+{
+	__u32 zero = 0, *limit = bpf_map_lookup_elem(&flow_limit, &zero);
+	struct flow_quota *q;
+	struct flow_count *n;
+	__s64 held;
+
+	if (!limit || !*limit)
+		return 1;
+	n = bpf_map_lookup_elem(&flow_counts, &cid);
+	if (!n)
+		return 1;
+	q = bpf_map_lookup_elem(&flow_quota, &cid);
+	if (q)
+		held = (__s64)q->live + (__s64)(n->opened - q->opened) -
+		       (__s64)(n->closed - q->closed);
+	else
+		held = (__s64)(n->opened - n->closed);
+	return held < (__s64)*limit;
+}
+
 /* reject refuses packet p of client cid whose new flow found no free
  * offset (offsets_full). */
 static __always_inline int reject(struct __sk_buff *skb, struct pkt *p,
@@ -1680,8 +1740,8 @@ __attribute__((noinline)) int to_outside(struct __sk_buff *skb, struct pkt *p,
 		return drop(reason);
 	if (p->proto == IPPROTO_TCP &&
 	    (p->tcp_flags & (TH_SYN | TH_ACK)) == TH_SYN && rev->flags)
-		rev->flags = 0;
-	if (ct_touch(rev, p, bpf_ktime_get_ns(), 0) == TW_RESET &&
+		ct_reopen(rev, cid);
+	if (ct_touch(rev, p, bpf_ktime_get_ns(), 0, cid) == TW_RESET &&
 	    reset_flag(skb, p) < 0)
 		return drop(DROP_MALFORMED);
 	return egress_send(skb, p, c->server_ip, c->wire_base + rev->offset,
@@ -1720,7 +1780,7 @@ __attribute__((noinline)) int from_outside(struct __sk_buff *skb,
 	}
 	if (p->ttl <= 1)
 		return drop(DROP_TTL);
-	if (ct_touch(e, p, bpf_ktime_get_ns(), 1) == TW_REFLECT &&
+	if (ct_touch(e, p, bpf_ktime_get_ns(), 1, eid) == TW_REFLECT &&
 	    end_time_wait(skb, p) < 0)
 		return drop(DROP_MALFORMED);
 	if (echo) {
@@ -1965,7 +2025,7 @@ __attribute__((noinline)) int ingress_front(struct __sk_buff *skb,
 	if (p->proto == IPPROTO_TCP &&
 	    (p->tcp_flags & (TH_SYN | TH_ACK)) == TH_SYN && rev->flags)
 		rev->flags = 0;
-	ct_touch(rev, p, bpf_ktime_get_ns(), 0);
+	ct_touch(rev, p, bpf_ktime_get_ns(), 0, 0);
 	return ingress_send(skb, p, s, e, rev);
 }
 
@@ -2011,7 +2071,7 @@ __attribute__((noinline)) int ingress_new(struct __sk_buff *skb,
 	v.service_port = p->dport;
 	v.proto = p->proto;
 	v.kind = CT_KIND_INGRESS;
-	ct_touch(&v, p, v.last_seen, 0);
+	ct_touch(&v, p, v.last_seen, 0, 0);
 	k = rev_key(GATEWAY_ID, sid, idx, p->proto);
 	if (alloc_offset(&k, 0, cfg->block_size, NO_PREFER, &v) < 0)
 		return refuse(skb, p, 0, DROP_OFFSETS_FULL);
@@ -2050,7 +2110,7 @@ __attribute__((noinline)) int ingress_answer(struct __sk_buff *skb,
 		return drop(DROP_TTL);
 	if (!cfg->uplink_ifindex)
 		return drop(DROP_NO_UPLINK);
-	ct_touch(e, p, bpf_ktime_get_ns(), 1);
+	ct_touch(e, p, bpf_ktime_get_ns(), 1, 0);
 	if (rewrite(skb, p, p->daddr, e->backend, e->service_port,
 		    e->client_port, 0) < 0)
 		return drop(DROP_MALFORMED);
@@ -2149,7 +2209,7 @@ __attribute__((noinline)) int ingress_reply(struct __sk_buff *skb,
 		if (!e || e->kind != CT_KIND_INGRESS ||
 		    e->backend != p->daddr || e->client_port != p->dport)
 			return drop(DROP_CT_MISS);
-		ct_touch(e, p, bpf_ktime_get_ns(), 1);
+		ct_touch(e, p, bpf_ktime_get_ns(), 1, 0);
 		if (rewrite(skb, p, in->gateway, p->daddr, in->gateway_port,
 			    p->dport, 0) < 0)
 			return drop(DROP_MALFORMED);
@@ -2258,7 +2318,7 @@ int from_container(struct __sk_buff *skb)
 		if (p.proto == IPPROTO_TCP &&
 		    (p.tcp_flags & (TH_SYN | TH_ACK)) == TH_SYN &&
 		    rev->flags)
-			rev->flags = 0;
+			ct_reopen(rev, cid);
 		sid = e->backend;
 		s = bpf_map_lookup_elem(&endpoints, &sid);
 		if (!s || s->state != ENDPOINT_ACTIVE) {
@@ -2277,7 +2337,7 @@ int from_container(struct __sk_buff *skb)
 			v.backend = sid;
 			v.port_index = idx;
 			v.flags = 0;
-			ct_touch(&v, &p, now, 0);
+			ct_touch(&v, &p, now, 0, 0);
 			tmpl = rev_key(cid, sid, idx, p.proto);
 			if (alloc_offset(&tmpl, c->nports, c->block_size,
 					 e->offset, &v) < 0)
@@ -2290,7 +2350,7 @@ int from_container(struct __sk_buff *skb)
 			return deliver_out(skb, &p, c, s, sid, &v, cfg);
 		}
 keep:
-		if (ct_touch(rev, &p, now, 0) == TW_RESET &&
+		if (ct_touch(rev, &p, now, 0, cid) == TW_RESET &&
 		    reset_flag(skb, &p) < 0)
 			return drop(DROP_MALFORMED);
 		return deliver_out(skb, &p, c, s, sid, e, cfg);
@@ -2342,17 +2402,20 @@ new_flow:
 		v.port_index = idx;
 		tmpl = rev_key(cid, sid, idx, p.proto);
 	}
+	if (!flow_quota_allows(cid))
+		return refuse(skb, &p, cid, DROP_FLOW_LIMIT);
 	v.last_seen = now;
 	v.client_port = p.sport;
 	v.service_port = p.dport;
 	v.proto = p.proto;
-	ct_touch(&v, &p, now, 0);
+	ct_touch(&v, &p, now, 0, 0);
 	if (alloc_offset(&tmpl, c->nports, c->block_size, NO_PREFER, &v) < 0)
 		return reject(skb, &p, cid);
 	if (bpf_map_update_elem(&conntrack, &k, &v, BPF_ANY) < 0) {
 		ct_forget(&tmpl, v.offset);
 		return drop(DROP_OFFSETS_FULL);
 	}
+	flow_opened(cid);
 	if (!s)
 		return egress_send(skb, &p, c->server_ip, c->wire_base + v.offset,
 				   cfg->uplink_ifindex);
@@ -2517,7 +2580,7 @@ int from_network(struct __sk_buff *skb)
 	e = ct_rev(eid, pid, idx, p.proto, off);
 	if (!e)
 		return drop(DROP_CT_MISS);
-	if (ct_touch(e, &p, bpf_ktime_get_ns(), 1) == TW_REFLECT &&
+	if (ct_touch(e, &p, bpf_ktime_get_ns(), 1, eid) == TW_REFLECT &&
 	    end_time_wait(skb, &p) < 0)
 		return drop(DROP_MALFORMED);
 	if (rewrite(skb, &p, peer->ip, ep->ip, e->service_port, e->client_port,

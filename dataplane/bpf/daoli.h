@@ -60,7 +60,8 @@ enum drop_reason {
 				   * the packet too big for the uplink */
 	DROP_IP_OPTIONS = 18,     /* a container's packet with IPv4 options */
 	DROP_BAD_CHECKSUM = 19,   /* a container's IPv4 header checksum is wrong */
-	DROP_REASONS = 20,
+	DROP_FLOW_LIMIT = 20,     /* the client holds the most flows it may */
+	DROP_REASONS = 21,
 };
 
 /* DROP_SLOTS is the size of the drops map: room for new reasons without a
@@ -437,6 +438,52 @@ struct {
 	__type(value, enum policy_verdict);
 	__uint(pinning, PIN_BY_NAME);
 } policies SEC(".maps");
+
+/* flow_count, per local endpoint, counts the flows it ever opened and
+ * those of them that ended (a TCP reset, or both FINs); only the programs
+ * write it. */
+struct flow_count {
+	__u64 opened;
+	__u64 closed;
+};
+
+/* flow_quota, per local endpoint, is written by the control plane from a
+ * count of conntrack: the flows the endpoint held then that had not ended
+ * (live), and its flow_count before (opened) and after (closed) the
+ * count. A new flow is refused while live, plus the flows opened since,
+ * less those ended since, reach flow_limit. */
+struct flow_quota {
+	__u64 opened;
+	__u64 closed;
+	__u32 live;
+	__u32 pad;
+};
+
+/* flow_limit: the most flows one local endpoint may hold (one entry; 0:
+ * no limit). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, PIN_BY_NAME);
+} flow_limit SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct flow_quota);
+	__uint(pinning, PIN_BY_NAME);
+} flow_quota SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct flow_count);
+	__uint(pinning, PIN_BY_NAME);
+} flow_counts SEC(".maps");
 
 /* exports: the services a POLICY_EXPORTS pair of networks may reach. */
 struct {
