@@ -353,7 +353,10 @@
 //     locators: a packet to a port no block holds any more (its endpoint
 //     just moved away) is dropped as stale_wire instead of reaching the
 //     host, whose TCP would answer with a reset and end the flow that is
-//     about to follow the endpoint.
+//     about to follow the endpoint. Its mirror: a segment from another
+//     locator's wire port that no block this server knows holds (a backend
+//     that moved there before this server applied the move) is dropped as
+//     stale_wire too, never taken for an outside host's and reset.
 //   - Conntrack full: the LRU evicts the oldest flows, and such a flow
 //     restarts as a new one with a new offset (TCP then gets a reset). No
 //     local endpoint may hold more than Config.MaxFlowsPerEndpoint flows

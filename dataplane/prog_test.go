@@ -332,6 +332,10 @@ func TestFromNetwork(t *testing.T) {
 		// ours: the host must not answer it with a reset.
 		{"stale wire port", with(func(p *pkt) { p.dport = 36000 }), actShot, DropStaleWire},
 		{"stale wire port, UDP", with(func(p *pkt) { p.proto, p.dport = layers.IPProtocolUDP, 32767+4096 }), actShot, DropStaleWire},
+		// A backend that moved to server B answers from its new block
+		// before this server knows it: dropped (the next segment finds
+		// the block), never taken for an outside host and reset.
+		{"reply from a wire port no block holds yet", with(func(p *pkt) { p.syn, p.sport, p.dport = false, 35000, 32768+100 }), actShot, DropStaleWire},
 		{"past the wire range", with(func(p *pkt) { p.dport = 36864 }), actOK, 0},
 		{"host TCP with TTL 1", with(func(p *pkt) { p.dport, p.ttl = 22, 1 }), actOK, 0},
 		// Ours and right.

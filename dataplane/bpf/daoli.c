@@ -2572,6 +2572,15 @@ int from_network(struct __sk_buff *skb)
 	if (!peer) {
 		if (p.proto == IPPROTO_ICMP)
 			return drop(DROP_UNKNOWN_PEER);
+		/* A server's wire port that no block we know holds: a backend
+		 * that moved there before this server applied the move. It is
+		 * no host outside (no flow goes out to a wire port, see
+		 * egress_verdict), and answering it with a reset would end the
+		 * flow the move keeps; its next segment finds the new block. */
+		if (cfg->wire_last && p.sport >= cfg->wire_first &&
+		    p.sport <= cfg->wire_last &&
+		    outside_kind(p.saddr) == OUTSIDE_LOCATOR)
+			return drop(DROP_STALE_WIRE);
 		return from_outside(skb, &p, ep, eid, off);
 	}
 	idx = p.sport - peer->wire_base;
