@@ -9,6 +9,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +18,7 @@ import (
 	"time"
 
 	"github.com/daolinet/daoli/mapper"
+	"github.com/daolinet/daoli/mapper/pkitest"
 )
 
 const healthImage = "daoli-swarmhook-health:latest"
@@ -257,8 +260,24 @@ func testPublished(t *testing.T, e *dockerEnv) {
 // testManagedPlugin packages the plugin as a managed (swarm-mode capable)
 // plugin from a local rootfs and config.json (swarmhook/managed), and has
 // the test's dockerd create, configure, enable and list it, attach a
-// container through it, then disable and remove it.
+// container through it, then disable and remove it. The plugin talks to a
+// mapper of the registry that requires client certificates, with the
+// server's certificate from its pki mount.
 func testManagedPlugin(t *testing.T, e *dockerEnv) {
+	pki := pkitest.New(t)
+	api := mapper.NewAPI(e.reg, nil)
+	var l net.Listener
+	if err := e.w.Fabric.Do(func() (err error) {
+		l, err = net.Listen("tcp", net.JoinHostPort(mapperIP.String(), "0"))
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: api}
+	go srv.Serve(pki.Serve(api, l, mapperIP.String()))
+	t.Cleanup(func() { api.Close(); srv.Close() })
+	pki.Issue(mapper.RoleServer, serverName)
+
 	dir := t.TempDir()
 	cfg, err := os.ReadFile("managed/config.json")
 	if err != nil {
@@ -287,7 +306,9 @@ func testManagedPlugin(t *testing.T, e *dockerEnv) {
 	e.must("plugin", "create", name, dir)
 	defer e.docker("plugin", "rm", "-f", name)
 	// The plugin runs in dockerd's network namespace, the server's.
-	e.must("plugin", "set", name, "DAOLI_MAPPER="+e.fabricMapper, "args=--server "+serverName)
+	e.must("plugin", "set", name, "DAOLI_MAPPER="+l.Addr().String(), "args=--server "+serverName,
+		"pki.source="+filepath.Dir(pki.CAFile()), "DAOLI_TLS_CA=/etc/daoli/pki/ca.pem",
+		"DAOLI_TLS_CERT=/etc/daoli/pki/server-"+serverName+".pem", "DAOLI_TLS_KEY=/etc/daoli/pki/server-"+serverName+"-key.pem")
 	start := time.Now()
 	e.must("plugin", "enable", name)
 	t.Logf("docker plugin enable (container start and Activate handshake): %v", time.Since(start).Round(time.Millisecond))
@@ -299,7 +320,12 @@ func testManagedPlugin(t *testing.T, e *dockerEnv) {
 	if !strings.Contains(caps, "docker.networkdriver/1.0") || !strings.Contains(caps, "docker.ipamdriver/1.0") {
 		t.Errorf("plugin interface types %q", caps)
 	}
-	// A network and a container through the managed plugin.
+	// A network and a container through the managed plugin. A server's
+	// certificate may not create networks: an operator creates it in the
+	// registry once, and the plugin adopts it.
+	if _, err := e.mc.CreateNetwork(context.Background(), mapper.NetworkSpec{Name: "managed", Subnet: netip.MustParsePrefix("10.2.0.0/24")}); err != nil {
+		t.Fatal(err)
+	}
 	e.must("network", "create", "-d", name, "--ipam-driver", name, "--subnet", "10.2.0.0/24", "managed")
 	e.must("run", "-d", "--name", "managed-c", "--network", "managed", "--ip", "10.2.0.5", "--expose", "8080/tcp",
 		image, "app", "serve", "--port", "8080")

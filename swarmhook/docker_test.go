@@ -129,6 +129,7 @@ type dockerEnv struct {
 	sock         string // dockerd's socket
 	plugin       string // the plugin's (driver's and IPAM's) name
 	fabricMapper string // the mapper's address on the fabric, as servers reach it
+	reg          *mapper.Registry
 	pluginCfg    Config
 	running      *running // shared by the copies in()
 	runDir       string
@@ -228,6 +229,7 @@ func newDockerEnv(t *testing.T) *dockerEnv {
 	})
 	e.mc = mapper.NewClient(local.Addr().String(), nil)
 	e.fabricMapper = fabric.Addr().String()
+	e.reg = reg
 
 	// The agent, in the server's namespace.
 	srv := w.Servers[0]

@@ -284,21 +284,30 @@ func (p *Plugin) ensureNetwork(ctx context.Context, id string) (networkState, er
 		}
 		cur.Name = name
 	}
+	// Adopt the registry's network of that name, or create it. Looked up
+	// first: with client certificates, a server's may read networks but
+	// only an operator's may create them.
 	created := false
-	n, err := p.mc.CreateNetwork(ctx, mapper.NetworkSpec{Name: cur.Name, Subnet: cur.Subnet, Gateway: cur.Gateway})
-	switch {
-	case err == nil:
-		created = true
-	case errors.Is(err, mapper.ErrExists):
-		if n, err = p.mc.Network(ctx, cur.Name); err != nil {
-			return cur, fmt.Errorf("network %s: %w", cur.Name, err)
+	n, err := p.mc.Network(ctx, cur.Name)
+	if errors.Is(err, mapper.ErrNotFound) {
+		n, err = p.mc.CreateNetwork(ctx, mapper.NetworkSpec{Name: cur.Name, Subnet: cur.Subnet, Gateway: cur.Gateway})
+		switch {
+		case err == nil:
+			created = true
+		case errors.Is(err, mapper.ErrExists): // created meanwhile
+			n, err = p.mc.Network(ctx, cur.Name)
+		case errors.Is(err, mapper.ErrForbidden):
+			return cur, fmt.Errorf("network %s: not in the registry, and this server's certificate may not create it: "+
+				"create it once with an operator's (daoli network create %s --subnet %s --gateway %s): %w",
+				cur.Name, cur.Name, cur.Subnet, cur.Gateway, err)
 		}
-		if n.Subnet != cur.Subnet || n.Gateway != cur.Gateway {
-			return cur, fmt.Errorf("network %s: the mapper has it with subnet %s and gateway %s, Docker's has %s and %s: %w",
-				cur.Name, n.Subnet, n.Gateway, cur.Subnet, cur.Gateway, mapper.ErrConflict)
-		}
-	default:
+	}
+	if err != nil {
 		return cur, fmt.Errorf("network %s: %w", cur.Name, err)
+	}
+	if n.Subnet != cur.Subnet || n.Gateway != cur.Gateway {
+		return cur, fmt.Errorf("network %s: the mapper has it with subnet %s and gateway %s, Docker's has %s and %s: %w",
+			cur.Name, n.Subnet, n.Gateway, cur.Subnet, cur.Gateway, mapper.ErrConflict)
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
