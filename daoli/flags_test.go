@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/daolinet/daoli/mapper"
+	"github.com/daolinet/daoli/mapper/pkitest"
 	"github.com/daolinet/daoli/mapper/store"
 	"github.com/google/go-cmp/cmp"
 )
@@ -505,5 +506,24 @@ func TestNewClient(t *testing.T) {
 				t.Errorf("URLs() = %q, want %q", got, tt.wantURL)
 			}
 		})
+	}
+}
+
+// TestMapperTLSCertIsAMapper: a mapper refuses to serve with a client's
+// certificate, saying what it holds and how to make the right one.
+func TestMapperTLSCertIsAMapper(t *testing.T) {
+	p := pkitest.New(t)
+	cert, key := p.Issue(mapper.RoleReader, "dash")
+	f := mapperFlags{listen: "127.0.0.1:9470", db: "./daoli.db", wirePorts: "16384-32767", identityPorts: "32768-60927",
+		logLevel: "info", logFormat: "text", limits: mapper.DefaultLimits, tlsCert: cert, tlsKey: key, tlsClientCA: p.CAFile()}
+	_, err := f.config()
+	if want := "the certificate names reader dash, not a mapper"; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("a reader's certificate as the mapper's: %v, want an error saying %q", err, want)
+	}
+	checkFlagError(t, err, "tls-cert")
+	cert, key = p.Issue(mapper.RoleMapper, "m1", "127.0.0.1")
+	f.tlsCert, f.tlsKey = cert, key
+	if _, err := f.config(); err != nil {
+		t.Errorf("a mapper's certificate: %v", err)
 	}
 }

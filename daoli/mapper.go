@@ -157,6 +157,15 @@ func (f *mapperFlags) tlsConfig(cfg *mapperConfig) error {
 	if err != nil {
 		return badFlag("tls-cert", f.tlsCert, err)
 	}
+	if leaf := tc.Certificates[0].Leaf; leaf != nil {
+		id, err := mapper.IdentityOf(leaf)
+		if err != nil {
+			return badFlag("tls-cert", f.tlsCert, err)
+		}
+		if id.Role != mapper.RoleMapper {
+			return badFlagf("tls-cert", f.tlsCert, "the certificate names %s, not a mapper; make the mapper's with daoli ca issue DIR --role mapper --name NAME --host ADDRESS", id)
+		}
+	}
 	au, err := mapper.NewAuthenticator(f.tlsClientCA)
 	if err != nil {
 		return badFlag("tls-client-ca", f.tlsClientCA, err)

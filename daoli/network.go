@@ -286,9 +286,10 @@ func newNetworkReachCmd(a *app) *cobra.Command {
 	return &cobra.Command{
 		Use:   "reach [NETWORK]",
 		Short: "List which networks reach which services, and why",
-		Long: `List, for each network (or the one named), the networks whose services its
-endpoints reach beyond its own: all of them (connected, or in a group
-with it) or the services exported to it.`,
+		Long: `List, for each network, the networks whose services its endpoints reach
+beyond its own: all of them (connected, or in a group with it) or the
+services exported to it. With NETWORK, the rows where it reaches or is
+reached.`,
 		Args: cobra.MaximumNArgs(1),
 		RunE: a.withClient(func(ctx context.Context, s *session, args []string) error {
 			ns, err := s.cl.Networks(ctx)
@@ -297,7 +298,10 @@ with it) or the services exported to it.`,
 			}
 			rows := reachRows(ns)
 			if len(args) == 1 {
-				rows = slices.DeleteFunc(rows, func(r reachRow) bool { return r.Network != args[0] })
+				if !slices.ContainsFunc(ns, func(n mapper.Network) bool { return n.Name == args[0] }) {
+					return fmt.Errorf("network %s: %w", args[0], mapper.ErrNotFound)
+				}
+				rows = slices.DeleteFunc(rows, func(r reachRow) bool { return r.Network != args[0] && r.Reaches != args[0] })
 			}
 			return printList(s, rows, func([]reachRow) {}, writeReach)
 		}),

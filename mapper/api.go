@@ -27,6 +27,8 @@ type APIError struct {
 	Message string `json:"error"`
 	// CompactRevision is set with code "compacted".
 	CompactRevision int64 `json:"compact_revision,omitempty"`
+	// RetryAfter is the wait a 429 asked for (its Retry-After header).
+	RetryAfter time.Duration `json:"-"`
 }
 
 func (e *APIError) Error() string { return e.Message }
@@ -104,7 +106,7 @@ func (a *API) RequireClientCerts(au *Authenticator) { a.auth = au }
 
 // authorize authenticates r and checks that its identity may use a route
 // of access acc, returning r with the identity in its context.
-func (a *API) authorize(r *http.Request, pattern string, acc access) (*http.Request, error) {
+func (a *API) authorize(r *http.Request, acc access) (*http.Request, error) {
 	if a.auth == nil {
 		return r, nil
 	}
@@ -114,11 +116,11 @@ func (a *API) authorize(r *http.Request, pattern string, acc access) (*http.Requ
 	}
 	switch {
 	case acc == operator:
-		if err := permitOperator(WithIdentity(r.Context(), id), pattern); err != nil {
+		if err := permitOperator(WithIdentity(r.Context(), id), r.Method+" "+r.URL.Path); err != nil {
 			return r, err
 		}
 	case acc == scoped && id.Role == RoleReader:
-		return r, fmt.Errorf("%w: %s may only read and watch, not %s", ErrForbidden, id, pattern)
+		return r, fmt.Errorf("%w: %s may only read and watch, not %s %s", ErrForbidden, id, r.Method, r.URL.Path)
 	}
 	return r.WithContext(WithIdentity(r.Context(), id)), nil
 }
@@ -175,7 +177,7 @@ func NewAPI(reg *Registry, log *slog.Logger) *API {
 		{"DELETE " + schedPath, a.removeService, operator},
 	}
 	for _, rt := range routes {
-		a.mux.HandleFunc(rt.pattern, a.wrap(rt.pattern, rt.access, rt.h))
+		a.mux.HandleFunc(rt.pattern, a.wrap(rt.access, rt.h))
 	}
 	a.mux.HandleFunc("GET /v1/watch", a.watch)
 	a.mux.HandleFunc("GET /healthz", a.healthz)
@@ -188,10 +190,10 @@ func NewAPI(reg *Registry, log *slog.Logger) *API {
 
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
 
-func (a *API) wrap(pattern string, acc access, h func(*http.Request) (int, any, error)) http.HandlerFunc {
+func (a *API) wrap(acc access, h func(*http.Request) (int, any, error)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
-		r, ok := a.admit(w, r, pattern, acc)
+		r, ok := a.admit(w, r, acc)
 		if !ok {
 			return
 		}
@@ -222,13 +224,13 @@ func (a *API) wrap(pattern string, acc access, h func(*http.Request) (int, any, 
 
 // admit authorizes r and takes it from its client's rate. When it may not
 // go on, admit answers it and returns false.
-func (a *API) admit(w http.ResponseWriter, r *http.Request, pattern string, acc access) (*http.Request, bool) {
-	r, err := a.authorize(r, pattern, acc)
-	if err == nil {
-		var wait time.Duration
-		if wait, err = a.limits.allow(r); wait > 0 {
-			w.Header().Set("Retry-After", retryAfter(wait))
-		}
+func (a *API) admit(w http.ResponseWriter, r *http.Request, acc access) (*http.Request, bool) {
+	// Refused requests count against their address's rate too, so a
+	// client without a certificate cannot flood the mapper with them.
+	r, err := a.authorize(r, acc)
+	if wait, rerr := a.limits.allow(r); rerr != nil {
+		w.Header().Set("Retry-After", retryAfter(wait))
+		err = rerr
 	}
 	if err != nil {
 		a.log.Warn("request refused", "method", r.Method, "path", r.URL.Path, "remote", r.RemoteAddr, "error", err)
@@ -589,7 +591,7 @@ func (a *API) removeService(r *http.Request) (int, any, error) {
 // line, from ?revision=R on (default: the next revision). A stream that
 // cannot go on ends with one APIError line.
 func (a *API) watch(w http.ResponseWriter, r *http.Request) {
-	r, ok := a.admit(w, r, "GET /v1/watch", read)
+	r, ok := a.admit(w, r, read)
 	if !ok {
 		return
 	}

@@ -120,10 +120,25 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		}
 		body = b
 	}
-	_, err := c.across(ctx, func(base string) (error, bool) {
-		return c.try(ctx, base, method, path, body, out)
-	})
-	return err
+	for {
+		_, err := c.across(ctx, func(base string) (error, bool) {
+			return c.try(ctx, base, method, path, body, out)
+		})
+		// Over the mapper's rate: a request that may be repeated waits
+		// as long as the mapper asks, within ctx.
+		var ae *APIError
+		if !errors.As(err, &ae) || ae.Status != http.StatusTooManyRequests || ae.RetryAfter <= 0 || !repeatable(method, path) {
+			return err
+		}
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < ae.RetryAfter {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(ae.RetryAfter):
+		}
+	}
 }
 
 // across calls f with one mapper after another, from the one that answered
@@ -248,6 +263,9 @@ func list[T any](ctx context.Context, c *Client, path string, q url.Values, out 
 func readAPIError(resp *http.Response) error {
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	e := &APIError{Status: resp.StatusCode}
+	if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
+		e.RetryAfter = time.Duration(s) * time.Second
+	}
 	if err := json.Unmarshal(b, e); err != nil || e.Message == "" {
 		e.Message = fmt.Sprintf("mapper answered %s: %s", resp.Status, bytes.TrimSpace(b))
 		if bytes.Contains(b, []byte("HTTP request to an HTTPS server")) {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -36,7 +37,10 @@ func TestLimits(t *testing.T) {
 				t.Fatalf("request %d of a burst of 3: %v", i+1, err)
 			}
 		}
-		_, err := alice.Networks(ctx)
+		// A caller that cannot wait a second gets the 429 at once.
+		short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+		defer cancel()
+		_, err := alice.Networks(short)
 		tooMany(err, "operator alice made more than 1 requests per second (burst 3); retry in")
 		if _, err := bob.Networks(ctx); err != nil {
 			t.Errorf("another client, while alice is over her rate: %v", err)
@@ -46,9 +50,25 @@ func TestLimits(t *testing.T) {
 		if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") != "1" {
 			t.Errorf("status %d, Retry-After %q; want 429 and 1", resp.StatusCode, resp.Header.Get("Retry-After"))
 		}
-		time.Sleep(1100 * time.Millisecond)
-		if _, err := alice.Networks(ctx); err != nil {
-			t.Errorf("a second later: %v", err)
+		// One that can waits as long as the mapper asks, and is served.
+		start := time.Now()
+		if _, err := alice.Networks(ctx); err != nil || time.Since(start) < 500*time.Millisecond {
+			t.Errorf("over the rate, with time to wait: %v after %v; want an answer after about a second", err, time.Since(start))
+		}
+		// Refused requests count against their address's rate too.
+		anon := p.Client(srv.URL, "", "")
+		var codes []int
+		for range 5 {
+			short, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
+			_, err := anon.Networks(short)
+			cancel()
+			var ae *mapper.APIError
+			if errors.As(err, &ae) {
+				codes = append(codes, ae.Status)
+			}
+		}
+		if !slices.Contains(codes, http.StatusTooManyRequests) {
+			t.Errorf("5 requests without a certificate over a rate of 1/s (burst 3): statuses %v, want a 429 among the 401s", codes)
 		}
 	})
 
@@ -134,6 +154,12 @@ func TestLimits(t *testing.T) {
 		if err != nil || len(ns) < 5 {
 			t.Errorf("networks over pages of 2: %d, %v", len(ns), err)
 		}
+		// Pages over the rate: the client waits between them.
+		api.SetLimits(mapper.Limits{ListPage: 2, Rate: 2, Burst: 1})
+		if eps, err := alice.Endpoints(ctx, "net1", ""); err != nil || len(eps) != 5 {
+			t.Errorf("endpoints over pages of 2 at 2 requests/s: %d, %v; want all 5", len(eps), err)
+		}
+		api.SetLimits(mapper.Limits{ListPage: 2})
 		resp := get(t, p, srv.URL+"/v1/endpoints", mapper.RoleReader, "bob")
 		if next := resp.Header.Get(mapper.NextHeader); next != fmt.Sprint(eps[1].ID) {
 			t.Errorf("first page's %s: %q, want %d", mapper.NextHeader, next, eps[1].ID)

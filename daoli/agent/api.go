@@ -15,6 +15,7 @@ import (
 	"github.com/daolinet/daoli/agentapi"
 	"github.com/daolinet/daoli/dataplane"
 	"github.com/daolinet/daoli/mapper"
+	"golang.org/x/sys/unix"
 )
 
 // Status is what GET /v1/status on an agent's socket answers.
@@ -40,7 +41,11 @@ func (a *Agent) listen() (net.Listener, error) {
 		return nil, fmt.Errorf("create %s: %w", filepath.Dir(path), err)
 	}
 	os.Remove(path) // a socket left by an agent that was killed
+	// Created 0600, not chmod'ed there after a moment open to all: the
+	// agent runs nothing else yet.
+	umask := unix.Umask(0o177)
 	l, err := net.Listen("unix", path)
+	unix.Umask(umask)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}

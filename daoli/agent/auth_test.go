@@ -5,8 +5,10 @@ import (
 	"errors"
 	"net/http"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/daolinet/daoli/daoli/agent"
@@ -43,5 +45,20 @@ func TestAgentsWithClientCertificates(t *testing.T) {
 	var ae *mapper.APIError
 	if !errors.As(err, &ae) || ae.Status != http.StatusUnauthorized {
 		t.Errorf("a client without a certificate: %v, want 401", err)
+	}
+}
+
+// TestSocketIsRootOnly: the agent's socket, whoever opens it attaching
+// containers with the server's rights, is root's alone.
+func TestSocketIsRootOnly(t *testing.T) {
+	c := newCluster(t, 1)
+	path := agent.SocketPath(c.runDir, c.serverName(0))
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if fi.Mode()&os.ModeSocket == 0 || fi.Mode().Perm() != 0o600 || st.Uid != 0 {
+		t.Errorf("%s: mode %v, owner %d; want a socket of mode 0600 owned by root", path, fi.Mode(), st.Uid)
 	}
 }
