@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net/http/httptest"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -261,4 +262,48 @@ func waitFor(t *testing.T, out *syncBuffer, n int) {
 		}
 	}
 	t.Fatalf("waited 10s for %d lines of watch output, have %q", n, out.String())
+}
+
+// TestEndpointAddFile: endpoint add -f creates a file's endpoints in one
+// transaction; a file with one bad endpoint creates none and names it.
+func TestEndpointAddFile(t *testing.T) {
+	addr := startTestMapper(t)
+	mustDaoli(t, addr, "network", "create", "blue", "--subnet", "10.1.0.0/24")
+	mustDaoli(t, addr, "server", "add", "node1", "--ip", "192.0.2.1", "--mac", "52:54:00:00:00:01")
+	write := func(body string) string {
+		t.Helper()
+		path := filepath.Join(t.TempDir(), "endpoints.json")
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	good := write(`[
+  {"network": "blue", "ip": "10.1.0.5", "server": "node1", "name": "web-1", "ports": [{"port": 80, "protocol": "tcp"}]},
+  {"network": "blue", "ip": "10.1.0.5", "server": "node1", "name": "web-2", "ports": [{"port": 80, "protocol": "tcp"}]},
+  {"network": "blue", "owner": "pod:shop/db-0", "server": "node1"}
+]`)
+	out := mustDaoli(t, addr, "endpoint", "add", "-f", good)
+	if n := strings.Count(out, " blue "); n != 3 || !strings.Contains(out, "web-2") {
+		t.Errorf("endpoint add -f: %d endpoints in\n%s\nwant 3", n, out)
+	}
+	for _, tc := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"-f", write(`[{"network": "blue", "ip": "10.1.0.7", "server": "node1"}, {"network": "blue", "ip": "10.1.0.8", "server": "node1", "ports": [{"port": "x"}]}]`)},
+			"endpoints[1].ports[0].port: expected a whole number"},
+		{[]string{"-f", write(`[{"network": "blue", "ip": "10.1.0.7", "server": "node1"}, {"network": "blue", "ip": "10.1.0.1", "server": "node1"}]`)},
+			"endpoints[1].ip: 10.1.0.1 is network blue's gateway"},
+		{[]string{"-f", write(`[]`)}, "endpoints: empty"},
+		{[]string{"-f", good, "--network", "blue"}, "the endpoints come from the file; leave out --network"},
+	} {
+		_, err := daoli(t.Context(), addr, append([]string{"endpoint", "add"}, tc.args...)...)
+		if err == nil || !strings.Contains(err.Error(), tc.says) {
+			t.Errorf("endpoint add %v: %v, want an error saying %q", tc.args, err, tc.says)
+		}
+	}
+	if out := mustDaoli(t, addr, "endpoint", "ls"); strings.Count(out, " blue ") != 3 {
+		t.Errorf("after the refused files, endpoints:\n%s\nwant the first 3 alone", out)
+	}
 }

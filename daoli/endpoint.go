@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"strings"
 
 	"github.com/daolinet/daoli/mapper"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 )
 
 func newEndpointCmd(a *app) *cobra.Command {
@@ -69,8 +72,10 @@ func (f *endpointAddFlags) spec() (mapper.EndpointSpec, error) {
 
 func newEndpointAddCmd(a *app) *cobra.Command {
 	var f endpointAddFlags
-	cmd := &cobra.Command{
-		Use:   "add --network NET (--ip IP | --owner OWNER) --server NAME [--port 80/tcp...] [flags]",
+	var file string
+	var cmd *cobra.Command
+	cmd = &cobra.Command{
+		Use:   "add (--network NET (--ip IP | --owner OWNER) --server NAME [--port 80/tcp...] | -f FILE) [flags]",
 		Short: "Attach an endpoint: a container's identity in a network, and where it runs",
 		Long: `Attach an endpoint: the identity a container sees (network, IP, MAC,
 ports) and where it runs (server, host-side interface). The mapper gives
@@ -83,12 +88,40 @@ service must agree on the mode.
 
 With --owner, the address is the owner's: the one it claimed before, else
 --ip, else the network's first free address, and no endpoint of another
-owner may use it (daoli network claims lists them).`,
+owner may use it (daoli network claims lists them).
+
+With -f FILE ("-": standard input), the endpoints come from a JSON array
+of endpoint specs, as the API takes them (docs/api.md), at most 10000:
+all are created in one transaction, or, on any error, none, and the
+error names the one at fault as endpoints[i].`,
 		Example: `  daoli endpoint add --network blue --ip 10.1.0.5 --server node1 --port 80/tcp --name web-1
   daoli endpoint add --network blue --ip 10.1.0.9 --server node2 --port 5432 --mode failover --priority 10
-  daoli endpoint add --network blue --owner pod:shop/db-0 --server node1 --port 5432`,
+  daoli endpoint add --network blue --owner pod:shop/db-0 --server node1 --port 5432
+  daoli endpoint add -f endpoints.json`,
 		Args: cobra.NoArgs,
+		PreRunE: func(cmd *cobra.Command, _ []string) error {
+			var set, missing []string
+			cmd.Flags().VisitAll(func(fl *pflag.Flag) {
+				switch {
+				case fl.Name == "file" || fl.Name == "help" || cmd.InheritedFlags().Lookup(fl.Name) != nil:
+				case fl.Changed:
+					set = append(set, "--"+fl.Name)
+				case fl.Name == "network" || fl.Name == "server":
+					missing = append(missing, `"`+fl.Name+`"`)
+				}
+			})
+			switch {
+			case file != "" && len(set) > 0:
+				return fmt.Errorf("-f %s: the endpoints come from the file; leave out %s", file, strings.Join(set, ", "))
+			case file == "" && len(missing) > 0:
+				return fmt.Errorf("required flag(s) %s not set", strings.Join(missing, ", "))
+			}
+			return nil
+		},
 		RunE: a.withClient(func(ctx context.Context, s *session, _ []string) error {
+			if file != "" {
+				return endpointAddFile(ctx, s, cmd.InOrStdin(), file)
+			}
 			spec, err := f.spec()
 			if err != nil {
 				return err
@@ -108,10 +141,30 @@ owner may use it (daoli network claims lists them).`,
 	fl.StringVar(&f.mode, "mode", string(mapper.Balance), "how a service spreads flows over its backends: balance or failover")
 	fl.Uint16Var(&f.priority, "priority", 0, "preference among failover backends; the highest active one gets the traffic")
 	fl.StringSliceVarP(&f.published, "publish", "p", nil, "publish a port to clients outside the cluster on every server, HOSTPORT:PORT[/tcp|/udp]")
-	for _, name := range []string{"network", "server"} {
-		cmd.MarkFlagRequired(name)
-	}
+	fl.StringVarP(&file, "file", "f", "", "create the endpoints of this JSON file (-: standard input) in one transaction, instead of one from the flags")
 	return cmd
+}
+
+// endpointAddFile creates the endpoints of the JSON file in one batch.
+func endpointAddFile(ctx context.Context, s *session, stdin io.Reader, file string) error {
+	r := stdin
+	if file != "-" {
+		fh, err := os.Open(file)
+		if err != nil {
+			return fmt.Errorf("-f: %w", err)
+		}
+		defer fh.Close()
+		r = fh
+	}
+	specs, err := mapper.DecodeBatch(r)
+	if err != nil {
+		return fmt.Errorf("-f %s: %w", file, err)
+	}
+	es, err := s.cl.CreateEndpoints(ctx, specs)
+	if err != nil {
+		return err
+	}
+	return printList(s, es, sortEndpoints, writeEndpoints)
 }
 
 func endpointAdd(ctx context.Context, s *session, spec mapper.EndpointSpec) error {

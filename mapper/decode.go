@@ -1,6 +1,7 @@
 package mapper
 
 import (
+	"bytes"
 	"encoding"
 	"encoding/json"
 	"errors"
@@ -42,6 +43,41 @@ func decodeRequest(r io.Reader, v any) error {
 		return invalid("body", "unexpected data after the JSON value")
 	}
 	return decodeValue("", raw, reflect.ValueOf(v).Elem())
+}
+
+// MaxBatch is how many endpoints one batch may create.
+const MaxBatch = 10000
+
+// DecodeBatch reads endpoints to create in one batch: a JSON array of
+// EndpointSpec, or the body of POST /v1/endpoints/batch, as strictly as
+// the API does (an unknown field or a wrong type is an error naming it,
+// as "endpoints[2].ports[0].port").
+func DecodeBatch(r io.Reader) ([]EndpointSpec, error) {
+	b, err := io.ReadAll(io.LimitReader(r, maxBody+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxBody {
+		return nil, invalid("body", "larger than %d bytes", maxBody)
+	}
+	if t := bytes.TrimSpace(b); len(t) > 0 && t[0] == '[' {
+		b = append(append([]byte(`{"endpoints":`), t...), '}')
+	}
+	var req BatchRequest
+	if err := decodeRequest(bytes.NewReader(b), &req); err != nil {
+		return nil, err
+	}
+	return req.Endpoints, checkBatch(req.Endpoints)
+}
+
+func checkBatch(specs []EndpointSpec) error {
+	switch {
+	case len(specs) == 0:
+		return invalid("endpoints", "empty; want at least one endpoint")
+	case len(specs) > MaxBatch:
+		return invalid("endpoints", "%d endpoints; a batch holds at most %d", len(specs), MaxBatch)
+	}
+	return nil
 }
 
 func decodeValue(path string, raw json.RawMessage, v reflect.Value) error {

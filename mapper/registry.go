@@ -756,6 +756,9 @@ func (r *Registry) CreateEndpoint(ctx context.Context, spec EndpointSpec) (Endpo
 // CreateEndpoints registers endpoints in one transaction: all of them or,
 // on any error, none. Errors name the failing one as endpoints[i].
 func (r *Registry) CreateEndpoints(ctx context.Context, specs []EndpointSpec) ([]Endpoint, error) {
+	if err := checkBatch(specs); err != nil {
+		return nil, fmt.Errorf("create endpoints: %w", err)
+	}
 	return r.createEndpoints(ctx, specs, true)
 }
 
