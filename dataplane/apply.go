@@ -8,19 +8,20 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
-	"sync/atomic"
 
 	"github.com/cilium/ebpf"
 )
 
 // Apply makes the maps hold s: it validates s, writes what differs from the
-// maps' current content and deletes what s no longer names. It reads the
-// maps rather than remembering the last State, so a restarted process
-// converges from whatever it adopted. Lookups made by packets see each
-// entry either old or new; Maglev tables are written under a fresh index
-// before a service points at them, so a table swap is atomic.
-func (d *Dataplane) Apply(s State) error {
-	s, err := s.validate()
+// maps' current content and deletes what s no longer names. The first
+// Apply of a Dataplane reads the maps, so a restarted process converges
+// from whatever it adopted; later ones diff against what the last one
+// wrote (the maps are Apply's alone), and read the maps again after a
+// write failed. Lookups made by packets see each entry either old or new;
+// Maglev tables are written under a fresh index before a service points
+// at them, so a table swap is atomic.
+func (d *Dataplane) Apply(s State) (err error) {
+	s, err = s.validate()
 	if err != nil {
 		return fmt.Errorf("apply state: %w", err)
 	}
@@ -29,6 +30,14 @@ func (d *Dataplane) Apply(s State) error {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	defer func() {
+		if err != nil {
+			d.mirror = nil // what the maps hold is unknown: read them next time
+		}
+	}()
+	if d.mirror == nil {
+		d.mirror = map[*ebpf.Map]any{}
+	}
 
 	endpoints := map[uint32]daoliEndpoint{}
 	byIfindex := map[uint32]uint32{}
@@ -145,17 +154,17 @@ func (d *Dataplane) Apply(s State) error {
 	// the reverse order, so a packet never finds a dangling index.
 	var del []func() error
 	for _, step := range []func() (func() error, error){
-		func() (func() error, error) { return syncMap(m.Endpoints, endpoints, &d.writes) },
-		func() (func() error, error) { return syncMap(m.WireBlocks, wire, &d.writes) },
-		func() (func() error, error) { return syncMap(m.IdentBlocks, ident, &d.writes) },
-		func() (func() error, error) { return syncMap(m.EndpointByIfindex, byIfindex, &d.writes) },
+		func() (func() error, error) { return syncMap(d, m.Endpoints, endpoints) },
+		func() (func() error, error) { return syncMap(d, m.WireBlocks, wire) },
+		func() (func() error, error) { return syncMap(d, m.IdentBlocks, ident) },
+		func() (func() error, error) { return syncMap(d, m.EndpointByIfindex, byIfindex) },
 		func() (func() error, error) { return d.syncStats(byIfindex) },
-		func() (func() error, error) { return syncMap(m.Exports, exports, &d.writes) },
-		func() (func() error, error) { return syncMap(m.Policies, policies, &d.writes) },
-		func() (func() error, error) { return syncMap(m.Outside, outside, &d.writes) },
-		func() (func() error, error) { return syncMap(m.Egress, egress, &d.writes) },
-		func() (func() error, error) { return syncMap(m.Services, services, &d.writes) },
-		func() (func() error, error) { return syncMap(m.Published, published, &d.writes) },
+		func() (func() error, error) { return syncMap(d, m.Exports, exports) },
+		func() (func() error, error) { return syncMap(d, m.Policies, policies) },
+		func() (func() error, error) { return syncMap(d, m.Outside, outside) },
+		func() (func() error, error) { return syncMap(d, m.Egress, egress) },
+		func() (func() error, error) { return syncMap(d, m.Services, services) },
+		func() (func() error, error) { return syncMap(d, m.Published, published) },
 	} {
 		f, err := step()
 		if err != nil {
@@ -179,15 +188,9 @@ func (d *Dataplane) Apply(s State) error {
 // send their new flows to one backend.
 func (d *Dataplane) services(backends map[serviceID][]Endpoint) (map[daoliServiceKey]daoliService, int, error) {
 	unbalanced := 0
-	current := map[daoliServiceKey]daoliService{}
-	var k daoliServiceKey
-	var v daoliService
-	it := d.objs.Services.Iterate()
-	for it.Next(&k, &v) {
-		current[k] = v
-	}
-	if err := it.Err(); err != nil {
-		return nil, 0, fmt.Errorf("read services: %w", err)
+	current, err := mirrored[daoliServiceKey, daoliService](d, d.objs.Services)
+	if err != nil {
+		return nil, 0, err
 	}
 	used := map[uint32]bool{}
 	for _, v := range current {
@@ -284,7 +287,46 @@ func (d *Dataplane) writeTable(members []uint32, used map[uint32]bool) (uint32, 
 
 // syncMap writes the entries of want that m lacks or holds differently and
 // returns a function that deletes the entries of m that want lacks.
-func syncMap[K, V comparable](m *ebpf.Map, want map[K]V, writes *atomic.Uint64) (func() error, error) {
+// syncMap writes the entries of want that m lacks or holds differently and
+// returns a function that deletes the entries of m that want lacks. What m
+// holds comes from d.mirror, or from reading m when the mirror has no copy
+// of it; want becomes the copy once both halves succeeded. want must not
+// change afterwards.
+func syncMap[K, V comparable](d *Dataplane, m *ebpf.Map, want map[K]V) (func() error, error) {
+	have, err := mirrored[K, V](d, m)
+	if err != nil {
+		return nil, err
+	}
+	delete(d.mirror, m) // until both halves succeed
+	for k, v := range want {
+		if old, ok := have[k]; ok && old == v {
+			continue
+		}
+		if err := m.Update(k, v, ebpf.UpdateAny); err != nil {
+			return nil, fmt.Errorf("write %s: %w", m, err)
+		}
+		d.writes.Add(1)
+	}
+	return func() error {
+		for k := range have {
+			if _, ok := want[k]; ok {
+				continue
+			}
+			if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+				return fmt.Errorf("delete from %s: %w", m, err)
+			}
+			d.writes.Add(1)
+		}
+		d.mirror[m] = want
+		return nil
+	}, nil
+}
+
+// mirrored returns what m holds: d.mirror's copy, or m read.
+func mirrored[K, V comparable](d *Dataplane, m *ebpf.Map) (map[K]V, error) {
+	if have, ok := d.mirror[m].(map[K]V); ok {
+		return have, nil
+	}
 	have := map[K]V{}
 	var k K
 	var v V
@@ -295,27 +337,7 @@ func syncMap[K, V comparable](m *ebpf.Map, want map[K]V, writes *atomic.Uint64) 
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("read %s: %w", m, err)
 	}
-	for k, v := range want {
-		if old, ok := have[k]; ok && old == v {
-			continue
-		}
-		if err := m.Update(k, v, ebpf.UpdateAny); err != nil {
-			return nil, fmt.Errorf("write %s: %w", m, err)
-		}
-		writes.Add(1)
-	}
-	return func() error {
-		for k := range have {
-			if _, ok := want[k]; ok {
-				continue
-			}
-			if err := m.Delete(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				return fmt.Errorf("delete from %s: %w", m, err)
-			}
-			writes.Add(1)
-		}
-		return nil
-	}, nil
+	return have, nil
 }
 
 // syncStats gives every local endpoint (the values of byIfindex) a zeroed

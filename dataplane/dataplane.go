@@ -95,6 +95,9 @@ type Dataplane struct {
 	flowLimit    uint32 // Config.MaxFlowsPerEndpoint; 0: none
 	// writes counts the map entries Apply wrote or deleted.
 	writes atomic.Uint64
+	// mirror holds, per map Apply owns, a map[K]V of what the last Apply
+	// wrote to it; nil (or a map missing) means read the map.
+	mirror map[*ebpf.Map]any
 }
 
 // Writes returns how many map entries Apply has written or deleted since

@@ -213,7 +213,11 @@
 // Apply owns settings, endpoints, endpoint_by_ifindex, wire_blocks,
 // ident_blocks, services, maglev, policies, exports, outside, egress, published,
 // gateway and the entries of endpoint_stats; the programs own conntrack,
-// offset_cursor, ingress and the counts.
+// offset_cursor, ingress and the counts (AccountFlows writes flow_quota
+// and flow_limit). Because nothing else writes Apply's maps, Apply reads
+// them only the first time (adopting what a previous process left) and
+// after a failed write; otherwise it diffs against what it last wrote,
+// held in memory, and touches the maps only where they change.
 // Apply creates a zeroed endpoint_stats entry for every local endpoint and
 // deletes it when the endpoint leaves the server; the programs only add to
 // their CPU's copy, so counts are exact under concurrency and never
