@@ -39,11 +39,12 @@ func (d *Dataplane) Apply(s State) (err error) {
 		d.mirror = map[*ebpf.Map]any{}
 	}
 
-	endpoints := map[uint32]daoliEndpoint{}
+	n := len(s.Endpoints)
+	endpoints := make(map[uint32]daoliEndpoint, n)
 	byIfindex := map[uint32]uint32{}
-	wire := map[daoliWireKey]uint32{}
-	ident := map[daoliIdentKey]uint32{}
-	backends := map[serviceID][]Endpoint{}
+	wire := make(map[daoliWireKey]uint32, n)
+	ident := make(map[daoliIdentKey]uint32, n)
+	backends := make(map[serviceID][]Endpoint, 2*n)
 	for _, e := range s.Endpoints {
 		v := daoliEndpoint{
 			NetId:     e.Network,
@@ -199,18 +200,22 @@ func (d *Dataplane) services(backends map[serviceID][]Endpoint) (map[daoliServic
 		}
 	}
 
-	// Visit services in a fixed order so table indexes are reproducible.
-	ids := make([]serviceID, 0, len(backends))
-	for sid := range backends {
-		ids = append(ids, sid)
+	want := make(map[daoliServiceKey]daoliService, len(backends))
+	// Tables are kept by services whose backends are the same; the others
+	// get theirs in a fixed order, so that table indexes are reproducible.
+	type pending struct {
+		sid     serviceID
+		key     daoliServiceKey
+		members []uint32
+		active  []Endpoint
 	}
-	slices.SortFunc(ids, func(a, b serviceID) int {
-		return cmp.Or(cmp.Compare(a.network, b.network), a.ip.Compare(b.ip),
-			cmp.Compare(a.port, b.port), cmp.Compare(a.proto, b.proto))
-	})
-	want := map[daoliServiceKey]daoliService{}
-	for _, sid := range ids {
-		eps := backends[sid]
+	var needTable []pending
+	best := func(active []Endpoint) uint32 {
+		return slices.MinFunc(active, func(a, b Endpoint) int {
+			return cmp.Or(cmp.Compare(b.Priority, a.Priority), cmp.Compare(a.ID, b.ID))
+		}).ID
+	}
+	for sid, eps := range backends {
 		key := daoliServiceKey{NetId: sid.network, Ip: addr(sid.ip), Port: sid.port, Proto: sid.proto}
 		mode := eps[0].Mode
 		if sid.proto == protoICMP {
@@ -239,26 +244,35 @@ func (d *Dataplane) services(backends map[serviceID][]Endpoint) (map[daoliServic
 			if old, ok := current[key]; ok && old.Mode == svc.Mode && old.Backends > 0 && old.Digest == svc.Digest {
 				svc.Table = old.Table
 				used[svc.Table] = true
-			} else if table, err := d.writeTable(members, used); err == nil {
-				svc.Table = table
-				used[svc.Table] = true
-			} else if errors.Is(err, errTablesFull) {
-				// Every table is taken: this service's new flows all go
-				// to one backend until a table frees, rather than the
-				// whole server failing to apply.
-				unbalanced++
-				mode, svc.Mode, svc.Digest = Failover, uint8(Failover), 0
 			} else {
-				return nil, 0, fmt.Errorf("service %s:%d/%d: %w", sid.ip, sid.port, sid.proto, err)
+				needTable = append(needTable, pending{sid, key, members, active})
+				continue
 			}
 		}
 		if len(active) > 0 && mode == Failover {
-			best := slices.MinFunc(active, func(a, b Endpoint) int {
-				return cmp.Or(cmp.Compare(b.Priority, a.Priority), cmp.Compare(a.ID, b.ID))
-			})
-			svc.Backend = best.ID
+			svc.Backend = best(active)
 		}
 		want[key] = svc
+	}
+	slices.SortFunc(needTable, func(a, b pending) int {
+		return cmp.Or(cmp.Compare(a.sid.network, b.sid.network), a.sid.ip.Compare(b.sid.ip),
+			cmp.Compare(a.sid.port, b.sid.port), cmp.Compare(a.sid.proto, b.sid.proto))
+	})
+	for _, p := range needTable {
+		svc := daoliService{Mode: uint8(Balance), Backends: uint32(len(p.active)), NetId: p.sid.network, Digest: backendDigest(p.members)}
+		if table, err := d.writeTable(p.members, used); err == nil {
+			svc.Table = table
+			used[svc.Table] = true
+		} else if errors.Is(err, errTablesFull) {
+			// Every table is taken: this service's new flows all go to
+			// one backend until a table frees, rather than the whole
+			// server failing to apply.
+			unbalanced++
+			svc.Mode, svc.Digest, svc.Backend = uint8(Failover), 0, best(p.active)
+		} else {
+			return nil, 0, fmt.Errorf("service %s:%d/%d: %w", p.sid.ip, p.sid.port, p.sid.proto, err)
+		}
+		want[p.key] = svc
 	}
 	return want, unbalanced, nil
 }

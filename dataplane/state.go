@@ -515,6 +515,9 @@ func validatePolicies(s State, ident map[identKey]uint32) error {
 	bad := func(format string, args ...any) error {
 		return fmt.Errorf("%s: %w", fmt.Sprintf(format, args...), ErrInvalidState)
 	}
+	if len(s.Policies) == 0 {
+		return nil
+	}
 	homes := homeServices(s)
 	own := map[serviceID]bool{}
 	for _, sids := range homes {
