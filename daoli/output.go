@@ -218,10 +218,27 @@ func changeSummary(c mapper.Change) string {
 	switch {
 	case c.Network != nil:
 		n := c.Network
-		return fmt.Sprintf("%s id=%d subnet=%s gateway=%s", n.Name, n.ID, n.Subnet, n.Gateway)
+		line := fmt.Sprintf("%s id=%d subnet=%s gateway=%s", n.Name, n.ID, n.Subnet, n.Gateway)
+		if !n.Egress.IsZero() {
+			line += " egress=" + n.Egress.String()
+		}
+		if len(n.Connected) > 0 {
+			line += " connected=" + strings.Join(n.Connected, ",")
+		}
+		if len(n.Groups) > 0 {
+			line += " groups=" + strings.Join(n.Groups, ",")
+		}
+		for _, e := range n.Exports {
+			line += fmt.Sprintf(" export=%s:%d/%s>%s", e.IP, e.Port, e.Protocol, strings.Join(e.To, ","))
+		}
+		return line
 	case c.Server != nil:
 		s := c.Server
-		return fmt.Sprintf("%s ips=%s mac=%s uplink=%s", s.Name, joinStrings(s.IPs), s.MAC, dash(s.Uplink))
+		line := fmt.Sprintf("%s ips=%s mac=%s uplink=%s", s.Name, joinStrings(s.IPs), s.MAC, dash(s.Uplink))
+		if s.Gone {
+			line += " gone"
+		}
+		return line
 	case c.Endpoint != nil:
 		e := c.Endpoint
 		return fmt.Sprintf("%s id=%d network=%s ip=%s mac=%s ports=%s mode=%s priority=%d state=%s server=%s wire=%s",

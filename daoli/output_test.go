@@ -55,6 +55,9 @@ func mustMAC(s string) mapper.MAC {
 func lines(ls ...string) string { return strings.Join(ls, "\n") + "\n" }
 
 func TestTables(t *testing.T) {
+	reached := mapper.Network{Name: "shop", ID: 4, Subnet: netip.MustParsePrefix("10.3.0.0/24"), Gateway: netip.MustParseAddr("10.3.0.1"),
+		Egress: mapper.Egress{Deny: true}, Connected: []string{"net1"}, Groups: []string{"prod"},
+		Exports: []mapper.Export{{IP: netip.MustParseAddr("10.3.0.5"), Port: 5432, Protocol: mapper.TCP, To: []string{"net2", "net3"}}}}
 	e1, e2 := testE1, testE2
 	e2.Published = []mapper.PublishedPort{{HostPort: 8080, Port: 80, Protocol: mapper.TCP}}
 	tests := []struct {
@@ -136,6 +139,7 @@ func TestTables(t *testing.T) {
 			write: func(w io.Writer) error {
 				for _, c := range []mapper.Change{
 					{Revision: 1, Type: "put", Kind: mapper.KindNetwork, Network: &testNet},
+					{Revision: 1, Type: "put", Kind: mapper.KindNetwork, Network: &reached},
 					{Revision: 2, Type: "put", Kind: mapper.KindServer, Server: &testS2},
 					{Revision: 12, Type: "delete", Kind: mapper.KindEndpoint, Endpoint: &e2},
 				} {
@@ -147,7 +151,8 @@ func TestTables(t *testing.T) {
 			},
 			want: lines(
 				"1      put    network  net1 id=1 subnet=10.1.0.0/24 gateway=10.1.0.1",
-				"2      put    server   s2 ips=192.168.0.12,192.168.1.12 mac=02:00:c0:a8:00:0c uplink=-",
+				"1      put    network  shop id=4 subnet=10.3.0.0/24 gateway=10.3.0.1 egress=deny connected=net1 groups=prod export=10.3.0.5:5432/tcp>net2,net3",
+				"2      put    server   s2 ips=192.168.0.12,192.168.1.12 mac=02:00:c0:a8:00:0c uplink=- gone",
 				"12     delete endpoint 2 id=2 network=net1 ip=10.1.0.5 mac=02:42:0a:01:00:06 ports=80/tcp mode=balance priority=5 state=down server=s2 wire=192.168.0.12:16640-16895",
 			),
 		},
