@@ -163,7 +163,15 @@ func (m *model) desired(self string, blockSize uint16, ifindex func(name string)
 	}
 	slices.SortFunc(s.Networks, func(a, b dataplane.Network) int { return cmp.Compare(a.ID, b.ID) })
 	s.Policies = m.policies()
-	for _, e := range m.endpoints {
+	// In ID order: sorting the IDs is cheaper than sorting the endpoints.
+	ids := make([]uint32, 0, len(m.endpoints))
+	for id := range m.endpoints {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	s.Endpoints = make([]dataplane.Endpoint, 0, len(ids))
+	for _, id := range ids {
+		e := m.endpoints[id]
 		d := dataplane.Endpoint{
 			ID: e.ID, Network: e.NetworkID, IP: e.IP, MAC: e.MAC.HardwareAddr(),
 			Server: e.Wire.Addr, WireBase: e.Wire.Base, IdentityBase: e.Identity.Base,
@@ -200,7 +208,6 @@ func (m *model) desired(self string, blockSize uint16, ifindex func(name string)
 			}
 		}
 	}
-	slices.SortFunc(s.Endpoints, func(a, b dataplane.Endpoint) int { return cmp.Compare(a.ID, b.ID) })
 	// Sorted whole, so that every server keeps the same one where a port
 	// leads to two services (servedPublished).
 	slices.SortFunc(s.Published, func(a, b dataplane.Published) int {

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -166,5 +167,29 @@ func TestGoneServersEndpointsAreDown(t *testing.T) {
 	}
 	if got := state("dead"); got != dataplane.Active {
 		t.Errorf("endpoint of a gone server, seen from itself: %v, want active", got)
+	}
+}
+
+// BenchmarkDesired is the cost of deriving the dataplane's State from a
+// model of 10,000 endpoints, the agent's first step per change.
+func BenchmarkDesired(b *testing.B) {
+	m := newModel()
+	var s mapper.Snapshot
+	s.Networks = []mapper.Network{{Name: "blue", ID: 1, Subnet: netip.MustParsePrefix("10.0.0.0/8")}}
+	for k := range 40 {
+		s.Servers = append(s.Servers, mapper.Server{Name: fmt.Sprintf("s%d", k), IPs: []netip.Addr{netip.AddrFrom4([4]byte{198, 18, byte(k), 1})}})
+	}
+	for i := range 10000 {
+		v := i + 2
+		s.Endpoints = append(s.Endpoints, mapper.Endpoint{ID: uint32(i + 1), Network: "blue", NetworkID: 1,
+			IP: netip.AddrFrom4([4]byte{10, byte(v >> 16), byte(v >> 8), byte(v)}), Server: fmt.Sprintf("s%d", i/250),
+			Ports: []mapper.PortSpec{{Port: 80, Protocol: mapper.TCP}}, Mode: mapper.Balance, State: mapper.Active,
+			Wire:     mapper.Block{Addr: netip.AddrFrom4([4]byte{198, 18, byte(i / 250), 1}), Base: uint16(256 * (1 + i%250))},
+			Identity: mapper.Block{Base: 32768}})
+	}
+	m.reset(s)
+	b.ResetTimer()
+	for range b.N {
+		m.desired("s0", 256, func(string) int { return 0 })
 	}
 }
