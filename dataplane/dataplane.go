@@ -81,8 +81,9 @@ type Dataplane struct {
 	path string
 	log  *slog.Logger
 
-	mu   sync.Mutex
-	objs daoliObjects
+	mu     sync.Mutex
+	flowMu sync.Mutex // AccountFlows
+	objs   daoliObjects
 	// useTC is set by Config.ForceTC or when tcx turned out missing.
 	useTC bool
 	// tc holds the interfaces this process attached tc filters to, with

@@ -69,8 +69,10 @@ func ctTimeout(proto, flags uint8) time.Duration {
 // the next call. Call it every second or so; it reads the whole conntrack
 // map. It returns the counts by endpoint ID.
 func (d *Dataplane) AccountFlows() (map[uint32]int, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	// Not under d.mu: reading conntrack takes a while, and must not hold
+	// up an Apply. The maps it writes are its own.
+	d.flowMu.Lock()
+	defer d.flowMu.Unlock()
 	m := &d.objs.daoliMaps
 	local := map[uint32]bool{}
 	var ifindex, id uint32
