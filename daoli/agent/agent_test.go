@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -614,36 +615,8 @@ func TestMetrics(t *testing.T) {
 	ask(t, client, "--to", "10.1.0.9:8080", "--proto", "udp", "--count", "3", "--interval", "1ms") // UDP flows stay in conntrack for 30 s
 	ask(t, client, "--to", "10.1.0.9:9999", "--count", "1", "--timeout", "100ms")                  // a drop
 	c.settle()
-	var body []byte
-	err := c.w.Servers[0].Do(func() error {
-		conn, err := net.DialTimeout("tcp", "127.0.0.1:9471", time.Second)
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		fmt.Fprintf(conn, "GET /metrics HTTP/1.0\r\n\r\n")
-		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-		body, err = io.ReadAll(conn)
-		return err
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	text := string(body)
-	metric := func(name string) int64 {
-		t.Helper()
-		for l := range strings.Lines(text) {
-			if v, ok := strings.CutPrefix(strings.TrimSpace(l), name+" "); ok {
-				n, err := strconv.ParseInt(v, 10, 64)
-				if err != nil {
-					t.Fatalf("%s: %v", name, err)
-				}
-				return n
-			}
-		}
-		t.Fatalf("no %s in:\n%s", name, text)
-		return 0
-	}
+	text := c.scrape(0, "127.0.0.1:9471")
+	metric := func(name string) int64 { t.Helper(); return metricValue(t, text, name) }
 	snap := got(c.mc.Snapshot(context.Background()))(t)
 	for _, tt := range []struct {
 		name string
@@ -659,5 +632,115 @@ func TestMetrics(t *testing.T) {
 		if v := metric(tt.name); !tt.ok(v) {
 			t.Errorf("%s = %d, want %s", tt.name, v, tt.want)
 		}
+	}
+}
+
+// scrape reads the metrics of server i's agent, served on addr inside its
+// namespace.
+func (c *cluster) scrape(i int, addr string) string {
+	c.t.Helper()
+	var body []byte
+	err := c.w.Servers[i].Do(func() error {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		fmt.Fprintf(conn, "GET /metrics HTTP/1.0\r\n\r\n")
+		conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		body, err = io.ReadAll(conn)
+		return err
+	})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return string(body)
+}
+
+// metricValue is the value of the sample name (with its labels) in text.
+func metricValue(t *testing.T, text, name string) int64 {
+	t.Helper()
+	for l := range strings.Lines(text) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(l), name+" "); ok {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			return n
+		}
+	}
+	t.Fatalf("no %s in:\n%s", name, text)
+	return 0
+}
+
+// TestRestartDuringABurst: an agent killed with SIGKILL in the middle of a
+// burst of registrations, and started again while the burst goes on,
+// catches up: once the burst is over both agents' dataplanes hold every
+// endpoint of the registry, and traffic between two containers went on.
+func TestRestartDuringABurst(t *testing.T) {
+	c := newCluster(t, 2, "--metrics", "127.0.0.1:9471")
+	ctx := context.Background()
+	client, _ := c.container("client", 0, agent.AttachRequest{IP: netip.MustParseAddr("10.1.0.5")})
+	web, _ := c.container("web", 1, agent.AttachRequest{IP: netip.MustParseAddr("10.1.0.9"), Ports: tcpUDP8080})
+	serve(t, web, client, "web", "10.1.0.9:8080")
+	udp := startStream(t, client, "--to", "10.1.0.9:8080", "--proto", "udp", "--count", "0", "--interval", "10ms", "--timeout", "500ms")
+
+	// Endpoints on servers of no agent: 3 servers of 8 addresses, 64 wire
+	// blocks each.
+	var specs []mapper.EndpointSpec
+	for k := range 3 {
+		spec := mapper.ServerSpec{Name: fmt.Sprintf("phantom-%d", k), MAC: mapper.MAC{0x02, 0xfe, 0, 0, 0, byte(k)}}
+		for j := range 8 {
+			spec.IPs = append(spec.IPs, netip.AddrFrom4([4]byte{198, 51, 100, byte(8*k + j + 1)}))
+		}
+		got(c.mc.RegisterServer(ctx, spec))(t)
+		for i := range 400 {
+			specs = append(specs, mapper.EndpointSpec{Network: "blue", Server: spec.Name,
+				IP:    netip.AddrFrom4([4]byte{10, 1, 0, byte(100 + i%100)}),
+				Ports: []mapper.PortSpec{{Port: 80, Protocol: mapper.TCP}}})
+		}
+	}
+	// 24 batches of 50, one every 40 ms: the burst lasts about a second,
+	// longer than the agent takes to come back.
+	burst := make(chan error, 1)
+	registered := make(chan struct{}, len(specs)/50)
+	var batches atomic.Int32
+	go func() {
+		for i := 0; i < len(specs); i += 50 {
+			if _, err := c.mc.CreateEndpoints(ctx, specs[i:i+50]); err != nil {
+				burst <- err
+				return
+			}
+			batches.Add(1)
+			registered <- struct{}{}
+			time.Sleep(40 * time.Millisecond)
+		}
+		burst <- nil
+	}()
+	for range 6 { // a quarter of the burst
+		<-registered
+	}
+	c.killAgent(c.serverName(0), syscall.SIGKILL)
+	c.startAgent(0)
+	if n := batches.Load(); n == int32(len(specs)/50) {
+		t.Errorf("the burst was over when the agent came back: the test does not test a restart during it")
+	}
+	if err := <-burst; err != nil {
+		t.Fatal(err)
+	}
+	c.settle()
+	total := int64(len(got(c.mc.Endpoints(ctx, "", ""))(t)))
+	if total != int64(len(specs))+2 {
+		t.Fatalf("the registry holds %d endpoints, want %d", total, len(specs)+2)
+	}
+	for i := range c.w.Servers {
+		if n := metricValue(t, c.scrape(i, "127.0.0.1:9471"), `daoli_dataplane_map_entries{map="endpoints"}`); n != total {
+			t.Errorf("server-%d's dataplane holds %d endpoints, the registry %d", i, n, total)
+		}
+	}
+	udp.waitLines(t, 10)
+	lines := udp.stop()
+	if bad := errLines(lines); len(bad) > 0 {
+		t.Errorf("%d of %d requests failed across the burst and the restart: %v", len(bad), len(lines), bad)
 	}
 }
