@@ -108,14 +108,11 @@ func (d *Dataplane) AccountFlows() (map[uint32]int, error) {
 	for id := range local {
 		live[id] = 0
 	}
-	var k daoliCtKey
-	var v daoliCtEntry
-	it = m.Conntrack.Iterate()
-	for it.Next(&k, &v) {
+	err = eachBatch(m.Conntrack, func(k daoliCtKey, v daoliCtEntry) {
 		// A flow's CT_REV or CT_EGRESS entry is the one its packets
 		// touch; its CT_OUT entry keeps the time it started.
 		if k.Dir == ctOut || !local[k.Scope] {
-			continue
+			return
 		}
 		var idle time.Duration
 		if now > v.LastSeen {
@@ -124,8 +121,8 @@ func (d *Dataplane) AccountFlows() (map[uint32]int, error) {
 		if ctHolds(v.Proto, v.Flags, idle) {
 			live[k.Scope]++
 		}
-	}
-	if err := it.Err(); err != nil {
+	})
+	if err != nil {
 		return nil, fmt.Errorf("account flows: %w", err)
 	}
 	closed, err := counts()
@@ -159,4 +156,25 @@ func (d *Dataplane) AccountFlows() (map[uint32]int, error) {
 		}
 	}
 	return live, nil
+}
+
+// eachBatch calls fn with every entry of m, read thousands at a time: a
+// full conntrack read one entry per syscall takes a CPU for most of a
+// fifth of a second.
+func eachBatch[K, V any](m *ebpf.Map, fn func(K, V)) error {
+	const chunk = 4096
+	keys, vals := make([]K, chunk), make([]V, chunk)
+	var cursor ebpf.MapBatchCursor
+	for {
+		n, err := m.BatchLookup(&cursor, keys, vals, nil)
+		for i := range n {
+			fn(keys[i], vals[i])
+		}
+		if errors.Is(err, ebpf.ErrKeyNotExist) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("read %s: %w", m, err)
+		}
+	}
 }

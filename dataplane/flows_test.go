@@ -46,3 +46,25 @@ func TestFlowTimeoutsMatchTheC(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkAccountFlowsFull is the agent's count of flows, once a second,
+// over a full conntrack.
+func BenchmarkAccountFlowsFull(b *testing.B) {
+	d := newDataplane(b)
+	m := d.objs.Conntrack
+	n := int(m.MaxEntries())
+	keys := make([]daoliCtKey, n)
+	vals := make([]daoliCtEntry, n)
+	for i := range keys {
+		keys[i] = daoliCtKey{Scope: uint32(1 + i%50), Saddr: uint32(i), Dir: uint8(i % 2), Proto: 6}
+	}
+	if _, err := m.BatchUpdate(keys, vals, nil); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for range b.N {
+		if _, err := d.AccountFlows(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
