@@ -147,23 +147,23 @@ func (d *Dataplane) Fill() (fill []MapFill, flows int, err error) {
 		{"policies", m.Policies}, {"exports", m.Exports}, {"offset_cursor", m.OffsetCursor},
 	} {
 		n := 0
-		it := x.m.Iterate()
+		var err error
 		if x.m == m.Conntrack {
-			var k daoliCtKey
-			var v daoliCtEntry
-			for it.Next(&k, &v) {
+			err = eachBatch(m.Conntrack, func(k daoliCtKey, _ daoliCtEntry) {
 				n++
 				if k.Dir == ctOut {
 					flows++
 				}
-			}
+			})
 		} else {
 			var k, v []byte
+			it := x.m.Iterate()
 			for it.Next(&k, &v) {
 				n++
 			}
+			err = it.Err()
 		}
-		if err := it.Err(); err != nil {
+		if err != nil {
 			return nil, 0, fmt.Errorf("count %s: %w", x.name, err)
 		}
 		fill = append(fill, MapFill{Name: x.name, Entries: n, MaxEntries: int(x.m.MaxEntries())})
