@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/daolinet/daoli/internal/testbed"
-	"github.com/google/gopacket"
 	"github.com/google/gopacket/layers"
 )
 
@@ -58,7 +57,7 @@ func TestHostileContainer(t *testing.T) {
 	}{
 		{"the victim's address", func() []byte { p := tcp(trafficS, 8080, 40001); p.src = v.IP; return p.bytes(t) }(), DropSpoofed},
 		{"the victim's MAC", func() []byte { p := tcp(trafficS, 8080, 40002); p.srcMAC = v.MAC; return p.bytes(t) }(), DropSpoofed},
-		{"an ARP reply claiming the victim's address", arpFrame(t, layers.ARPReply, x.MAC, v.IP, DefaultGatewayMAC, v.Gateway), DropARP},
+		{"an ARP reply claiming the victim's address", arpFrame(t, layers.ARPReply, x.MAC, v.IP, DefaultGatewayMAC, DefaultGatewayMAC, v.Gateway), DropARP},
 		{"an ARP request as the victim", arpRequest(t, x.MAC, v.IP, v.Gateway), DropSpoofed},
 		{"another tenant's service", tcp(f.IP, 7000, 40003).bytes(t), DropNoService},
 		{"another tenant's wire port on its server", tcp(tw.b.IP, 33024, 40004).bytes(t), DropEgressDenied},
@@ -154,20 +153,6 @@ func TestHostileContainer(t *testing.T) {
 	}
 	conn := dialEcho(t, v, service)
 	conn.Close()
-}
-
-// arpFrame is an ARP packet of operation op from sha/spa to tha/tpa.
-func arpFrame(t testing.TB, op uint16, sha net.HardwareAddr, spa netip.Addr, tha net.HardwareAddr, tpa netip.Addr) []byte {
-	t.Helper()
-	eth := &layers.Ethernet{SrcMAC: sha, DstMAC: tha, EthernetType: layers.EthernetTypeARP}
-	arp := &layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: layers.EthernetTypeIPv4,
-		HwAddressSize: 6, ProtAddressSize: 4, Operation: op,
-		SourceHwAddress: sha, SourceProtAddress: spa.AsSlice(), DstHwAddress: tha, DstProtAddress: tpa.AsSlice()}
-	buf := gopacket.NewSerializeBuffer()
-	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{}, eth, arp); err != nil {
-		t.Fatalf("craft ARP: %v", err)
-	}
-	return buf.Bytes()
 }
 
 // withIPOptions is p's frame with four NOP options in its IPv4 header.

@@ -78,12 +78,17 @@ func (p pkt) bytes(t testing.TB) []byte {
 }
 
 func arpRequest(t testing.TB, mac net.HardwareAddr, sender, target netip.Addr) []byte {
+	return arpFrame(t, layers.ARPRequest, mac, sender, layers.EthernetBroadcast, make(net.HardwareAddr, 6), target)
+}
+
+// arpFrame is an ARP packet of operation op from sha/spa to tha/tpa, in a
+// frame to dst.
+func arpFrame(t testing.TB, op uint16, sha net.HardwareAddr, spa netip.Addr, dst, tha net.HardwareAddr, tpa netip.Addr) []byte {
 	t.Helper()
-	eth := &layers.Ethernet{SrcMAC: mac, DstMAC: layers.EthernetBroadcast, EthernetType: layers.EthernetTypeARP}
+	eth := &layers.Ethernet{SrcMAC: sha, DstMAC: dst, EthernetType: layers.EthernetTypeARP}
 	arp := &layers.ARP{AddrType: layers.LinkTypeEthernet, Protocol: layers.EthernetTypeIPv4,
-		HwAddressSize: 6, ProtAddressSize: 4, Operation: layers.ARPRequest,
-		SourceHwAddress: mac, SourceProtAddress: sender.AsSlice(),
-		DstHwAddress: make([]byte, 6), DstProtAddress: target.AsSlice()}
+		HwAddressSize: 6, ProtAddressSize: 4, Operation: op,
+		SourceHwAddress: sha, SourceProtAddress: spa.AsSlice(), DstHwAddress: tha, DstProtAddress: tpa.AsSlice()}
 	buf := gopacket.NewSerializeBuffer()
 	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{}, eth, arp); err != nil {
 		t.Fatalf("craft ARP: %v", err)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/netip"
 	"net/url"
 	"strconv"
 	"strings"
@@ -324,15 +323,11 @@ func (a *API) export(r *http.Request) (int, any, error) {
 
 func (a *API) unexport(r *http.Request) (int, any, error) {
 	q := r.URL.Query()
-	ip, err := netip.ParseAddr(q.Get("ip"))
+	k, err := ServiceKeyOf(r.PathValue("name"), q.Get("ip"), q.Get("port"), Protocol(q.Get("protocol")))
 	if err != nil {
-		return 0, nil, invalid("ip", "%q: want the IPv4 address of the exported service", q.Get("ip"))
+		return 0, nil, err
 	}
-	port, err := strconv.ParseUint(q.Get("port"), 10, 16)
-	if err != nil || port == 0 {
-		return 0, nil, invalid("port", "%q: want the exported service's port, 1 to 65535", q.Get("port"))
-	}
-	spec := ExportSpec{IP: ip, Port: uint16(port), Protocol: Protocol(q.Get("protocol")), To: q.Get("to")}
+	spec := ExportSpec{IP: k.IP, Port: k.Port, Protocol: k.Protocol, To: q.Get("to")}
 	n, err := a.reg.UnexportService(r.Context(), r.PathValue("name"), spec)
 	return http.StatusOK, n, err
 }

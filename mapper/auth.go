@@ -31,6 +31,15 @@ const (
 	RoleMapper Role = "mapper"
 )
 
+// known says whether r is one of the roles above.
+func (r Role) known() bool {
+	switch r {
+	case RoleOperator, RoleServer, RoleReader, RoleMapper:
+		return true
+	}
+	return false
+}
+
 // IdentityScheme is the scheme of the URI in a certificate's subject
 // alternative names that names its holder: daoli://ROLE/NAME.
 const IdentityScheme = "daoli"
@@ -57,9 +66,7 @@ func IdentityOf(cert *x509.Certificate) (Identity, error) {
 			continue
 		}
 		id := Identity{Role: Role(u.Host), Name: strings.TrimPrefix(u.Path, "/")}
-		switch id.Role {
-		case RoleOperator, RoleServer, RoleReader, RoleMapper:
-		default:
+		if !id.Role.known() {
 			return Identity{}, fmt.Errorf("certificate %q names unknown role %q in %s", cert.Subject.CommonName, u.Host, u)
 		}
 		if id.Name == "" {

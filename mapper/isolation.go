@@ -125,20 +125,12 @@ func (r *Registry) ExportService(ctx context.Context, network string, spec Expor
 		if err := checkExport(n, spec); err != nil {
 			return err
 		}
-		i := slices.IndexFunc(n.Exports, func(e Export) bool {
-			return e.IP == spec.IP && e.Port == spec.Port && e.Protocol == spec.Protocol
-		})
-		if i < 0 {
+		i, found := findExport(n.Exports, spec)
+		if !found {
 			if len(n.Exports) >= MaxExports {
 				return invalid("service", "network %s exports %d services, the most one may", n.Name, MaxExports)
 			}
-			n.Exports = append(n.Exports, Export{IP: spec.IP, Port: spec.Port, Protocol: spec.Protocol})
-			slices.SortFunc(n.Exports, func(a, b Export) int {
-				return compareServiceKeys(ServiceKey{IP: a.IP, Port: a.Port, Protocol: a.Protocol}, ServiceKey{IP: b.IP, Port: b.Port, Protocol: b.Protocol})
-			})
-			i = slices.IndexFunc(n.Exports, func(e Export) bool {
-				return e.IP == spec.IP && e.Port == spec.Port && e.Protocol == spec.Protocol
-			})
+			n.Exports = slices.Insert(n.Exports, i, Export{IP: spec.IP, Port: spec.Port, Protocol: spec.Protocol})
 		}
 		e := &n.Exports[i]
 		if slices.Contains(e.To, to.Name) {
@@ -163,11 +155,9 @@ func (r *Registry) UnexportService(ctx context.Context, network string, spec Exp
 		if !ok {
 			return fieldErr("network", ErrNotFound, "network %s does not exist", network)
 		}
-		i := slices.IndexFunc(n.Exports, func(e Export) bool {
-			return e.IP == spec.IP && e.Port == spec.Port && e.Protocol == spec.Protocol
-		})
+		i, found := findExport(n.Exports, spec)
 		svc := Export{IP: spec.IP, Port: spec.Port, Protocol: spec.Protocol}.service()
-		if i < 0 {
+		if !found {
 			return fieldErr("service", ErrNotFound, "network %s does not export %s", network, svc)
 		}
 		e := &n.Exports[i]
@@ -190,10 +180,7 @@ func (r *Registry) UnexportService(ctx context.Context, network string, spec Exp
 func (r *Registry) changeReach(ctx context.Context, ret, what string, change func(map[string]*Network) error) (Network, error) {
 	var out Network
 	_, err := r.update(ctx, func(t tx) error {
-		nets, err := allNetworks(t)
-		if err != nil {
-			return err
-		}
+		nets := allNetworks(t)
 		before := map[string]string{}
 		for name, n := range nets {
 			before[name] = encodeNetwork(n)
@@ -218,21 +205,39 @@ func (r *Registry) changeReach(ctx context.Context, ret, what string, change fun
 	return out, nil
 }
 
+// findExport returns where spec's service is, or would go, in exports,
+// which are sorted by IP, port and protocol.
+func findExport(exports []Export, spec ExportSpec) (int, bool) {
+	key := func(ip netip.Addr, port uint16, proto Protocol) ServiceKey {
+		return ServiceKey{IP: ip, Port: port, Protocol: proto}
+	}
+	return slices.BinarySearchFunc(exports, key(spec.IP, spec.Port, spec.Protocol), func(e Export, k ServiceKey) int {
+		return compareServiceKeys(key(e.IP, e.Port, e.Protocol), k)
+	})
+}
+
+// checkReachWith checks the reach of every network with n as it is to be
+// written.
+func checkReachWith(t tx, n *Network) error {
+	nets := allNetworks(t)
+	nets[n.Name] = n
+	return checkReach(nets)
+}
+
 func encodeNetwork(n *Network) string {
 	b, _ := json.Marshal(n)
 	return string(b)
 }
 
-func allNetworks(t tx) (map[string]*Network, error) {
+func allNetworks(t tx) map[string]*Network {
 	nets := map[string]*Network{}
 	for _, kv := range t.List(networkPrefix) {
 		var n Network
-		if !t.get(kv.Key, &n) {
-			continue
+		if t.get(kv.Key, &n) {
+			nets[n.Name] = &n
 		}
-		nets[n.Name] = &n
 	}
-	return nets, nil
+	return nets
 }
 
 // pair returns the networks a and b, which must exist and differ.
@@ -394,12 +399,8 @@ func insertSorted(s []string, v string) []string {
 
 // forgetNetwork removes every reference to the network name from the
 // other networks: their connections and exports.
-func forgetNetwork(t tx, name string) error {
-	nets, err := allNetworks(t)
-	if err != nil {
-		return err
-	}
-	for other, n := range nets {
+func forgetNetwork(t tx, name string) {
+	for other, n := range allNetworks(t) {
 		if other == name {
 			continue
 		}
@@ -419,5 +420,4 @@ func forgetNetwork(t tx, name string) error {
 			t.put(networkKey(other), *n)
 		}
 	}
-	return nil
 }

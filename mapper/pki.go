@@ -11,32 +11,20 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/url"
 	"time"
 )
 
 // NewCA makes a self-signed certificate authority for a registry: the
 // certificate and its private key, PEM-encoded (`daoli ca init`).
 func NewCA(name string, validity time.Duration) (certPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(),
+	return sign(&x509.Certificate{
 		Subject:               pkix.Name{CommonName: name, Organization: []string{"daoli"}},
-		NotBefore:             now.Add(-time.Minute),
-		NotAfter:              now.Add(validity),
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
 		MaxPathLenZero:        true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return nil, nil, err
-	}
-	return encode(der, key)
+	}, nil, nil, validity)
 }
 
 // Issue signs a certificate for id with the CA (`daoli ca issue`). A
@@ -47,28 +35,18 @@ func Issue(caCertPEM, caKeyPEM []byte, id Identity, hosts []string, validity tim
 	if err != nil {
 		return nil, nil, err
 	}
-	switch id.Role {
-	case RoleOperator, RoleServer, RoleReader, RoleMapper:
-	default:
+	if !id.Role.known() {
 		return nil, nil, fmt.Errorf("role %q: want operator, server, reader or mapper", id.Role)
 	}
 	if err := validName("name", id.Name); err != nil {
 		return nil, nil, err
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, err
-	}
-	now := time.Now()
 	tmpl := &x509.Certificate{
-		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: id.Name, OrganizationalUnit: []string{string(id.Role)}},
-		NotBefore:    now.Add(-time.Minute),
-		NotAfter:     now.Add(validity),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		Subject:     pkix.Name{CommonName: id.Name, OrganizationalUnit: []string{string(id.Role)}},
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		URIs:        []*url.URL{id.URI()},
 	}
-	tmpl.URIs = append(tmpl.URIs, id.URI())
 	if id.Role == RoleMapper {
 		if len(hosts) == 0 {
 			return nil, nil, errors.New("a mapper's certificate needs the addresses or names clients dial (--host)")
@@ -84,7 +62,22 @@ func Issue(caCertPEM, caKeyPEM []byte, id Identity, hosts []string, validity tim
 	} else if len(hosts) > 0 {
 		return nil, nil, fmt.Errorf("--host is for a mapper's certificate, not a %s's", id.Role)
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	return sign(tmpl, ca, caKey, validity)
+}
+
+// sign gives tmpl a new key, a serial and validity from a minute ago, and
+// signs it with parent's key (nil: self-signed).
+func sign(tmpl, parent *x509.Certificate, parentKey any, validity time.Duration) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	now := time.Now()
+	tmpl.SerialNumber, tmpl.NotBefore, tmpl.NotAfter = serial(), now.Add(-time.Minute), now.Add(validity)
+	if parent == nil {
+		parent, parentKey = tmpl, key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -361,12 +361,7 @@ func (r *Registry) CreateNetwork(ctx context.Context, spec NetworkSpec) (Network
 		}
 		n.ID = id
 		if len(n.Groups) > 0 {
-			nets, err := allNetworks(t)
-			if err != nil {
-				return err
-			}
-			nets[n.Name] = &n
-			if err := checkReach(nets); err != nil {
+			if err := checkReachWith(t, &n); err != nil {
 				return err
 			}
 		}
@@ -405,12 +400,7 @@ func (r *Registry) UpdateNetwork(ctx context.Context, name string, u NetworkUpda
 		}
 		if u.Groups != nil {
 			n.Groups = groups
-			nets, err := allNetworks(t)
-			if err != nil {
-				return err
-			}
-			nets[name] = &n
-			if err := checkReach(nets); err != nil {
+			if err := checkReachWith(t, &n); err != nil {
 				return err
 			}
 		}
@@ -443,9 +433,7 @@ func (r *Registry) DeleteNetwork(ctx context.Context, name string) error {
 			return fmt.Errorf("%w: endpoints with %d addresses are still attached; remove them first", ErrInUse, len(held))
 		}
 		dropClaims(t, n)
-		if err := forgetNetwork(t, name); err != nil {
-			return err
-		}
+		forgetNetwork(t, name)
 		t.Del(networkKey(name))
 		return nil
 	})

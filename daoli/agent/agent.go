@@ -492,7 +492,16 @@ const flowAccounting = time.Second
 // accountFlows counts local endpoints' flows every flowAccounting, so the
 // dataplane holds each to its limit of flows (dataplane.AccountFlows).
 func (a *Agent) accountFlows(ctx context.Context) {
-	t := time.NewTicker(flowAccounting)
+	every(ctx, flowAccounting, func() {
+		if _, err := a.dp.AccountFlows(); err != nil {
+			a.log.Warn("count flows", "error", err)
+		}
+	})
+}
+
+// every calls f each interval until ctx ends.
+func every(ctx context.Context, interval time.Duration, f func()) {
+	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		select {
@@ -500,21 +509,12 @@ func (a *Agent) accountFlows(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		if _, err := a.dp.AccountFlows(); err != nil {
-			a.log.Warn("count flows", "error", err)
-		}
+		f()
 	}
 }
 
 func (a *Agent) heartbeat(ctx context.Context) {
-	t := time.NewTicker(a.cfg.Heartbeat)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, a.cfg.Heartbeat, func() {
 		// Bounded by the interval: a mapper whose machine died without a
 		// reset must not hold the heartbeat past the server's TTL (the
 		// client then starts the next one at another mapper).
@@ -527,7 +527,7 @@ func (a *Agent) heartbeat(ctx context.Context) {
 				a.register(ctx) // the server was removed: register again
 			}
 		}
-	}
+	})
 }
 
 // watchLinks marks a local endpoint down the moment its veth disappears,

@@ -116,14 +116,7 @@ func (a *Agent) checkHealth(ctx context.Context) {
 		return
 	}
 	state := map[uint32]*healthState{}
-	t := time.NewTicker(a.cfg.HealthInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
+	every(ctx, a.cfg.HealthInterval, func() {
 		seen := map[uint32]bool{}
 		for _, e := range a.model.local(a.cfg.Name) {
 			book := a.netns.get(e.ID)
@@ -171,7 +164,7 @@ func (a *Agent) checkHealth(ctx context.Context) {
 				delete(state, id)
 			}
 		}
-	}
+	})
 }
 
 // setState changes a local endpoint's state, guarded by its server and
